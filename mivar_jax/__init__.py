@@ -1,0 +1,28 @@
+"""mivar_jax: circuit discovery as statistical estimation, in JAX.
+
+import mivar_jax as mv
+model = mv.load_model("smollm2-135m")
+"""
+
+from mivar_jax import models
+from mivar_jax.graph import Graph, GraphJSON
+from mivar_jax.models import (
+    CheckpointError,
+    Model,
+    ModelConfig,
+    load_model,
+    registered_models,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CheckpointError",
+    "Graph",
+    "GraphJSON",
+    "Model",
+    "ModelConfig",
+    "load_model",
+    "models",
+    "registered_models",
+]

@@ -1,0 +1,180 @@
+"""Reading tensors and metadata from checkpoints: safetensors directories and GGUF files.
+
+Both present tensors under Hugging Face names, as float32 numpy arrays, so each model family
+has a single converter from HF names to the project's parameter pytree. A GGUF file is seen
+through a renaming view (``GGUFTensors``) that also undoes llama.cpp's layout changes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, malformed, or describes an unsupported model."""
+
+
+class Tensors:
+    """Name → float32 array access with errors that name the checkpoint and the tensor."""
+
+    source: str
+
+    def names(self) -> set[str]:
+        raise NotImplementedError
+
+    def _read(self, name: str) -> np.ndarray:
+        raise NotImplementedError
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.names()
+
+    def get(self, name: str, shape: tuple[int, ...] | None = None) -> np.ndarray:
+        if name not in self:
+            raise CheckpointError(f"{self.source}: tensor {name!r} is missing")
+        array = np.asarray(self._read(name), dtype=np.float32)
+        if shape is not None and tuple(array.shape) != tuple(shape):
+            raise CheckpointError(
+                f"{self.source}: tensor {name!r} has shape {tuple(array.shape)}, the config implies {tuple(shape)}"
+            )
+        return array
+
+    def stack(self, pattern: str, n_layers: int, shape: tuple[int, ...] | None = None) -> np.ndarray:
+        """``pattern`` with ``{i}`` for the layer; returns [n_layers, *shape]."""
+        return np.stack([self.get(pattern.format(i=i), shape) for i in range(n_layers)])
+
+
+class SafetensorsTensors(Tensors):
+    """The weights of a Hugging Face directory: ``model.safetensors`` or a sharded index."""
+
+    def __init__(self, directory: str):
+        from safetensors import safe_open
+
+        self.source = directory
+        index_path = os.path.join(directory, "model.safetensors.index.json")
+        single_path = os.path.join(directory, "model.safetensors")
+        if os.path.exists(index_path):
+            try:
+                with open(index_path) as f:
+                    weight_map = json.load(f)["weight_map"]
+            except (json.JSONDecodeError, KeyError) as err:
+                raise CheckpointError(f"{index_path}: malformed safetensors index ({err})") from None
+            files = sorted(set(weight_map.values()))
+        elif os.path.exists(single_path):
+            weight_map, files = None, ["model.safetensors"]
+        else:
+            found = sorted(os.listdir(directory))
+            hint = (
+                " (PyTorch .bin weights are not read: save with safe_serialization=True)"
+                if any(f.endswith(".bin") for f in found)
+                else ""
+            )
+            raise CheckpointError(
+                f"{directory}: no model.safetensors or model.safetensors.index.json{hint}; found {found}"
+            )
+        self._handles = {}
+        self._where: dict[str, str] = {}
+        for file in files:
+            path = os.path.join(directory, file)
+            if not os.path.exists(path):
+                raise CheckpointError(f"{directory}: shard {file!r} listed in the index is missing")
+            try:
+                handle = safe_open(path, framework="flax")
+            except Exception as err:  # safetensors raises its own error types
+                raise CheckpointError(f"{path}: not a readable safetensors file ({err})") from None
+            self._handles[file] = handle
+            for key in handle.keys():  # noqa: SIM118 (safe_open is not iterable)
+                self._where[key] = file
+        if weight_map is not None:
+            missing = sorted(set(weight_map) - set(self._where))
+            if missing:
+                raise CheckpointError(
+                    f"{directory}: tensors listed in the index but absent from the shards: {missing[:5]}"
+                )
+
+    def names(self) -> set[str]:
+        return set(self._where)
+
+    def _read(self, name: str) -> np.ndarray:
+        array = self._handles[self._where[name]].get_tensor(name)  # a jax array (handles bfloat16)
+        return np.asarray(array.astype("float32"))
+
+
+class GGUFFile:
+    """A GGUF file's metadata and raw tensors (via the ``gguf`` package)."""
+
+    def __init__(self, path: str):
+        import gguf
+
+        self.path = path
+        try:
+            self.reader = gguf.GGUFReader(path)
+        except Exception as err:
+            raise CheckpointError(f"{path}: not a readable GGUF file ({type(err).__name__}: {err})") from None
+        self.tensors = {t.name: t for t in self.reader.tensors}
+
+    def meta(self, key: str, default: Any = ...) -> Any:
+        field = self.reader.fields.get(key)
+        if field is None:
+            if default is ...:
+                raise CheckpointError(f"{self.path}: GGUF metadata {key!r} is missing")
+            return default
+        return field.contents()
+
+    @property
+    def architecture(self) -> str:
+        return str(self.meta("general.architecture"))
+
+    def dequantize(self, name: str) -> np.ndarray:
+        """A tensor as float32 in PyTorch layout ([out, in] for matrices)."""
+        import gguf
+
+        t = self.tensors[name]
+        try:
+            return gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32, copy=False)
+        except NotImplementedError as err:
+            raise CheckpointError(
+                f"{self.path}: tensor {name!r} has type {t.tensor_type.name}, which the gguf package cannot dequantize ({err})"
+            ) from None
+
+
+# A GGUF renaming: HF name → (GGUF name, transform of the dequantized array).
+GGUFNameMap = Mapping[str, tuple[str, Callable[[np.ndarray], np.ndarray]]]
+
+
+class GGUFTensors(Tensors):
+    """A GGUF file's tensors seen under HF names (see each family's ``gguf_name_map``)."""
+
+    def __init__(self, file: GGUFFile, name_map: GGUFNameMap):
+        self.source = file.path
+        self._file = file
+        self._map = {hf: v for hf, v in name_map.items() if v[0] in file.tensors}
+
+    def names(self) -> set[str]:
+        return set(self._map)
+
+    def _read(self, name: str) -> np.ndarray:
+        gguf_name, transform = self._map[name]
+        return transform(self._file.dequantize(gguf_name))
+
+
+def read_json(path: str) -> dict[str, Any]:
+    if not os.path.exists(path):
+        raise CheckpointError(f"{os.path.dirname(path) or '.'}: no {os.path.basename(path)}")
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{path}: malformed JSON ({err})") from None
+
+
+def identity(x: np.ndarray) -> np.ndarray:
+    return x
+
+
+def transpose(x: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(x.T)

@@ -1,0 +1,125 @@
+"""ModelConfig: the static (hashable) description of a decoder-only transformer."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any
+
+from mivar_jax.graph import Graph
+
+ACTIVATIONS = ("gelu_tanh", "gelu", "relu", "silu")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of a pre-norm, sequential-block decoder (GPT-2 and Llama families).
+
+    Hashable, so it is a static argument of the jit-compiled forward functions.
+    ``rope_inv_freq`` holds the rotary inverse frequencies [d_head / 2] after any scaling
+    (Llama-3, linear, or GGUF ``rope_freqs`` factors), so every RoPE variant runs one code path.
+    """
+
+    name: str
+    family: str  # "gpt2" | "llama" | "qwen2"
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    d_model: int
+    d_head: int
+    d_mlp: int
+    vocab_size: int
+    n_ctx: int
+    norm: str = "layernorm"  # "layernorm" | "rmsnorm"
+    norm_eps: float = 1e-5
+    positional: str = "learned"  # "learned" | "rope"
+    rope_inv_freq: tuple[float, ...] | None = dataclasses.field(default=None, repr=False)
+    activation: str = "gelu_tanh"
+    gated_mlp: bool = False  # SwiGLU: down(act(gate(x)) * up(x))
+    qkv_bias: bool = False
+    o_bias: bool = False
+    mlp_bias: bool = False
+    tied_embeddings: bool = True
+
+    def __post_init__(self):
+        problems = []
+        for field in (
+            "n_layers",
+            "n_heads",
+            "n_kv_heads",
+            "d_model",
+            "d_head",
+            "d_mlp",
+            "vocab_size",
+            "n_ctx",
+        ):
+            if int(getattr(self, field)) < 1:
+                problems.append(f"{field} must be ≥ 1 (got {getattr(self, field)})")
+        if self.n_kv_heads and self.n_heads % self.n_kv_heads:
+            problems.append(f"n_heads ({self.n_heads}) must be a multiple of n_kv_heads ({self.n_kv_heads})")
+        if self.norm not in ("layernorm", "rmsnorm"):
+            problems.append(f"norm must be 'layernorm' or 'rmsnorm' (got {self.norm!r})")
+        if self.positional not in ("learned", "rope"):
+            problems.append(f"positional must be 'learned' or 'rope' (got {self.positional!r})")
+        if self.positional == "rope" and (self.rope_inv_freq is None or len(self.rope_inv_freq) != self.d_head // 2):
+            problems.append(f"a RoPE model needs rope_inv_freq of length d_head/2 = {self.d_head // 2}")
+        if self.activation not in ACTIVATIONS:
+            problems.append(f"activation must be one of {ACTIVATIONS} (got {self.activation!r})")
+        if problems:
+            raise ValueError(f"invalid ModelConfig {self.name!r}: " + "; ".join(problems))
+
+    @functools.cached_property
+    def graph(self) -> Graph:
+        """The edge graph (EAP-IG conventions) of this architecture."""
+        return Graph(n_layers=self.n_layers, n_heads=self.n_heads, d_model=self.d_model)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def rope_inv_freq(
+    d_head: int,
+    theta: float,
+    scaling: dict[str, Any] | None = None,
+    freq_factors: Any = None,
+) -> tuple[float, ...]:
+    """Rotary inverse frequencies θ^(-2i/d), then the scaling of HF's ``rope_parameters``.
+
+    Supported ``rope_type``: ``default``, ``linear`` (divide by ``factor``) and ``llama3``
+    (Llama 3.1's wavelength-dependent interpolation). ``freq_factors`` (GGUF ``rope_freqs``)
+    divide the frequencies elementwise, as llama.cpp does.
+    """
+    inv = [1.0 / (theta ** (i / d_head)) for i in range(0, d_head, 2)]
+    rope_type = (scaling or {}).get("rope_type", (scaling or {}).get("type", "default")) or "default"
+    if rope_type == "default":
+        pass
+    elif rope_type == "linear":
+        inv = [f / float(scaling["factor"]) for f in inv]
+    elif rope_type == "llama3":
+        factor = float(scaling["factor"])
+        low, high = (
+            float(scaling["low_freq_factor"]),
+            float(scaling["high_freq_factor"]),
+        )
+        old_len = float(scaling["original_max_position_embeddings"])
+        low_wavelen, high_wavelen = old_len / low, old_len / high
+        out = []
+        for f in inv:
+            wavelen = 2 * math.pi / f
+            if wavelen < high_wavelen:
+                out.append(f)
+            elif wavelen > low_wavelen:
+                out.append(f / factor)
+            else:
+                smooth = (old_len / wavelen - low) / (high - low)
+                out.append((1 - smooth) * f / factor + smooth * f)
+        inv = out
+    else:
+        raise NotImplementedError(f"RoPE scaling {rope_type!r} is not supported (supported: default, linear, llama3)")
+    if freq_factors is not None:
+        factors = [float(x) for x in freq_factors]
+        if len(factors) != len(inv):
+            raise ValueError(f"rope_freqs has {len(factors)} factors, expected {len(inv)}")
+        inv = [f / s for f, s in zip(inv, factors, strict=True)]
+    return tuple(inv)

@@ -1,0 +1,203 @@
+"""Llama family (Llama 2/3.x, SmolLM/SmolLM2, Qwen2/2.5): config and weights from HF names.
+
+RMSNorm, RoPE (rotate-half pairs, HF convention) with optional Llama-3 / linear scaling,
+grouped-query attention, SwiGLU MLP; Qwen2 adds q/k/v biases. HF Linear weights are
+[out, in]. llama.cpp permutes the rows of Llama's q/k projections for its interleaved RoPE;
+``gguf_name_map`` undoes that permutation (Qwen2 GGUFs are not permuted).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import numpy as np
+
+from mivar_jax.models.checkpoint import (
+    CheckpointError,
+    GGUFFile,
+    GGUFNameMap,
+    Tensors,
+    identity,
+)
+from mivar_jax.models.config import ModelConfig, rope_inv_freq
+
+_FAMILIES = ("llama", "qwen2")
+
+
+def config_from_hf(d: dict[str, Any], name: str) -> ModelConfig:
+    family = d.get("model_type")
+    if family not in _FAMILIES:
+        raise CheckpointError(f"{name}: model_type {family!r} is not a Llama-family model ({_FAMILIES})")
+    if family == "qwen2" and d.get("use_sliding_window", False):
+        raise CheckpointError(f"{name}: Qwen2 with use_sliding_window=true is not supported")
+    if d.get("hidden_act", "silu") not in ("silu", "swish"):
+        raise CheckpointError(f"{name}: hidden_act {d.get('hidden_act')!r} is not supported (silu)")
+    rope = dict(d.get("rope_parameters") or {})
+    rope.update(d.get("rope_scaling") or {})
+    if "type" in (d.get("rope_scaling") or {}):  # pre-4.45 spelling of rope_type
+        rope["rope_type"] = d["rope_scaling"]["type"]
+    theta = float(d.get("rope_theta", rope.get("rope_theta", 10000.0)))
+    try:
+        D, H = int(d["hidden_size"]), int(d["num_attention_heads"])
+        E = int(d.get("head_dim") or D // H)
+        bias = bool(d.get("attention_bias", False))
+        return ModelConfig(
+            name=name,
+            family=family,
+            n_layers=int(d["num_hidden_layers"]),
+            n_heads=H,
+            n_kv_heads=int(d.get("num_key_value_heads") or H),
+            d_model=D,
+            d_head=E,
+            d_mlp=int(d["intermediate_size"]),
+            vocab_size=int(d["vocab_size"]),
+            n_ctx=int(d.get("max_position_embeddings", 2048)),
+            norm="rmsnorm",
+            norm_eps=float(d.get("rms_norm_eps", 1e-6)),
+            positional="rope",
+            rope_inv_freq=rope_inv_freq(E, theta, rope),
+            activation="silu",
+            gated_mlp=True,
+            qkv_bias=True if family == "qwen2" else bias,
+            o_bias=False if family == "qwen2" else bias,
+            mlp_bias=bool(d.get("mlp_bias", False)),
+            tied_embeddings=bool(d.get("tie_word_embeddings", False)),
+        )
+    except KeyError as err:
+        raise CheckpointError(f"{name}: config.json lacks {err}") from None
+    except NotImplementedError as err:
+        raise CheckpointError(f"{name}: {err}") from None
+
+
+def params_from_hf(t: Tensors, cfg: ModelConfig) -> dict[str, Any]:
+    L, H, K, D, E, F, V = (
+        cfg.n_layers,
+        cfg.n_heads,
+        cfg.n_kv_heads,
+        cfg.d_model,
+        cfg.d_head,
+        cfg.d_mlp,
+        cfg.vocab_size,
+    )
+    a, m = "model.layers.{i}.self_attn.", "model.layers.{i}.mlp."
+
+    def heads_in(w, n):  # [L, n*E, D] → [L, n, D, E]
+        return w.reshape(L, n, E, D).transpose(0, 1, 3, 2)
+
+    blocks = {
+        "ln1": {"scale": t.stack("model.layers.{i}.input_layernorm.weight", L, (D,))},
+        "w_q": heads_in(t.stack(a + "q_proj.weight", L, (H * E, D)), H),
+        "w_k": heads_in(t.stack(a + "k_proj.weight", L, (K * E, D)), K),
+        "w_v": heads_in(t.stack(a + "v_proj.weight", L, (K * E, D)), K),
+        "w_o": t.stack(a + "o_proj.weight", L, (D, H * E)).transpose(0, 2, 1).reshape(L, H, E, D),
+        "ln2": {"scale": t.stack("model.layers.{i}.post_attention_layernorm.weight", L, (D,))},
+        "w_in": t.stack(m + "up_proj.weight", L, (F, D)).transpose(0, 2, 1),
+        "w_gate": t.stack(m + "gate_proj.weight", L, (F, D)).transpose(0, 2, 1),
+        "w_out": t.stack(m + "down_proj.weight", L, (D, F)).transpose(0, 2, 1),
+    }
+    if cfg.qkv_bias:
+        blocks["b_q"] = t.stack(a + "q_proj.bias", L, (H * E,)).reshape(L, H, E)
+        blocks["b_k"] = t.stack(a + "k_proj.bias", L, (K * E,)).reshape(L, K, E)
+        blocks["b_v"] = t.stack(a + "v_proj.bias", L, (K * E,)).reshape(L, K, E)
+    if cfg.o_bias:
+        blocks["b_o"] = t.stack(a + "o_proj.bias", L, (D,))
+    if cfg.mlp_bias:
+        blocks["b_in"] = t.stack(m + "up_proj.bias", L, (F,))
+        blocks["b_gate"] = t.stack(m + "gate_proj.bias", L, (F,))
+        blocks["b_out"] = t.stack(m + "down_proj.bias", L, (D,))
+    params = {
+        "tok_embed": t.get("model.embed_tokens.weight", (V, D)),
+        "blocks": blocks,
+        "ln_f": {"scale": t.get("model.norm.weight", (D,))},
+    }
+    if not cfg.tied_embeddings:
+        params["unembed"] = np.ascontiguousarray(t.get("lm_head.weight", (V, D)).T)
+    return params
+
+
+def config_from_gguf(f: GGUFFile, name: str) -> ModelConfig:
+    arch = f.architecture
+    D, H = (
+        int(f.meta(f"{arch}.embedding_length")),
+        int(f.meta(f"{arch}.attention.head_count")),
+    )
+    E = int(f.meta(f"{arch}.attention.key_length", D // H))
+    scaling = None
+    if f.meta(f"{arch}.rope.scaling.type", None) not in (None, "none"):
+        scaling = {
+            "rope_type": f.meta(f"{arch}.rope.scaling.type"),
+            "factor": f.meta(f"{arch}.rope.scaling.factor"),
+        }
+    factors = f.dequantize("rope_freqs.weight") if "rope_freqs.weight" in f.tensors else None
+    try:
+        inv_freq = rope_inv_freq(E, float(f.meta(f"{arch}.rope.freq_base", 10000.0)), scaling, factors)
+    except NotImplementedError as err:
+        raise CheckpointError(f"{name}: {err}") from None
+    return ModelConfig(
+        name=name,
+        family=arch,
+        n_layers=int(f.meta(f"{arch}.block_count")),
+        n_heads=H,
+        n_kv_heads=int(f.meta(f"{arch}.attention.head_count_kv", H)),
+        d_model=D,
+        d_head=E,
+        d_mlp=int(f.meta(f"{arch}.feed_forward_length")),
+        vocab_size=int(f.tensors["token_embd.weight"].shape[-1]),
+        n_ctx=int(f.meta(f"{arch}.context_length", 2048)),
+        norm="rmsnorm",
+        norm_eps=float(f.meta(f"{arch}.attention.layer_norm_rms_epsilon", 1e-6)),
+        positional="rope",
+        rope_inv_freq=inv_freq,
+        activation="silu",
+        gated_mlp=True,
+        qkv_bias="blk.0.attn_q.bias" in f.tensors,
+        o_bias="blk.0.attn_output.bias" in f.tensors,
+        mlp_bias="blk.0.ffn_up.bias" in f.tensors,
+        tied_embeddings="output.weight" not in f.tensors,
+    )
+
+
+def _unpermute(w: np.ndarray, n_heads: int) -> np.ndarray:
+    """Undo llama.cpp's row permutation of q/k projections (interleaved → rotate-half pairs)."""
+    return w.reshape(n_heads, w.shape[0] // n_heads // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def gguf_name_map(cfg: ModelConfig) -> GGUFNameMap:
+    permuted = cfg.family == "llama"
+    q_fix = functools.partial(_unpermute, n_heads=cfg.n_heads) if permuted else identity
+    k_fix = functools.partial(_unpermute, n_heads=cfg.n_kv_heads) if permuted else identity
+    m = {
+        "model.embed_tokens.weight": ("token_embd.weight", identity),
+        "model.norm.weight": ("output_norm.weight", identity),
+        "lm_head.weight": ("output.weight", identity),
+    }
+    for i in range(cfg.n_layers):
+        a, p, b = f"model.layers.{i}.self_attn.", f"model.layers.{i}.mlp.", f"blk.{i}."
+        m.update(
+            {
+                f"model.layers.{i}.input_layernorm.weight": (
+                    b + "attn_norm.weight",
+                    identity,
+                ),
+                f"model.layers.{i}.post_attention_layernorm.weight": (
+                    b + "ffn_norm.weight",
+                    identity,
+                ),
+                a + "q_proj.weight": (b + "attn_q.weight", q_fix),
+                a + "k_proj.weight": (b + "attn_k.weight", k_fix),
+                a + "v_proj.weight": (b + "attn_v.weight", identity),
+                a + "o_proj.weight": (b + "attn_output.weight", identity),
+                a + "q_proj.bias": (b + "attn_q.bias", q_fix),
+                a + "k_proj.bias": (b + "attn_k.bias", k_fix),
+                a + "v_proj.bias": (b + "attn_v.bias", identity),
+                a + "o_proj.bias": (b + "attn_output.bias", identity),
+                p + "gate_proj.weight": (b + "ffn_gate.weight", identity),
+                p + "up_proj.weight": (b + "ffn_up.weight", identity),
+                p + "down_proj.weight": (b + "ffn_down.weight", identity),
+                p + "gate_proj.bias": (b + "ffn_gate.bias", identity),
+                p + "up_proj.bias": (b + "ffn_up.bias", identity),
+                p + "down_proj.bias": (b + "ffn_down.bias", identity),
+            }
+        )
+    return m

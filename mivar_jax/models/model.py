@@ -1,0 +1,195 @@
+"""Model: a loaded checkpoint (config, parameters, tokenizer, graph) with checked entry points."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mivar_jax.graph import Graph
+from mivar_jax.models import transformer
+from mivar_jax.models.config import ModelConfig
+
+forward_jit = jax.jit(transformer.forward, static_argnums=0)
+graph_forward_jit = jax.jit(transformer.graph_forward, static_argnums=0)
+
+
+class TokenBatch(NamedTuple):
+    """Padded prompts: ``tokens`` [N, P] int32, ``attention_mask`` [N, P] (1 = real token),
+    ``last`` [N] the index of each prompt's last real token (where the next token is predicted)."""
+
+    tokens: np.ndarray
+    attention_mask: np.ndarray
+    last: np.ndarray
+
+
+@dataclasses.dataclass(eq=False)
+class Model:
+    """A transformer in graph form.
+
+    ``params`` is the pure parameter pytree; ``config`` (hashable) is the static argument of
+    the pure functions ``mivar_jax.models.forward`` / ``graph_forward``. The methods here check
+    their inputs on the host (token range, context length, mask shape), then call the jit-compiled
+    pure functions.
+    """
+
+    config: ModelConfig
+    params: Any
+    tokenizer: Any = None
+    source: str = ""
+
+    @property
+    def graph(self) -> Graph:
+        return self.config.graph
+
+    @property
+    def dtype(self) -> jnp.dtype:
+        return self.params["tok_embed"].dtype
+
+    def __repr__(self) -> str:
+        c = self.config
+        return (
+            f"Model({c.name!r}, family={c.family}, layers={c.n_layers}, heads={c.n_heads}/{c.n_kv_heads}kv, "
+            f"d_model={c.d_model}, edges={self.graph.n_edges}, dtype={self.dtype})"
+        )
+
+    # ------------------------------------------------------------------ checked entry points
+    def check_batch(self, tokens: Any, attention_mask: Any = None) -> tuple[jax.Array, jax.Array]:
+        """Validate a token batch on the host; returns device arrays (int32)."""
+        tokens = np.asarray(tokens)
+        if tokens.ndim == 1:
+            tokens = tokens[None]
+        if tokens.ndim != 2 or not np.issubdtype(tokens.dtype, np.integer):
+            raise ValueError(f"tokens must be an integer array [N, P], got {tokens.dtype} {tokens.shape}")
+        n, p = tokens.shape
+        if n == 0 or p == 0:
+            raise ValueError(f"empty token batch {tokens.shape}")
+        if p > self.config.n_ctx:
+            raise ValueError(f"{p} tokens exceed the context length of {self.config.name} ({self.config.n_ctx})")
+        if tokens.min() < 0 or tokens.max() >= self.config.vocab_size:
+            raise ValueError(
+                f"token ids must lie in [0, {self.config.vocab_size}); got [{tokens.min()}, {tokens.max()}]"
+            )
+        if attention_mask is None:
+            attention_mask = np.ones_like(tokens)
+        attention_mask = np.asarray(attention_mask)
+        if attention_mask.ndim == 1:
+            attention_mask = attention_mask[None]
+        if attention_mask.shape != tokens.shape:
+            raise ValueError(f"attention_mask {attention_mask.shape} does not match tokens {tokens.shape}")
+        if not np.isin(attention_mask, (0, 1)).all():
+            raise ValueError("attention_mask must hold only 0 and 1")
+        if (attention_mask.sum(-1) == 0).any():
+            raise ValueError(f"rows {np.nonzero(attention_mask.sum(-1) == 0)[0].tolist()} have no real token")
+        return jnp.asarray(tokens, jnp.int32), jnp.asarray(attention_mask, jnp.int32)
+
+    def forward(self, tokens, attention_mask=None, *, input_embeds=None, logit_positions=None) -> jax.Array:
+        """Logits [N, P, V] (or [N, V] at ``logit_positions``) of the plain forward pass."""
+        tokens, attention_mask = self.check_batch(tokens, attention_mask)
+        logit_positions = self._check_positions(logit_positions, tokens.shape)
+        return forward_jit(
+            self.config,
+            self.params,
+            tokens,
+            attention_mask,
+            input_embeds=input_embeds,
+            logit_positions=logit_positions,
+        )
+
+    __call__ = forward
+
+    def graph_forward(
+        self,
+        tokens,
+        attention_mask=None,
+        *,
+        corrupted=None,
+        edge_mask=None,
+        taps=None,
+        input_embeds=None,
+        logit_positions=None,
+    ) -> tuple[jax.Array, jax.Array]:
+        """``(logits, node_outputs [S, N, P, D])`` of the graph-form forward (see
+        ``mivar_jax.models.transformer.graph_forward`` for the conventions)."""
+        tokens, attention_mask = self.check_batch(tokens, attention_mask)
+        logit_positions = self._check_positions(logit_positions, tokens.shape)
+        if corrupted is not None and corrupted.ndim == 4 and corrupted.shape[2] not in (1, tokens.shape[1]):
+            raise ValueError(
+                f"corrupted node outputs cover {corrupted.shape[2]} positions, the clean tokens {tokens.shape[1]}: "
+                "clean and corrupted prompts of a pair must have the same length"
+            )
+        return graph_forward_jit(
+            self.config,
+            self.params,
+            tokens,
+            attention_mask,
+            corrupted=corrupted,
+            edge_mask=edge_mask,
+            taps=taps,
+            input_embeds=input_embeds,
+            logit_positions=logit_positions,
+        )
+
+    def node_outputs(self, tokens, attention_mask=None, *, input_embeds=None) -> jax.Array:
+        """Node outputs [S, N, P, D] of a plain run (e.g. the corrupted run, to patch from)."""
+        return self.graph_forward(tokens, attention_mask, input_embeds=input_embeds)[1]
+
+    @staticmethod
+    def _check_positions(logit_positions, shape) -> jax.Array | None:
+        if logit_positions is None:
+            return None
+        pos = np.asarray(logit_positions)
+        if pos.shape != (shape[0],) or not np.issubdtype(pos.dtype, np.integer):
+            raise ValueError(f"logit_positions must be integers of shape ({shape[0]},), got {pos.dtype} {pos.shape}")
+        if pos.min() < 0 or pos.max() >= shape[1]:
+            raise ValueError(f"logit_positions must lie in [0, {shape[1]}), got [{pos.min()}, {pos.max()}]")
+        return jnp.asarray(pos, jnp.int32)
+
+    # ------------------------------------------------------------------ text
+    def tokenize(self, texts: str | list[str], *, padding_side: str = "right") -> TokenBatch:
+        """Encode prompts (no special tokens added) and pad them into one batch."""
+        if self.tokenizer is None:
+            raise ValueError(f"{self.config.name} was loaded without a tokenizer")
+        if isinstance(texts, str):
+            texts = [texts]
+        ids = [self.tokenizer.encode(t, add_special_tokens=False) for t in texts]
+        return pad_batch(ids, pad_id=self.pad_token_id, padding_side=padding_side)
+
+    @property
+    def pad_token_id(self) -> int:
+        tok = self.tokenizer
+        for candidate in (
+            getattr(tok, "pad_token_id", None),
+            getattr(tok, "eos_token_id", None),
+        ):
+            if candidate is not None:
+                return int(candidate)
+        return 0
+
+    def token_id(self, text: str) -> int:
+        """The id of a string that must encode to exactly one token (e.g. ``" Mary"``)."""
+        ids = self.tokenizer.encode(text, add_special_tokens=False)
+        if len(ids) != 1:
+            raise ValueError(f"{text!r} is {len(ids)} tokens for {self.config.name}'s tokenizer, not one: {ids}")
+        return int(ids[0])
+
+
+def pad_batch(ids: list[list[int]], *, pad_id: int = 0, padding_side: str = "right") -> TokenBatch:
+    """Pad token-id lists to one [N, P] batch with an attention mask and last-token positions."""
+    if padding_side not in ("right", "left"):
+        raise ValueError(f"padding_side must be 'right' or 'left', got {padding_side!r}")
+    if not ids or any(len(x) == 0 for x in ids):
+        raise ValueError("every prompt needs at least one token")
+    n, p = len(ids), max(len(x) for x in ids)
+    tokens = np.full((n, p), pad_id, np.int32)
+    mask = np.zeros((n, p), np.int32)
+    last = np.zeros(n, np.int32)
+    for i, x in enumerate(ids):
+        start = 0 if padding_side == "right" else p - len(x)
+        tokens[i, start : start + len(x)] = x
+        mask[i, start : start + len(x)] = 1
+        last[i] = start + len(x) - 1
+    return TokenBatch(tokens, mask, last)

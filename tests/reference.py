@@ -1,0 +1,155 @@
+"""An independent, loop-based numpy implementation of the graph-form forward (test oracle).
+
+Written from the definitions, sharing no code with mivar_jax: node and slot orders, the edge
+rule, the norms, RoPE, attention and MLPs are all spelled out again here, one head and one
+destination slot at a time. Slow, but small models make that fine.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def _norm(cfg, scale, bias, x):
+    x = x.astype(np.float64)
+    if cfg.norm == "layernorm":
+        mu = x.mean(-1, keepdims=True)
+        var = ((x - mu) ** 2).mean(-1, keepdims=True)
+        return (x - mu) / np.sqrt(var + cfg.norm_eps) * scale + bias
+    return x / np.sqrt((x**2).mean(-1, keepdims=True) + cfg.norm_eps) * scale
+
+
+def _act(cfg, x):
+    if cfg.activation == "gelu_tanh":
+        return 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))
+    if cfg.activation == "gelu":
+        from scipy.special import erf
+
+        return 0.5 * x * (1 + erf(x / math.sqrt(2)))
+    if cfg.activation == "relu":
+        return np.maximum(x, 0)
+    return x / (1 + np.exp(-x))
+
+
+def _rope(cfg, x, pos):
+    """x [P, E] for one head; rotate-half pairs (i, i + E/2)."""
+    inv = np.asarray(cfg.rope_inv_freq, np.float64)
+    half = x.shape[-1] // 2
+    out = np.empty_like(x)
+    for p in range(x.shape[0]):
+        ang = pos[p] * inv
+        c, s = np.cos(ang), np.sin(ang)
+        out[p, :half] = x[p, :half] * c - x[p, half:] * s
+        out[p, half:] = x[p, half:] * c + x[p, :half] * s
+    return out
+
+
+def names(cfg):
+    """Source nodes and destination slots, in EAP-IG order (re-derived here)."""
+    L, H = cfg.n_layers, cfg.n_heads
+    src = ["input"] + [n for layer in range(L) for n in [f"a{layer}.h{h}" for h in range(H)] + [f"m{layer}"]]
+    dst = [
+        n for layer in range(L) for n in [f"a{layer}.h{h}<{c}>" for c in "qkv" for h in range(H)] + [f"m{layer}"]
+    ] + ["logits"]
+    return src, dst
+
+
+def upstream(cfg, src_name, dst_name) -> bool:
+    """The edge rule, from names: is ``src`` upstream of ``dst``?"""
+    if dst_name == "logits" or src_name == "input":
+        return True
+    s_layer = int(src_name.split(".")[0][1:])
+    d_layer = int(dst_name.split(".")[0].split("<")[0][1:])
+    if dst_name.startswith("m") and src_name.startswith("a"):
+        return s_layer <= d_layer
+    return s_layer < d_layer
+
+
+def graph_forward(cfg, params, tokens, mask=None, corrupted=None, edge_mask=None):
+    """Returns (logits [N, P, V], nodes {name: [N, P, D]}); ``corrupted`` is {name: [N, P, D]},
+    ``edge_mask`` is {(src, dst): weight} for edges whose weight is not 1."""
+    p = {k: np.asarray(v, np.float64) if not isinstance(v, dict) else v for k, v in params.items()}
+    blocks = {
+        k: (
+            np.asarray(v, np.float64)
+            if not isinstance(v, dict)
+            else {a: np.asarray(b, np.float64) for a, b in v.items()}
+        )
+        for k, v in params["blocks"].items()
+    }
+    tokens = np.asarray(tokens)
+    N, P = tokens.shape
+    mask = np.ones((N, P), int) if mask is None else np.asarray(mask)
+    pos = np.maximum(np.cumsum(mask, -1) - 1, 0)
+    H, K, E, D = cfg.n_heads, cfg.n_kv_heads, cfg.d_head, cfg.d_model
+    src_names, _ = names(cfg)
+    edge_mask = edge_mask or {}
+
+    nodes = {}
+    x = np.asarray(params["tok_embed"], np.float64)[tokens]
+    if cfg.positional == "learned":
+        x = x + np.asarray(params["pos_embed"], np.float64)[pos]
+    nodes["input"] = x
+
+    def read(dst, const):
+        total = np.array(const, np.float64) * np.ones((N, P, D))
+        for u in src_names:
+            if u not in nodes or not upstream(cfg, u, dst):
+                continue
+            m = edge_mask.get((u, dst), 1.0)
+            total = total + m * nodes[u]
+            if m != 1.0:
+                total = total + (1 - m) * corrupted[u]
+        return total
+
+    b_o = blocks.get("b_o", np.zeros((cfg.n_layers, D)))
+    const = np.zeros(D)
+    for layer in range(cfg.n_layers):
+        b = {k: v[layer] if not isinstance(v, dict) else {a: c[layer] for a, c in v.items()} for k, v in blocks.items()}
+        ln1 = (b["ln1"]["scale"], b["ln1"].get("bias", 0.0))
+        for h in range(H):
+            g = h // (H // K)
+            qkv = {}
+            for c, w, bias_key, idx in (
+                ("q", b["w_q"][h], "b_q", h),
+                ("k", b["w_k"][g], "b_k", g),
+                ("v", b["w_v"][g], "b_v", g),
+            ):
+                inp = _norm(cfg, *ln1, read(f"a{layer}.h{h}<{c}>", const))
+                y = inp @ w + (b[bias_key][idx] if bias_key in b else 0.0)
+                qkv[c] = y
+            out = np.zeros((N, P, D))
+            for n in range(N):
+                q, k, v = qkv["q"][n], qkv["k"][n], qkv["v"][n]
+                if cfg.positional == "rope":
+                    q, k = _rope(cfg, q, pos[n]), _rope(cfg, k, pos[n])
+                scores = q @ k.T / math.sqrt(E)
+                for i in range(P):
+                    allowed = [j for j in range(P) if j <= i and mask[n, j]]
+                    w = np.zeros(P)
+                    if allowed:
+                        s = scores[i, allowed]
+                        e = np.exp(s - s.max())
+                        w[allowed] = e / e.sum()
+                    else:
+                        w[:] = 1.0 / P
+                    out[n, i] = (w @ v) @ b["w_o"][h]
+            nodes[f"a{layer}.h{h}"] = out
+        const = const + b_o[layer]
+        inp = _norm(cfg, b["ln2"]["scale"], b["ln2"].get("bias", 0.0), read(f"m{layer}", const))
+        a = inp @ b["w_in"] + b.get("b_in", 0.0)
+        if cfg.gated_mlp:
+            a = _act(cfg, inp @ b["w_gate"] + b.get("b_gate", 0.0)) * a
+        else:
+            a = _act(cfg, a)
+        nodes[f"m{layer}"] = a @ b["w_out"] + b.get("b_out", 0.0)
+
+    final = _norm(cfg, p["ln_f"]["scale"], p["ln_f"].get("bias", 0.0), read("logits", const))
+    w_u = (
+        np.asarray(params["tok_embed"], np.float64).T
+        if cfg.tied_embeddings
+        else np.asarray(params["unembed"], np.float64)
+    )
+    return final @ w_u, nodes
