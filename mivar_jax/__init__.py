@@ -4,7 +4,7 @@ import mivar_jax as mv
 model = mv.load_model("smollm2-135m")
 """
 
-from mivar_jax import models
+from mivar_jax import models, tasks
 from mivar_jax.graph import Graph, GraphJSON
 from mivar_jax.models import (
     CheckpointError,
@@ -24,5 +24,6 @@ __all__ = [
     "ModelConfig",
     "load_model",
     "models",
+    "tasks",
     "registered_models",
 ]

@@ -177,6 +177,15 @@ class Model:
         return int(ids[0])
 
 
+def pad_token_id(tokenizer) -> int:
+    """The id used for padding: the tokenizer's pad token, else its EOS token, else 0."""
+    for attr in ("pad_token_id", "eos_token_id"):
+        value = getattr(tokenizer, attr, None)
+        if value is not None:
+            return int(value)
+    return 0
+
+
 def pad_batch(ids: list[list[int]], *, pad_id: int = 0, padding_side: str = "right") -> TokenBatch:
     """Pad token-id lists to one [N, P] batch with an attention mask and last-token positions."""
     if padding_side not in ("right", "left"):

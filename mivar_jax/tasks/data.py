@@ -1,0 +1,316 @@
+"""TaskData: clean/corrupted prompt pairs as padded arrays, ready for jit.
+
+Conventions: prompts are right-padded; a pair's clean and corrupted prompts have the same
+token length (pairs that do not are dropped when built, and counted); ``answer_pos`` is the last
+real token, whose next-token logits the metric reads; answer sets are int32 [N, A] padded with -1.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import os
+import zipfile
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import jax.numpy as jnp
+import numpy as np
+
+from mivar_jax._io import atomic_write_bytes
+from mivar_jax.models.model import pad_token_id
+
+FORMAT_VERSION = 1
+_ARRAYS = ("clean", "corrupted", "attention_mask", "answer_pos", "correct", "incorrect", "template", "family", "uid")
+
+
+@dataclasses.dataclass(frozen=True)
+class Example:
+    """One generated pair before tokenisation. Answers are strings that must be single tokens."""
+
+    clean: str
+    corrupted: str
+    correct: tuple[str, ...]
+    incorrect: tuple[str, ...]
+    template: int
+    family: int
+
+
+class TaskBatch(NamedTuple):
+    """The arrays of a TaskData (or of some of its rows) as a pytree of device arrays: what jitted
+    code takes. ``uid`` keys the counterfactual noise."""
+
+    clean: jnp.ndarray
+    corrupted: jnp.ndarray
+    attention_mask: jnp.ndarray
+    answer_pos: jnp.ndarray
+    correct: jnp.ndarray
+    incorrect: jnp.ndarray
+    uid: jnp.ndarray
+
+    @property
+    def differs(self) -> jnp.ndarray:
+        """[N, P] bool: real positions where the corrupted prompt differs from the clean one."""
+        return (self.clean != self.corrupted) & (self.attention_mask > 0)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class TaskData:
+    """A task's dataset: N clean/corrupted pairs with answers, template ids and the metric's name.
+
+    Arrays: ``clean``, ``corrupted``, ``attention_mask`` [N, P] int32; ``answer_pos`` [N];
+    ``correct`` [N, A], ``incorrect`` [N, B] token ids (-1 = padding); ``template``, ``family`` [N];
+    ``uid`` [N] stable example ids (they key the counterfactual noise, so a slice keeps its noise).
+    ``noise`` is the counterfactual-noise amplitude σ (see ``mivar_jax.tasks.noise``).
+    """
+
+    task: str
+    metric: str
+    counterfactual: str
+    clean: np.ndarray
+    corrupted: np.ndarray
+    attention_mask: np.ndarray
+    answer_pos: np.ndarray
+    correct: np.ndarray
+    incorrect: np.ndarray
+    template: np.ndarray
+    family: np.ndarray
+    uid: np.ndarray
+    clean_text: tuple[str, ...]
+    corrupted_text: tuple[str, ...]
+    noise: float = 0.0
+    noise_seed: int = 0
+    info: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        n = len(self.clean_text)
+        for name in _ARRAYS:
+            a = getattr(self, name)
+            if a.shape[0] != n:
+                raise ValueError(f"TaskData.{name} has {a.shape[0]} rows, expected {n}")
+        if self.clean.shape != self.corrupted.shape or self.clean.shape != self.attention_mask.shape:
+            raise ValueError("clean, corrupted and attention_mask must have the same shape [N, P]")
+        if self.noise < 0:
+            raise ValueError(f"noise amplitude must be ≥ 0, got {self.noise}")
+
+    # ------------------------------------------------------------------ views
+    def __len__(self) -> int:
+        return len(self.clean_text)
+
+    @property
+    def n_positions(self) -> int:
+        return int(self.clean.shape[1])
+
+    def batch(self, rows: np.ndarray | None = None) -> TaskBatch:
+        """Device arrays of all rows (or of ``rows``, at the full padded width) for jitted code."""
+        take = (lambda a: a) if rows is None else (lambda a: a[rows])
+        return TaskBatch(*(jnp.asarray(take(getattr(self, f))) for f in TaskBatch._fields))
+
+    def batches(self, batch_size: int):
+        """Yield ``(TaskBatch, n_real)`` of ``batch_size`` rows each, all of one shape (so one
+        compilation serves them): the last batch is filled up by repeating its last row, and only
+        its first ``n_real`` rows are real."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
+        n = len(self)
+        size = min(batch_size, n)
+        for start in range(0, n, size):
+            rows = np.arange(start, min(start + size, n))
+            n_real = len(rows)
+            rows = np.concatenate([rows, np.full(size - n_real, rows[-1])])
+            yield self.batch(rows), n_real
+
+    def __getitem__(self, index: int | slice | Sequence[int] | np.ndarray) -> TaskData:
+        """Rows ``index`` (an int, slice, index array or boolean mask), padding trimmed to fit."""
+        rows = np.arange(len(self))[index]
+        rows = np.atleast_1d(rows)
+        if rows.size == 0:
+            raise IndexError("selection is empty")
+        width = int(self.attention_mask[rows].sum(1).max())
+        arrays = {name: getattr(self, name)[rows] for name in _ARRAYS}
+        for name in ("clean", "corrupted", "attention_mask"):
+            arrays[name] = arrays[name][:, :width]
+        return dataclasses.replace(
+            self,
+            **arrays,
+            clean_text=tuple(self.clean_text[i] for i in rows),
+            corrupted_text=tuple(self.corrupted_text[i] for i in rows),
+        )
+
+    def with_noise(self, sigma: float, seed: int = 0) -> TaskData:
+        """The same pairs with counterfactual noise of amplitude ``sigma`` (keyed by ``seed``)."""
+        return dataclasses.replace(self, noise=float(sigma), noise_seed=int(seed))
+
+    @staticmethod
+    def concat(parts: Sequence[TaskData]) -> TaskData:
+        """Concatenate datasets of one task and metric (re-padded to the longest prompt)."""
+        if not parts:
+            raise ValueError("nothing to concatenate")
+        first = parts[0]
+        for p in parts[1:]:
+            for attr in ("task", "metric", "noise", "noise_seed"):
+                if getattr(p, attr) != getattr(first, attr):
+                    raise ValueError(
+                        f"cannot concatenate datasets with different {attr}: {getattr(first, attr)!r} vs {getattr(p, attr)!r}"
+                    )
+        width = max(p.n_positions for p in parts)
+        pad_id = first.info.get("pad_id", 0)
+
+        def widen(a, fill, cols):
+            return np.concatenate([np.pad(x, ((0, 0), (0, cols - x.shape[1])), constant_values=fill) for x in a])
+
+        answers = lambda name: max(getattr(p, name).shape[1] for p in parts)
+        return dataclasses.replace(
+            first,
+            clean=widen([p.clean for p in parts], pad_id, width),
+            corrupted=widen([p.corrupted for p in parts], pad_id, width),
+            attention_mask=widen([p.attention_mask for p in parts], 0, width),
+            answer_pos=np.concatenate([p.answer_pos for p in parts]),
+            correct=widen([p.correct for p in parts], -1, answers("correct")),
+            incorrect=widen([p.incorrect for p in parts], -1, answers("incorrect")),
+            template=np.concatenate([p.template for p in parts]),
+            family=np.concatenate([p.family for p in parts]),
+            uid=np.concatenate([p.uid for p in parts]),
+            clean_text=sum((p.clean_text for p in parts), ()),
+            corrupted_text=sum((p.corrupted_text for p in parts), ()),
+            counterfactual=first.counterfactual if len({p.counterfactual for p in parts}) == 1 else "mixed",
+        )
+
+    # ------------------------------------------------------------------ files
+    def save(self, path: str | os.PathLike) -> None:
+        """Write one ``.npz`` file (arrays + JSON metadata), atomically."""
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "task": self.task,
+            "metric": self.metric,
+            "counterfactual": self.counterfactual,
+            "clean_text": list(self.clean_text),
+            "corrupted_text": list(self.corrupted_text),
+            "noise": self.noise,
+            "noise_seed": self.noise_seed,
+            "info": self.info,
+        }
+        buf = io.BytesIO()
+        np.savez_compressed(buf, meta=np.array(json.dumps(meta)), **{name: getattr(self, name) for name in _ARRAYS})
+        atomic_write_bytes(path, buf.getvalue())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> TaskData:
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                meta = json.loads(str(f["meta"]))
+                arrays = {name: f[name] for name in _ARRAYS}
+        except KeyError as err:
+            raise ValueError(f"{path}: not a TaskData file (missing {err})") from None
+        except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
+            raise ValueError(f"{path}: not a readable TaskData file ({type(err).__name__}: {err})") from None
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise ValueError(
+                f"{path}: TaskData format {meta.get('format_version')}, this version reads {FORMAT_VERSION}"
+            )
+        return cls(
+            task=meta["task"],
+            metric=meta["metric"],
+            counterfactual=meta["counterfactual"],
+            clean_text=tuple(meta["clean_text"]),
+            corrupted_text=tuple(meta["corrupted_text"]),
+            noise=meta["noise"],
+            noise_seed=meta["noise_seed"],
+            info=meta["info"],
+            **arrays,
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"TaskData({self.task!r}, n={len(self)}, positions={self.n_positions}, metric={self.metric}, "
+            f"counterfactual={self.counterfactual}, templates={len(np.unique(self.template))}, noise={self.noise})"
+        )
+
+
+def encode(tokenizer, text: str) -> list[int]:
+    return list(tokenizer.encode(text, add_special_tokens=False))
+
+
+def single_token(tokenizer, text: str) -> int | None:
+    ids = encode(tokenizer, text)
+    return ids[0] if len(ids) == 1 else None
+
+
+def build(
+    examples: Sequence[Example],
+    tokenizer,
+    *,
+    task: str,
+    metric: str,
+    counterfactual: str,
+    seed: int,
+    info: dict[str, Any],
+    prepend_bos: bool = False,
+) -> tuple[TaskData, Counter]:
+    """Tokenise and pad examples; drop (and count) pairs whose clean and corrupted lengths differ."""
+    dropped: Counter = Counter()
+    bos = [] if not prepend_bos else [_bos_id(tokenizer)]
+    answer_cache: dict[str, int] = {}
+
+    def answer_id(text: str) -> int:
+        if text not in answer_cache:
+            tid = single_token(tokenizer, text)
+            if tid is None:
+                raise ValueError(f"answer {text!r} is {len(encode(tokenizer, text))} tokens, not one")
+            answer_cache[text] = tid
+        return answer_cache[text]
+
+    rows = []
+    for ex in examples:
+        clean_ids, corrupt_ids = bos + encode(tokenizer, ex.clean), bos + encode(tokenizer, ex.corrupted)
+        if len(clean_ids) != len(corrupt_ids):
+            dropped["clean/corrupted token lengths differ"] += 1
+            continue
+        if clean_ids == corrupt_ids:
+            dropped["corrupted prompt identical to clean"] += 1
+            continue
+        rows.append(
+            (ex, clean_ids, corrupt_ids, [answer_id(a) for a in ex.correct], [answer_id(a) for a in ex.incorrect])
+        )
+    if not rows:
+        raise ValueError(f"no usable {task} pair: {dict(dropped)}")
+
+    n, width = len(rows), max(len(r[1]) for r in rows)
+    n_correct, n_incorrect = max(len(r[3]) for r in rows), max(len(r[4]) for r in rows)
+    pad_id = pad_token_id(tokenizer)
+    clean = np.full((n, width), pad_id, np.int32)
+    corrupted = np.full((n, width), pad_id, np.int32)
+    mask = np.zeros((n, width), np.int32)
+    correct = np.full((n, n_correct), -1, np.int32)
+    incorrect = np.full((n, n_incorrect), -1, np.int32)
+    for i, (_, c, k, good, bad) in enumerate(rows):
+        clean[i, : len(c)], corrupted[i, : len(k)], mask[i, : len(c)] = c, k, 1
+        correct[i, : len(good)], incorrect[i, : len(bad)] = good, bad
+    info = {**info, "dropped": dict(dropped), "pad_id": pad_id, "prepend_bos": prepend_bos}
+    data = TaskData(
+        task=task,
+        metric=metric,
+        counterfactual=counterfactual,
+        clean=clean,
+        corrupted=corrupted,
+        attention_mask=mask,
+        answer_pos=mask.sum(1).astype(np.int32) - 1,
+        correct=correct,
+        incorrect=incorrect,
+        template=np.array([r[0].template for r in rows], np.int32),
+        family=np.array([r[0].family for r in rows], np.int32),
+        uid=(np.int64(seed) * 1_000_003 + np.arange(len(rows))) % (2**31 - 1),
+        clean_text=tuple(r[0].clean for r in rows),
+        corrupted_text=tuple(r[0].corrupted for r in rows),
+        info=info,
+    )
+    return data, dropped
+
+
+def _bos_id(tokenizer) -> int:
+    value = getattr(tokenizer, "bos_token_id", None)
+    if value is None:
+        raise ValueError("prepend_bos=True but the tokenizer has no BOS token")
+    return int(value)

@@ -1,0 +1,94 @@
+"""Greater-Than (Hanna et al. 2023): "The war lasted from the year 1732 to the year 17" → a year > 32.
+
+Two variants, chosen by how the tokenizer writes years:
+- ``two-digit`` (GPT-2): " 1732" is " 17" + "32". The answer is the two-digit token; YY ∈ [02, 98].
+  Metric ``prob_diff`` = Σ p(YY' > YY) − Σ p(YY' ≤ YY) over the tokens "00" … "99".
+- ``digit-wise`` (SmolLM2, Llama 3 …): " 1732" is split into single digits. The answer is the tens
+  digit t of YY, with t ∈ [1, 8]. Metric ``prob_diff`` = Σ_{d > t} p(d) − Σ_{d < t} p(d) over the
+  digit tokens "0" … "9": the tens digit alone decides "greater" only when it differs from t, so
+  the decade of YY itself counts on neither side.
+A tokenizer that does neither gets an error naming the property.
+
+Counterfactual ``01``: the start year becomes 1701, whose decade (and two-digit token) is the
+minimum, so no answer is "greater" by the start year any more.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mivar_jax.tasks.data import Example, encode, single_token
+from mivar_jax.tasks.spec import TaskSpec, draw_distinct, single_token_words
+
+FAMILIES = {
+    "lasted": (
+        "The {noun} lasted from the year 17{YY} to the year 17",
+        "The {noun} went on from the year 17{YY} until the year 17",
+        "The {noun} ran from the year 17{YY} to the year 17",
+    ),
+    "started-ended": (
+        "The {noun} started in the year 17{YY} and ended in the year 17",
+        "The {noun} began in the year 17{YY} and was over by the year 17",
+        "The {noun} started in 17{YY} and ended in 17",
+    ),
+}
+
+NOUNS = (
+    "war conflict expedition project journey contract treaty empire dynasty reign marriage voyage campaign "
+    "festival trial strike siege revolution alliance partnership mission program tour occupation crisis"
+).split()
+
+
+def variant(tokenizer) -> str:
+    """``two-digit`` or ``digit-wise``, or a ValueError naming what the tokenizer does instead."""
+    two_digit = all(single_token(tokenizer, f"{d:02d}") is not None for d in range(100))
+    year = encode(tokenizer, " 1732")
+    if two_digit and year == encode(tokenizer, " 17") + encode(tokenizer, "32") and len(year) == 2:
+        return "two-digit"
+    digits = [single_token(tokenizer, str(d)) for d in range(10)]
+    if None not in digits and year[-4:] == [digits[1], digits[7], digits[3], digits[2]]:
+        return "digit-wise"
+    pieces = [tokenizer.decode([t]) for t in year]
+    raise ValueError(
+        "greater-than needs a tokenizer that writes a year either as ' 17' + a two-digit token or as single "
+        f"digits; this one writes ' 1732' as {pieces}"
+    )
+
+
+def _sample(tokenizer, rng: np.random.Generator, n: int, template_ids: list[int], counterfactual: str):
+    templates = [t for i, (_, _, t) in enumerate(SPEC.templates) if i in template_ids]
+    kind = variant(tokenizer)
+    nouns, dropped = single_token_words(tokenizer, NOUNS)
+    if not nouns:
+        raise ValueError("greater-than: no candidate noun is a single token for this tokenizer")
+    years = list(range(2, 99)) if kind == "two-digit" else list(range(10, 90))
+    pool = len(templates) * len(nouns) * len(years)
+
+    def draw() -> Example:
+        k = int(rng.integers(len(template_ids)))
+        t_id, template = template_ids[k], templates[k]
+        noun = nouns[rng.integers(len(nouns))]
+        yy = years[rng.integers(len(years))]
+        clean = template.format(noun=noun, YY=f"{yy:02d}")
+        corrupted = template.format(noun=noun, YY="01")
+        if kind == "two-digit":
+            correct = tuple(f"{d:02d}" for d in range(yy + 1, 100))
+            incorrect = tuple(f"{d:02d}" for d in range(0, yy + 1))
+        else:
+            tens = yy // 10
+            correct = tuple(str(d) for d in range(tens + 1, 10))
+            incorrect = tuple(str(d) for d in range(0, tens))
+        return Example(clean, corrupted, correct, incorrect, t_id, SPEC.family_of(t_id))
+
+    examples = draw_distinct(n, pool, draw, "greater-than")
+    return examples, {"variant": kind, "pool_size": pool, "dropped_candidates": {"nouns": dropped}}
+
+
+SPEC = TaskSpec(
+    name="greater-than",
+    description="Greater-Than: probability of years after the start year minus years up to it",
+    families=FAMILIES,
+    counterfactuals=("01",),
+    metric="prob_diff",
+    sample=_sample,
+)

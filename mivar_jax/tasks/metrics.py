@@ -1,0 +1,62 @@
+"""Task metrics: jit-able functions of the logits at the answer position.
+
+Answer sets are int32 arrays [N, A] padded with -1. Every metric returns one value per input [N].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float, Int
+
+
+def _masked_mean(values_NxA: jax.Array, ids_NxA: jax.Array) -> jax.Array:
+    valid = ids_NxA >= 0
+    return jnp.where(valid, values_NxA, 0).sum(-1) / jnp.maximum(valid.sum(-1), 1)
+
+
+def _gather(x_NxV: jax.Array, ids_NxA: jax.Array) -> jax.Array:
+    return jnp.take_along_axis(x_NxV, jnp.maximum(ids_NxA, 0), axis=-1)
+
+
+def logit_diff(
+    logits_NxV: Float[Array, "N V"], correct_NxA: Int[Array, "N A"], incorrect_NxB: Int[Array, "N B"]
+) -> Float[Array, " N"]:
+    """Mean logit of the correct answers minus mean logit of the incorrect ones.
+
+    IOI: logit(IO) − logit(S). SVA: the verb pairs are aligned (correct[k] and incorrect[k] are
+    two forms of one verb), so this is the mean over pairs of logit(correct form) − logit(incorrect).
+    """
+    logits_NxV = logits_NxV.astype(jnp.float32)
+    return _masked_mean(_gather(logits_NxV, correct_NxA), correct_NxA) - _masked_mean(
+        _gather(logits_NxV, incorrect_NxB), incorrect_NxB
+    )
+
+
+def prob_diff(
+    logits_NxV: Float[Array, "N V"], correct_NxA: Int[Array, "N A"], incorrect_NxB: Int[Array, "N B"]
+) -> Float[Array, " N"]:
+    """Probability mass on the correct answers minus mass on the incorrect ones (Greater-Than:
+    years > YY minus years ≤ YY), softmax over the whole vocabulary."""
+    probs = jax.nn.softmax(logits_NxV.astype(jnp.float32), axis=-1)
+    mass = lambda ids: jnp.where(ids >= 0, _gather(probs, ids), 0).sum(-1)
+    return mass(correct_NxA) - mass(incorrect_NxB)
+
+
+def kl_divergence(logits_NxV: Float[Array, "N V"], reference_logits_NxV: Float[Array, "N V"]) -> Float[Array, " N"]:
+    """KL(reference ‖ logits) per input, in nats (e.g. KL(clean model ‖ patched model))."""
+    log_p = jax.nn.log_softmax(reference_logits_NxV.astype(jnp.float32), -1)
+    log_q = jax.nn.log_softmax(logits_NxV.astype(jnp.float32), -1)
+    return (jnp.exp(log_p) * (log_p - log_q)).sum(-1)
+
+
+METRICS: dict[str, Callable] = {"logit_diff": logit_diff, "prob_diff": prob_diff}
+
+
+def get_metric(name: str) -> Callable:
+    """An answer metric by name: ``logit_diff`` or ``prob_diff`` (signature: logits, correct, incorrect)."""
+    if name not in METRICS:
+        raise ValueError(f"unknown metric {name!r}; known: {sorted(METRICS)}")
+    return METRICS[name]
