@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks.common import compiled_memory, environment, gpt2_small_config, peak_rss_mb, save, time_cases
-from mivar_jax.models import transformer
+from mivar_jax.models import init_params, transformer
 
 
 def main(argv=None):
@@ -27,7 +27,7 @@ def main(argv=None):
 
     cfg = gpt2_small_config()
     g = cfg.graph
-    params = transformer.init_params(cfg, jax.random.key(0))
+    params = init_params(cfg, jax.random.key(0))
     rng = np.random.default_rng(0)
     tokens = jnp.asarray(rng.integers(0, cfg.vocab_size, (args.batch, args.tokens)), jnp.int32)
     mask = jnp.ones_like(tokens)

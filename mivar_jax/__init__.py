@@ -5,6 +5,8 @@ model = mv.load_model("smollm2-135m")
 """
 
 from mivar_jax import models, tasks
+from mivar_jax.aggregation import aggregate
+from mivar_jax.estimators import Scores, attribute
 from mivar_jax.graph import Graph, GraphJSON
 from mivar_jax.models import (
     CheckpointError,
@@ -18,6 +20,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CheckpointError",
+    "Scores",
+    "aggregate",
+    "attribute",
     "Graph",
     "GraphJSON",
     "Model",

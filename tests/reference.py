@@ -67,9 +67,10 @@ def upstream(cfg, src_name, dst_name) -> bool:
     return s_layer < d_layer
 
 
-def graph_forward(cfg, params, tokens, mask=None, corrupted=None, edge_mask=None):
+def graph_forward(cfg, params, tokens, mask=None, corrupted=None, edge_mask=None, input_embeds=None, at=None):
     """Returns (logits [N, P, V], nodes {name: [N, P, D]}); ``corrupted`` is {name: [N, P, D]},
-    ``edge_mask`` is {(src, dst): weight} for edges whose weight is not 1."""
+    ``edge_mask`` is {(src, dst): weight} for edges whose weight is not 1; ``input_embeds``
+    replaces the input node's output; ``at`` [N] returns logits at one position per input [N, V]."""
     p = {k: np.asarray(v, np.float64) if not isinstance(v, dict) else v for k, v in params.items()}
     blocks = {
         k: (
@@ -91,7 +92,7 @@ def graph_forward(cfg, params, tokens, mask=None, corrupted=None, edge_mask=None
     x = np.asarray(params["tok_embed"], np.float64)[tokens]
     if cfg.positional == "learned":
         x = x + np.asarray(params["pos_embed"], np.float64)[pos]
-    nodes["input"] = x
+    nodes["input"] = x if input_embeds is None else np.asarray(input_embeds, np.float64)
 
     def read(dst, const):
         total = np.array(const, np.float64) * np.ones((N, P, D))
@@ -147,6 +148,8 @@ def graph_forward(cfg, params, tokens, mask=None, corrupted=None, edge_mask=None
         nodes[f"m{layer}"] = a @ b["w_out"] + b.get("b_out", 0.0)
 
     final = _norm(cfg, p["ln_f"]["scale"], p["ln_f"].get("bias", 0.0), read("logits", const))
+    if at is not None:
+        final = final[np.arange(N), np.asarray(at)]
     w_u = (
         np.asarray(params["tok_embed"], np.float64).T
         if cfg.tied_embeddings

@@ -81,7 +81,7 @@ def test_node_outputs_sum_to_the_residual_stream(setup):
     _, nodes = model.graph_forward(clean.tokens, clean.attention_mask)
     b_o = model.params["blocks"].get("b_o")
     total = nodes.sum(0) + (0 if b_o is None else b_o.sum(0))
-    from mivar_jax.models.transformer import unembed
+    from mivar_jax.models.layers import unembed
 
     _close_on_real(
         unembed(model.config, model.params, total),

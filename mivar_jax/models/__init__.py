@@ -4,13 +4,8 @@ from mivar_jax.models.checkpoint import CheckpointError
 from mivar_jax.models.config import ModelConfig
 from mivar_jax.models.loading import load_model, registered_models
 from mivar_jax.models.model import Model, TokenBatch, pad_batch
-from mivar_jax.models.transformer import (
-    Transformer,
-    forward,
-    graph_forward,
-    init_params,
-    params_of,
-)
+from mivar_jax.models.params import Transformer, init_params, params_of
+from mivar_jax.models.transformer import forward, graph_forward
 
 __all__ = [
     "CheckpointError",

@@ -25,7 +25,7 @@ from mivar_jax.models.checkpoint import (
 )
 from mivar_jax.models.gguf_tokenizer import build_gguf_tokenizer
 from mivar_jax.models.model import Model
-from mivar_jax.models.transformer import param_shapes
+from mivar_jax.models.params import param_shapes
 
 _HF_FAMILIES = {"gpt2": gpt2, "llama": llama, "qwen2": llama}
 _GGUF_FAMILIES = {"gpt2": gpt2, "llama": llama, "qwen2": llama}

@@ -108,14 +108,16 @@ class TaskData:
         take = (lambda a: a) if rows is None else (lambda a: a[rows])
         return TaskBatch(*(jnp.asarray(take(getattr(self, f))) for f in TaskBatch._fields))
 
-    def batches(self, batch_size: int):
-        """Yield ``(TaskBatch, n_real)`` of ``batch_size`` rows each, all of one shape (so one
-        compilation serves them): the last batch is filled up by repeating its last row, and only
-        its first ``n_real`` rows are real."""
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
+    def batches(self, batch_size: int, devices: int = 1):
+        """Yield ``(TaskBatch, n_real)`` of ``batch_size`` rows per device (``devices`` blocks each),
+        all of one shape, so one compilation serves them. The per-device size is at most N and does
+        not depend on ``devices``: every device computes on blocks of the shape one device would
+        (the basis of identical results on any number of devices). The last batch is filled up by
+        repeating its last row; only its first ``n_real`` rows are real."""
+        if batch_size < 1 or devices < 1:
+            raise ValueError(f"batch_size and devices must be ≥ 1, got {batch_size}, {devices}")
         n = len(self)
-        size = min(batch_size, n)
+        size = min(batch_size, n) * devices
         for start in range(0, n, size):
             rows = np.arange(start, min(start + size, n))
             n_real = len(rows)

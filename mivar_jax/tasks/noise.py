@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mivar_jax.models.transformer import embed, position_ids
+from mivar_jax.models.layers import embed, position_ids
 
 
 def mean_embedding_norm(params) -> jax.Array:

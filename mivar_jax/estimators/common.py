@@ -1,0 +1,120 @@
+"""What every estimator shares: the metric read off the residual stream, the clean run, and the
+reference values that edges are patched to (corrupted run, zeros, or dataset means)."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float, Int
+
+from mivar_jax.models.config import ModelConfig
+from mivar_jax.models.layers import norm, unembed
+from mivar_jax.models.transformer import graph_forward
+from mivar_jax.tasks.data import TaskBatch, TaskData
+from mivar_jax.tasks.metrics import get_metric, logit_diff
+from mivar_jax.tasks.noise import corrupted_input
+
+ABLATIONS = ("patch", "zero", "mean")
+
+
+def answer_metric(
+    cfg: ModelConfig,
+    params,
+    x_NxD: Float[Array, "N D"],
+    correct: Int[Array, "N A"],
+    incorrect: Int[Array, "N B"],
+    metric: str,
+) -> Float[Array, " N"]:
+    """The task metric from final residual-stream vectors at the answer position.
+
+    ``logit_diff`` needs only the answers' logits: they are computed alone (a gather of unembedding
+    columns), the other metrics from the full distribution."""
+    if metric != "logit_diff":
+        return get_metric(metric)(unembed(cfg, params, x_NxD), correct, incorrect)
+    w_u = params["tok_embed"] if cfg.tied_embeddings else params["unembed"].T  # [V, D]
+    ids = jnp.concatenate([correct, incorrect], -1)
+    h = norm(cfg, params["ln_f"], x_NxD)
+    logits_NxK = jnp.einsum("nd,nkd->nk", h, w_u[jnp.maximum(ids, 0)])
+    a, b = correct.shape[1], incorrect.shape[1]
+    remap = lambda ids_, offset: jnp.where(ids_ >= 0, offset + jnp.arange(ids_.shape[1]), -1)
+    return logit_diff(logits_NxK, remap(correct, 0), remap(incorrect, a)[:, :b])
+
+
+def run_nodes(
+    cfg: ModelConfig, params, b: TaskBatch, metric: str, input_embeds=None
+) -> tuple[Float[Array, "S N P D"], Float[Array, " N"]]:
+    """Node outputs and the metric of a plain run on the clean prompts (or on ``input_embeds``)."""
+    logits, nodes = graph_forward(
+        cfg, params, b.clean, b.attention_mask, input_embeds=input_embeds, logit_positions=b.answer_pos
+    )
+    return nodes, get_metric(metric)(logits, b.correct, b.incorrect)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def mean_node_outputs(cfg: ModelConfig, params, b: TaskBatch, n_real: Int[Array, ""]):
+    """Σ over real positions of the first ``n_real`` inputs of each clean node output, and the count."""
+    _, nodes = graph_forward(cfg, params, b.clean, b.attention_mask, logit_positions=b.answer_pos)
+    weight = (b.attention_mask * (jnp.arange(b.clean.shape[0]) < n_real)[:, None]).astype(nodes.dtype)
+    return jnp.einsum("snpd,np->sd", nodes, weight), weight.sum()
+
+
+def dataset_means(model, data: TaskData, batch_size: int) -> Float[Array, "S 1 1 D"]:
+    """Mean ablation values: each node's clean output averaged over the dataset's inputs and real
+    positions (one D-vector per node, broadcast over inputs and positions)."""
+    total, count = 0.0, 0.0
+    for b, n_real in data.batches(batch_size):
+        s, c = mean_node_outputs(model.config, model.params, b, n_real)
+        total, count = total + s, count + c
+    return (total / count)[:, None, None, :]
+
+
+def reference_values(
+    cfg: ModelConfig,
+    params,
+    b: TaskBatch,
+    ablation: str,
+    noise,
+    noise_seed,
+    means: jax.Array | None,
+) -> tuple[Float[Array, "S N P D"], Float[Array, "N P D"]]:
+    """What patched edges read instead of the clean values, ``(z̃ [S, N, P, D], x̃ [N, P, D])``:
+    the corrupted run's node outputs and input (with counterfactual noise), zeros, or means."""
+    N, P = b.clean.shape
+    S, D = cfg.graph.n_src, cfg.d_model
+    dtype = params["tok_embed"].dtype
+    if ablation == "patch":
+        x_ref = corrupted_input(cfg, params, b, noise, noise_seed)
+        _, nodes = graph_forward(
+            cfg, params, b.corrupted, b.attention_mask, input_embeds=x_ref, logit_positions=b.answer_pos
+        )
+        return nodes, x_ref
+    if ablation == "zero":
+        return jnp.zeros((S, N, P, D), dtype), jnp.zeros((N, P, D), dtype)
+    if ablation == "mean":
+        z = jnp.broadcast_to(means.astype(dtype), (S, N, P, D))
+        return z, z[0]
+    raise ValueError(f"unknown ablation {ablation!r}; choose from {ABLATIONS}")
+
+
+def check_ablation(ablation: str) -> None:
+    if ablation not in ABLATIONS:
+        raise ValueError(f"unknown ablation {ablation!r}; choose from {list(ABLATIONS)}")
+
+
+def finite_or_raise(per_input: np.ndarray, names: tuple[str, ...], rows: np.ndarray | None = None) -> None:
+    """Refuse non-finite scores, naming the first inputs and edges (or nodes) affected."""
+    bad = ~np.isfinite(per_input)
+    if not bad.any():
+        return
+    inputs, items = np.nonzero(bad)
+    examples = ", ".join(
+        f"input {int(rows[i]) if rows is not None else int(i)} × {names[j]}"
+        for i, j in list(zip(inputs, items, strict=True))[:5]
+    )
+    raise FloatingPointError(
+        f"{int(bad.sum())} non-finite scores in {len(np.unique(inputs))} inputs and {len(np.unique(items))} "
+        f"edges/nodes, e.g. {examples}"
+    )

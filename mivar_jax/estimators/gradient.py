@@ -1,0 +1,179 @@
+"""Gradient estimators of edge effects, per input.
+
+Notation: z_u the clean run's node outputs, z̃_u the reference values (corrupted run, zeros or
+means), Δz_u = z̃_u − z_u, g_v = ∂metric/∂in_v (the gradient at destination slot v's input, read off
+an additive tap). Every score estimates Δmetric = metric(edge patched to z̃) − metric(clean) and is
+a sum over positions and width of Δz_u ⊙ (some average of g_v):
+
+- ``eap``: g_v at the clean run.
+- ``eap-ig-inputs`` (m steps): g_v averaged over runs whose input embeddings are interpolated,
+  x̃ + α_k (x − x̃). Conventions for α_k: ``reference`` k/m for k = 0…m−1 (EAP-IG's: starts at the
+  corrupted input, omits the clean one), ``right`` (k+1)/m, ``midpoint`` (k+½)/m.
+- ``eap-ig-activations`` (m steps): node outputs are interpolated instead, one group at a time
+  (the input; each layer's heads; each MLP), z̃ + α (z − z̃) with α = k/m, k = 1…m (EAP-IG's
+  convention). ``pooling="source"`` (default) gives edge u→v the gradients of the runs that
+  interpolated u's own group: integrated gradients along u's activation; ``pooling="reference"``
+  averages every run's gradient into every edge, as the reference implementation accumulates.
+- ``clean-corrupted``: g_v averaged over the clean run and the run on the reference input x̃.
+- ``ceap`` (conductance, Wu, Tonin & Cevher): along inputs x_k = x + (k/m)(x̃ − x), k = 0…m (clean
+  to corrupted), Σ_k (z_u^(k+1) − z_u^(k)) · g_v(x_k). The differences telescope to the run on x̃;
+  with m = 1 and counterfactual patching this is EAP.
+With zero or mean ablation the input-path methods interpolate towards the ablated input node.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float
+
+from mivar_jax.models.config import ModelConfig
+from mivar_jax.models.transformer import graph_forward
+from mivar_jax.tasks.data import TaskBatch
+from mivar_jax.tasks.metrics import get_metric
+
+GRADIENT_METHODS = ("eap", "eap-ig-inputs", "eap-ig-activations", "clean-corrupted", "ceap")
+IG_CONVENTIONS = ("reference", "right", "midpoint")
+POOLINGS = ("source", "reference")
+
+
+def ig_alphas(steps: int, convention: str) -> np.ndarray:
+    k = np.arange(steps, dtype=np.float64)
+    offsets = {"reference": 0.0, "right": 1.0, "midpoint": 0.5}
+    if convention not in offsets:
+        raise ValueError(f"unknown IG convention {convention!r}; choose from {list(IG_CONVENTIONS)}")
+    return ((k + offsets[convention]) / steps).astype(np.float32)
+
+
+def _taps_grad(cfg, params, b: TaskBatch, metric: str, input_embeds, replace=None):
+    """(∂Σmetric/∂taps [T, N, P, D], node outputs [S, N, P, D]) of one run on the clean tokens."""
+    N, P = b.clean.shape
+    zeros = jnp.zeros((cfg.graph.n_dst, N, P, cfg.d_model), params["tok_embed"].dtype)
+
+    def total(taps):
+        logits, nodes = graph_forward(
+            cfg,
+            params,
+            b.clean,
+            b.attention_mask,
+            taps=taps,
+            input_embeds=input_embeds,
+            logit_positions=b.answer_pos,
+            replace=replace,
+        )
+        return get_metric(metric)(logits, b.correct, b.incorrect).sum(), nodes
+
+    return jax.grad(total, has_aux=True)(zeros)
+
+
+def _product(delta_SxNxPxD, grad_TxNxPxD) -> Float[Array, "N S T"]:
+    """Per-input Σ_{p,d} Δz_u ⊙ g_v for every (source, slot) pair."""
+    return jnp.einsum("snpd,tnpd->nst", delta_SxNxPxD, grad_TxNxPxD, preferred_element_type=jnp.float32)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4, 5))
+def gradient_scores(
+    cfg: ModelConfig,
+    method: str,
+    metric: str,
+    steps: int,
+    convention: str,
+    pooling: str,
+    params,
+    b: TaskBatch,
+    clean_nodes: Float[Array, "S N P D"],
+    ref_nodes: Float[Array, "S N P D"],
+    ref_input: Float[Array, "N P D"],
+) -> Float[Array, "N S T"]:
+    """Dense per-input scores [N, S, T] of one batch (invalid pairs hold meaningless values)."""
+    x = clean_nodes[0]
+    delta = ref_nodes - clean_nodes
+    grad = functools.partial(_taps_grad, cfg, params, b, metric)
+
+    if method == "eap":
+        return _product(delta, grad(x)[0])
+
+    if method == "clean-corrupted":
+        return _product(delta, (grad(x)[0] + grad(ref_input)[0]) / 2)
+
+    if method == "eap-ig-inputs":
+        alphas = jnp.asarray(ig_alphas(steps, convention))
+
+        def step(acc, alpha):
+            return acc + grad(ref_input + alpha * (x - ref_input))[0], None
+
+        total, _ = jax.lax.scan(step, jnp.zeros((cfg.graph.n_dst,) + x.shape, x.dtype), alphas)
+        return _product(delta, total / steps)
+
+    if method == "ceap":
+        path = lambda k: x + (k / steps) * (ref_input - x)
+        g0, z0 = grad(path(0.0))
+
+        def step(carry, k):
+            z_prev, g_prev, acc = carry
+            g_k, z_k = grad(path(k))
+            return (z_k, g_k, acc + _product(z_k - z_prev, g_prev)), None
+
+        acc0 = jnp.zeros((x.shape[0], cfg.graph.n_src, cfg.graph.n_dst), jnp.float32)
+        (z_last, g_last, acc), _ = jax.lax.scan(step, (z0, g0, acc0), jnp.arange(1, steps, dtype=jnp.float32))
+        _, z_end = graph_forward(
+            cfg, params, b.clean, b.attention_mask, input_embeds=path(float(steps)), logit_positions=b.answer_pos
+        )
+        return acc + _product(z_end - z_last, g_last)
+
+    if method == "eap-ig-activations":
+        return _ig_activations(cfg, steps, pooling, grad, clean_nodes, ref_nodes, delta)
+
+    raise ValueError(f"unknown gradient method {method!r}")
+
+
+def _ig_activations(cfg: ModelConfig, steps: int, pooling: str, grad, clean_nodes, ref_nodes, delta):
+    """Integrated gradients on node outputs, one group (input / a layer's heads / an MLP) at a time."""
+    g = cfg.graph
+    L, H, S, T = cfg.n_layers, cfg.n_heads, g.n_src, g.n_dst
+    # Groups as blocks of H+1 source rows starting at `start`, with a row mask.
+    starts, masks = [0], [[1] + [0] * H]
+    for layer in range(L):
+        first = 1 + layer * (H + 1)
+        starts += [first, first + H]
+        masks += [[1] * H + [0], [1] + [0] * H]
+    starts_G, masks_GxB = jnp.asarray(starts), jnp.asarray(masks, clean_nodes.dtype)
+    delta_padded = jnp.concatenate([delta, jnp.zeros((H,) + delta.shape[1:], delta.dtype)])
+    alphas = jnp.arange(1, steps + 1, dtype=clean_nodes.dtype) / steps
+    N = clean_nodes.shape[1]
+
+    def group(carry, xs):
+        scores, pooled = carry
+        start, mask = xs
+        weights = jnp.zeros(S + H, clean_nodes.dtype).at[start + jnp.arange(H + 1)].set(mask)[:S]
+
+        def step(acc, alpha):
+            values = ref_nodes + alpha * (clean_nodes - ref_nodes)
+            return acc + grad(clean_nodes[0], replace=(values, weights))[0], None
+
+        summed, _ = jax.lax.scan(step, jnp.zeros((T,) + clean_nodes.shape[1:], clean_nodes.dtype), alphas)
+        rows = jax.lax.dynamic_slice_in_dim(delta_padded, start, H + 1) * mask[:, None, None, None]
+        block = _product(rows, summed / steps)  # [N, H+1, T]
+        current = jax.lax.dynamic_slice_in_dim(scores, start, H + 1, axis=1)
+        scores = jax.lax.dynamic_update_slice_in_dim(scores, current + block, start, axis=1)
+        return (scores, pooled + summed), None
+
+    scores0 = jnp.zeros((N, S + H, T), jnp.float32)
+    pooled0 = jnp.zeros((T,) + clean_nodes.shape[1:], clean_nodes.dtype)
+    (scores, pooled), _ = jax.lax.scan(group, (scores0, pooled0), (starts_G, masks_GxB))
+    if pooling == "reference":
+        return _product(delta, pooled / (steps * len(starts)))
+    return scores[:, :S]
+
+
+def check_steps(method: str, steps: int) -> None:
+    if method in ("eap-ig-inputs", "eap-ig-activations", "ceap") and (
+        not isinstance(steps, int | np.integer) or steps < 1
+    ):
+        raise ValueError(f"{method} needs steps ≥ 1 (an integer), got {steps!r}")
+
+
+__all__ = ["GRADIENT_METHODS", "IG_CONVENTIONS", "POOLINGS", "check_steps", "gradient_scores", "ig_alphas"]

@@ -1,0 +1,124 @@
+"""Scores: per-input attribution scores, the central object of the engine."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+import numpy as np
+
+from mivar_jax._io import atomic_write_bytes
+from mivar_jax.aggregation import aggregate
+from mivar_jax.graph import Graph
+
+FORMAT_VERSION = 1
+
+
+@dataclasses.dataclass(eq=False)
+class Scores:
+    """Per-input scores of every edge (``level="edge"``: [N, E], the Graph's edge order) or node
+    (``level="node"``: [N, S], the Graph's source order), with how they were computed.
+
+    Sign: a score estimates metric(patched) − metric(clean) on that input, as the reference library
+    reports; a large |score| marks an important component. ``clean_metric`` [N] is the full model's
+    metric per input; ``uid`` [N] identifies the inputs (TaskData.uid).
+    """
+
+    per_input: np.ndarray
+    graph: Graph
+    level: str
+    method: str
+    params: dict[str, Any] = dataclasses.field(default_factory=dict)
+    clean_metric: np.ndarray | None = None
+    uid: np.ndarray | None = None
+
+    def __post_init__(self):
+        self.per_input = np.asarray(self.per_input, np.float32)
+        if self.level not in ("edge", "node"):
+            raise ValueError(f"level must be 'edge' or 'node', got {self.level!r}")
+        if self.per_input.ndim != 2 or self.per_input.shape[1] != self.n_items:
+            raise ValueError(
+                f"per_input must be [N, {self.n_items}] for level {self.level!r}, got {self.per_input.shape}"
+            )
+
+    @property
+    def n_inputs(self) -> int:
+        return int(self.per_input.shape[0])
+
+    @property
+    def n_items(self) -> int:
+        return self.graph.n_edges if self.level == "edge" else self.graph.n_src
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return self.graph.edge_names if self.level == "edge" else self.graph.src_names
+
+    def aggregate(self, how: str = "mean", weights: Any = None) -> np.ndarray:
+        """Scores aggregated over inputs ([E] or [S]); see ``mivar_jax.aggregation``."""
+        return np.asarray(aggregate(self.per_input, how, weights))
+
+    def __getitem__(self, rows) -> Scores:
+        """The scores of some inputs (an index array, slice or boolean mask)."""
+        rows = np.atleast_1d(np.arange(self.n_inputs)[rows])
+        return dataclasses.replace(
+            self,
+            per_input=self.per_input[rows],
+            clean_metric=None if self.clean_metric is None else self.clean_metric[rows],
+            uid=None if self.uid is None else self.uid[rows],
+        )
+
+    def to_graph_json(self, path: str | os.PathLike | None = None, how: str = "mean", in_graph: Any = None) -> dict:
+        """The reference library's graph JSON with aggregated scores (node scores at node level)."""
+        agg = self.aggregate(how)
+        if self.level == "edge":
+            return self.graph.to_json(path, scores=agg, in_graph=in_graph)
+        return self.graph.to_json(path, node_scores=agg, in_graph=in_graph)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """One safetensors file: the arrays, with graph / method / parameters as metadata."""
+        from safetensors.numpy import save
+
+        tensors = {"per_input": np.ascontiguousarray(self.per_input)}
+        if self.clean_metric is not None:
+            tensors["clean_metric"] = np.asarray(self.clean_metric, np.float32)
+        if self.uid is not None:
+            tensors["uid"] = np.asarray(self.uid, np.int64)
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "graph": self.graph.config_dict(),
+            "level": self.level,
+            "method": self.method,
+            "params": self.params,
+        }
+        atomic_write_bytes(path, save(tensors, metadata={"mivar_jax": json.dumps(meta)}))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Scores:
+        from safetensors import safe_open
+
+        try:
+            with safe_open(os.fspath(path), framework="numpy") as f:
+                meta = json.loads((f.metadata() or {})["mivar_jax"])
+                tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not iterable)
+        except KeyError:
+            raise ValueError(f"{path}: not a mivar_jax Scores file") from None
+        except Exception as err:  # noqa: BLE001 - safetensors raises its own error types
+            raise ValueError(f"{path}: not a readable Scores file ({err})") from None
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"{path}: Scores format {meta.get('format_version')}, this version reads {FORMAT_VERSION}")
+        g = meta["graph"]
+        graph = Graph(g["n_layers"], g["n_heads"], g["parallel_attn_mlp"], g["d_model"])
+        return cls(
+            tensors["per_input"],
+            graph,
+            meta["level"],
+            meta["method"],
+            meta["params"],
+            tensors.get("clean_metric"),
+            tensors.get("uid"),
+        )
+
+    def __repr__(self) -> str:
+        return f"Scores({self.method!r}, level={self.level}, inputs={self.n_inputs}, items={self.n_items}, params={self.params})"

@@ -1,0 +1,293 @@
+"""Estimators against oracles: brute-force numpy patching, hand-computable models, identities."""
+
+import dataclasses
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import mivar_jax as mv
+from mivar_jax.models import Model, ModelConfig
+from mivar_jax.tasks.data import TaskData
+from tests import reference
+
+
+@pytest.fixture(scope="module", params=["gpt2", "llama-gqa-llama3"])
+def tiny(request, hf_dirs):
+    model = mv.load_model(hf_dirs[request.param][0])
+    data = mv.tasks.make("ioi", model, n=3, seed=0)
+    return model, data
+
+
+def _np_metric(logits_NxV, data):
+    out = []
+    for i in range(len(data)):
+        good = [t for t in data.correct[i] if t >= 0]
+        bad = [t for t in data.incorrect[i] if t >= 0]
+        out.append(logits_NxV[i, good].mean() - logits_NxV[i, bad].mean())
+    return np.array(out)
+
+
+def _brute_force(model, data, level="edge", ablation="patch"):
+    """One numpy forward per edge (or node) with that edge patched by hand."""
+    g = model.graph
+    params = jax.tree.map(np.asarray, model.params)
+    run = lambda **kw: reference.graph_forward(
+        model.config, params, data.clean, data.attention_mask, at=data.answer_pos, **kw
+    )
+    logits, clean_nodes = run()
+    base = _np_metric(logits, data)
+    if ablation == "patch":
+        embeds = np.asarray(mv.tasks.corrupted_embeddings(model, data))
+        _, ref = reference.graph_forward(model.config, params, data.corrupted, data.attention_mask, input_embeds=embeds)
+    elif ablation == "zero":
+        ref = {k: np.zeros_like(v) for k, v in clean_nodes.items()}
+    else:
+        w = data.attention_mask[..., None].astype(np.float64)
+        ref = {k: np.broadcast_to((v * w).sum((0, 1)) / w.sum(), v.shape) for k, v in clean_nodes.items()}
+    items = list(zip(g.edge_src, g.edge_dst, strict=True)) if level == "edge" else range(g.n_src)
+    out = np.zeros((len(data), len(items)))
+    for j, item in enumerate(items):
+        if level == "edge":
+            patch = {(g.src_names[item[0]], g.dst_names[item[1]]): 0.0}
+        else:
+            patch = {(g.src_names[item], g.dst_names[d]): 0.0 for d in np.nonzero(g.valid[item])[0]}
+        logits, _ = run(corrupted=ref, edge_mask=patch)
+        out[:, j] = _np_metric(logits, data) - base
+    return out
+
+
+@pytest.mark.parametrize("level", ["edge", "node"])
+def test_exact_equals_brute_force_patching(tiny, level):
+    model, data = tiny
+    scores = mv.attribute(model, data, method="exact", level=level, batch_size=2, progress=False)
+    expected = _brute_force(model, data, level)
+    assert scores.per_input.shape == expected.shape
+    np.testing.assert_allclose(scores.per_input, expected, atol=2e-5 * np.abs(expected).max() + 1e-6, rtol=1e-3)
+    assert np.abs(expected).max() > 1e-3  # the patches matter
+
+
+@pytest.mark.parametrize("ablation", ["zero", "mean"])
+def test_exact_ablations_equal_brute_force(tiny, ablation):
+    model, data = tiny
+    scores = mv.attribute(model, data, method="exact", ablation=ablation, progress=False)
+    expected = _brute_force(model, data, "edge", ablation)
+    np.testing.assert_allclose(scores.per_input, expected, atol=2e-5 * np.abs(expected).max() + 1e-6, rtol=1e-3)
+
+
+def test_counterfactual_noise_flows_through_exact_and_every_gradient_method(tiny):
+    model, data = tiny
+    noisy = data.with_noise(2.0, seed=3)
+    exact = mv.attribute(model, noisy, method="exact", progress=False)
+    np.testing.assert_allclose(
+        exact.per_input, _brute_force(model, noisy), atol=2e-5 * np.abs(exact.per_input).max() + 1e-6, rtol=1e-3
+    )
+    for method in mv.estimators.METHODS:
+        a = mv.attribute(model, data, method=method, steps=2, progress=False).per_input
+        b = mv.attribute(model, noisy, method=method, steps=2, progress=False).per_input
+        assert np.abs(a - b).max() > 1e-4 * np.abs(a).max(), method
+
+
+def _affine_norms(model):
+    """The same model with every norm made affine, norm(x) = 10 (x − mean)·γ + β (huge ε, scales
+    ×1e7): edges into ``logits`` then change the metric linearly; the rest stays nonlinear."""
+    params = jax.tree.map(lambda a: a, model.params)
+    params["ln_f"] = dict(params["ln_f"], scale=params["ln_f"]["scale"] * 1e7)
+    params["blocks"] = dict(params["blocks"])
+    for key in ("ln1", "ln2"):
+        params["blocks"][key] = dict(params["blocks"][key], scale=params["blocks"][key]["scale"] * 1e7)
+    return Model(dataclasses.replace(model.config, norm_eps=1e12), params, model.tokenizer, model.source)
+
+
+def test_eap_equals_exact_where_the_metric_is_linear(hf_dirs):
+    model = mv.load_model(hf_dirs["gpt2"][0])
+    linear = _affine_norms(model)
+    data = mv.tasks.make("ioi", model, n=4, seed=1)
+    g = model.graph
+    into_logits = g.edge_dst == g.n_dst - 1
+    exact = mv.attribute(linear, data, method="exact", progress=False).per_input[:, into_logits]
+    eap = mv.attribute(linear, data, method="eap", progress=False).per_input[:, into_logits]
+    assert np.abs(exact).max() > 1e-3
+    np.testing.assert_allclose(eap, exact, rtol=1e-3, atol=1e-5 * np.abs(exact).max())
+    # with the ordinary (nonlinear) final norm, first order is not exact
+    exact_n = mv.attribute(model, data, method="exact", progress=False).per_input[:, into_logits]
+    eap_n = mv.attribute(model, data, method="eap", progress=False).per_input[:, into_logits]
+    assert np.abs(eap_n - exact_n).max() > 1e-2 * np.abs(exact_n).max()
+
+
+def test_ig_with_many_steps_is_closer_to_exact_than_eap(tiny):
+    model, data = tiny
+    exact = mv.attribute(model, data, method="exact", progress=False).per_input
+    eap = mv.attribute(model, data, method="eap", progress=False).per_input
+    ig = mv.attribute(model, data, method="eap-ig-inputs", steps=32, ig_convention="midpoint", progress=False).per_input
+    err = lambda s: np.abs(s - exact).mean()
+    assert err(ig) < 0.5 * err(eap)
+
+
+def test_per_input_mean_equals_the_reference_batch_score(tiny):
+    """Σ over the batch of the summed-metric gradient products, / N — the reference library's way."""
+    model, data = tiny
+    scores = mv.attribute(model, data, method="eap", batch_size=1, progress=False)
+    cfg, params, g = model.config, model.params, model.graph
+    b = data.batch()
+    embeds = mv.tasks.corrupted_embeddings(model, data)
+    _, corrupted = mv.models.graph_forward(cfg, params, b.corrupted, b.attention_mask, input_embeds=embeds)
+
+    def total(taps):
+        logits, nodes = mv.models.graph_forward(
+            cfg, params, b.clean, b.attention_mask, taps=taps, logit_positions=b.answer_pos
+        )
+        return mv.tasks.logit_diff(logits, b.correct, b.incorrect).sum(), nodes
+
+    N, P = b.clean.shape
+    grads, clean = jax.grad(total, has_aux=True)(jnp.zeros((g.n_dst, N, P, cfg.d_model)))
+    batch_score = np.asarray(jnp.einsum("snpd,tnpd->st", corrupted - clean, grads))[g.edge_src, g.edge_dst] / N
+    np.testing.assert_allclose(scores.per_input.mean(0), batch_score, rtol=1e-4, atol=1e-6 * np.abs(batch_score).max())
+    np.testing.assert_allclose(scores.aggregate("mean"), batch_score, rtol=1e-4, atol=1e-6 * np.abs(batch_score).max())
+
+
+def test_estimator_identities(tiny):
+    model, data = tiny
+    run = lambda **kw: mv.attribute(model, data, progress=False, **kw).per_input
+    eap = run(method="eap")
+    np.testing.assert_allclose(run(method="ceap", steps=1), eap, rtol=1e-4, atol=1e-6)  # conductance, one step
+    np.testing.assert_allclose(run(method="eap-ig-inputs", steps=1, ig_convention="right"), eap, rtol=1e-4, atol=1e-6)
+    # node scores of a gradient method are the sums of the node's outgoing edge scores
+    nodes = run(method="eap-ig-inputs", steps=3, level="node")
+    edges = run(method="eap-ig-inputs", steps=3)
+    summed = np.zeros_like(nodes)
+    np.add.at(summed.T, model.graph.edge_src, edges.T)
+    np.testing.assert_allclose(nodes, summed, rtol=1e-4, atol=1e-6)
+
+
+def test_ig_on_activations_integrates_each_groups_patch(tiny):
+    """Completeness: summed over a group's nodes and all their edges, IG on activations (many
+    steps) gives the exact effect of patching the group's outputs."""
+    model, data = tiny
+    cfg, g = model.config, model.graph
+    nodes = mv.attribute(model, data, method="eap-ig-activations", steps=64, level="node", progress=False).per_input
+    b = data.batch()
+    embeds = mv.tasks.corrupted_embeddings(model, data)
+    _, corrupted = model.graph_forward(b.corrupted, b.attention_mask, input_embeds=embeds)
+    clean_logits = model(b.clean, b.attention_mask, logit_positions=b.answer_pos)
+    base = np.asarray(mv.tasks.logit_diff(clean_logits, b.correct, b.incorrect))
+    H = cfg.n_heads
+    firsts = [1 + layer * (H + 1) for layer in range(cfg.n_layers)]
+    groups = [[0]] + [list(range(f, f + H)) for f in firsts] + [[f + H] for f in firsts]
+    for rows in groups:
+        mask = np.ones((g.n_src, g.n_dst), np.float32)
+        mask[rows] = 0.0
+        logits, _ = model.graph_forward(
+            b.clean, b.attention_mask, corrupted=corrupted, edge_mask=mask, logit_positions=b.answer_pos
+        )
+        exact = np.asarray(mv.tasks.logit_diff(logits, b.correct, b.incorrect)) - base
+        np.testing.assert_allclose(nodes[:, rows].sum(1), exact, rtol=0.05, atol=0.02 * np.abs(exact).max() + 1e-5)
+
+
+def _hand_model():
+    """One layer, one head, width 2, vocabulary 3; attention and MLP write nothing; the final norm
+    is made affine. Token embeddings e0 = (1, 0), e1 = (0, 1), e2 = (2, 0); logits = W_U (x − mean x)."""
+    cfg = ModelConfig(
+        name="hand", family="gpt2", n_layers=1, n_heads=1, n_kv_heads=1, d_model=2, d_head=2, d_mlp=2,
+        vocab_size=3, n_ctx=4, norm_eps=1e12, qkv_bias=True, o_bias=True, mlp_bias=True,
+    )  # fmt: skip
+    params = mv.models.init_params(cfg, jax.random.key(0))
+    params = jax.tree.map(jnp.zeros_like, params)
+    params["tok_embed"] = jnp.array([[1.0, 0.0], [0.0, 1.0], [2.0, 0.0]])
+    for key in ("ln1", "ln2", "ln_f"):
+        node = params["blocks"][key] if key != "ln_f" else params["ln_f"]
+        node["scale"] = jnp.full_like(node["scale"], 1e6)  # (x − mean) · 1e6 / √1e12 = x − mean
+    return Model(cfg, params)
+
+
+def test_sign_convention_on_a_hand_computable_model():
+    """Clean token 2, corrupted token 1, answer 0 vs 1. x − mean(x): clean (1, −1), corrupted
+    (−½, ½). With tied W_U = E: logits_clean = (1, −1, 2), logits_corrupted = (−½, ½, −1):
+    metric logit(0) − logit(1) is +2 clean, −1 corrupted. Patching input→logits gives
+    Δmetric = −1 − 2 = −3 (metric(patched) − metric(clean)), and EAP is exact here (linear)."""
+    model = _hand_model()
+    one = lambda x: np.array([x], np.int32)
+    data = TaskData(
+        task="hand", metric="logit_diff", counterfactual="x", clean=one([2]), corrupted=one([1]),
+        attention_mask=one([1]), answer_pos=np.array([0], np.int32), correct=one([0]), incorrect=one([1]),
+        template=np.array([0], np.int32), family=np.array([0], np.int32), uid=np.array([0]),
+        clean_text=("c",), corrupted_text=("k",),
+    )  # fmt: skip
+    e = model.graph.edge_index("input->logits")
+    for method in mv.estimators.METHODS:
+        scores = mv.attribute(model, data, method=method, steps=4, progress=False)
+        assert scores.per_input[0, e] == pytest.approx(-3.0, abs=1e-4), method
+        assert scores.clean_metric[0] == pytest.approx(2.0, abs=1e-4)
+
+
+def test_bad_requests_are_clear_errors(tiny):
+    model, data = tiny
+    with pytest.raises(ValueError, match="unknown method"):
+        mv.attribute(model, data, method="acdc")
+    with pytest.raises(ValueError, match="unknown level"):
+        mv.attribute(model, data, level="neuron")
+    with pytest.raises(ValueError, match="steps ≥ 1"):
+        mv.attribute(model, data, method="eap-ig-inputs", steps=0)
+    with pytest.raises(ValueError, match="unknown ablation"):
+        mv.attribute(model, data, ablation="resample")
+    with pytest.raises(MemoryError, match="too small for one edge"):
+        mv.attribute(model, data, method="exact", memory_budget=1000, progress=False)
+    broken = Model(model.config, jax.tree.map(lambda a: a, model.params), model.tokenizer)
+    broken.params["blocks"] = dict(
+        broken.params["blocks"], w_out=broken.params["blocks"]["w_out"].at[-1, 0, 0].set(jnp.nan)
+    )
+    with pytest.raises(FloatingPointError, match="non-finite scores.*input 0 ×"):
+        mv.attribute(broken, data, method="eap", progress=False)
+
+
+def test_scores_round_trip_and_json(tiny, tmp_path):
+    model, data = tiny
+    scores = mv.attribute(model, data, method="eap", progress=False)
+    scores.save(tmp_path / "s.safetensors")
+    back = mv.Scores.load(tmp_path / "s.safetensors")
+    np.testing.assert_array_equal(back.per_input, scores.per_input)
+    np.testing.assert_array_equal(back.clean_metric, scores.clean_metric)
+    assert back.graph == scores.graph and back.method == "eap" and back.params == scores.params
+    js = mv.Graph.from_json(scores.to_graph_json(tmp_path / "g.json"))
+    np.testing.assert_allclose(js.scores, scores.per_input.mean(0), rtol=1e-6)
+    assert len(scores[np.array([0, 2])].per_input) == 2
+
+
+_MULTI_DEVICE = textwrap.dedent(
+    """
+    import os, sys, numpy as np
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+    import jax
+    import mivar_jax as mv
+    assert jax.device_count() == 8
+    model = mv.load_model(sys.argv[1])
+    data = mv.tasks.make("ioi", model, n=10, seed=0).with_noise(0.5, seed=1)
+    one = mv.sharding.make_mesh(edges=1, devices=jax.devices()[:1])
+    results = {}
+    for method, kw in [("exact", {}), ("exact", {"level": "node"}), ("eap-ig-inputs", {"steps": 3}), ("eap", {"ablation": "mean"})]:
+        a = mv.attribute(model, data, method=method, batch_size=2, mesh=one, progress=False, **kw).per_input
+        b = mv.attribute(model, data, method=method, batch_size=2, progress=False, **kw).per_input  # all 8 devices
+        c = mv.attribute(model, data, method=method, batch_size=2, mesh=mv.sharding.make_mesh(edges=4, inputs=2), progress=False, **kw).per_input
+        assert np.array_equal(a, b) and np.array_equal(a, c), (method, kw, np.abs(a - b).max(), np.abs(a - c).max())
+    print("IDENTICAL")
+    """
+)
+
+
+def test_identical_scores_on_one_and_eight_devices(hf_dirs, tmp_path):
+    script = tmp_path / "multi.py"
+    script.write_text(_MULTI_DEVICE)
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    out = subprocess.run(
+        [sys.executable, str(script), hf_dirs["llama-gqa-llama3"][0]],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert "IDENTICAL" in out.stdout, out.stderr[-3000:]
