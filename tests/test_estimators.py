@@ -17,11 +17,21 @@ from mivar_jax.tasks.data import TaskData
 from tests import reference
 
 
+def _tiny(hf_dirs, name):
+    model = mv.load_model(hf_dirs[name][0])
+    return model, mv.tasks.make("ioi", model, n=3, seed=0)
+
+
 @pytest.fixture(scope="module", params=["gpt2", "llama-gqa-llama3"])
 def tiny(request, hf_dirs):
-    model = mv.load_model(hf_dirs[request.param][0])
-    data = mv.tasks.make("ioi", model, n=3, seed=0)
-    return model, data
+    """Both architectures: for the oracle comparisons."""
+    return _tiny(hf_dirs, request.param)
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(hf_dirs):
+    """One architecture (GQA, RoPE): for the estimator logic that does not depend on it."""
+    return _tiny(hf_dirs, "llama-gqa-llama3")
 
 
 def _np_metric(logits_NxV, data):
@@ -80,13 +90,23 @@ def test_exact_ablations_equal_brute_force(tiny, ablation):
     np.testing.assert_allclose(scores.per_input, expected, atol=2e-5 * np.abs(expected).max() + 1e-6, rtol=1e-3)
 
 
-def test_counterfactual_noise_flows_through_exact_and_every_gradient_method(tiny):
-    model, data = tiny
+def test_counterfactual_noise_flows_through_exact_every_gradient_method_and_subsets(tiny_llama):
+    model, data = tiny_llama
     noisy = data.with_noise(2.0, seed=3)
     exact = mv.attribute(model, noisy, method="exact", progress=False)
     np.testing.assert_allclose(
         exact.per_input, _brute_force(model, noisy), atol=2e-5 * np.abs(exact.per_input).max() + 1e-6, rtol=1e-3
     )
+    subset = [5, 0, 17, 5, exact.per_input.shape[1] - 1]
+    part = mv.attribute(model, noisy, method="exact", subset=subset, progress=False).per_input
+    kept = sorted(set(subset))  # chunk shapes differ from the full run: float-reordering error only
+    tol = dict(atol=2e-5 * np.abs(exact.per_input).max() + 1e-6, rtol=1e-3)
+    np.testing.assert_allclose(part[:, kept], exact.per_input[:, kept], **tol)
+    assert np.isnan(np.delete(part, subset, axis=1)).all()
+    with pytest.raises(ValueError, match="subset applies to method='exact'"):
+        mv.attribute(model, data, method="eap", subset=subset)
+    with pytest.raises(ValueError, match="subset must be non-empty"):
+        mv.attribute(model, data, method="exact", subset=[exact.per_input.shape[1]])
     for method in mv.estimators.METHODS:
         a = mv.attribute(model, data, method=method, steps=2, progress=False).per_input
         b = mv.attribute(model, noisy, method=method, steps=2, progress=False).per_input
@@ -120,8 +140,8 @@ def test_eap_equals_exact_where_the_metric_is_linear(hf_dirs):
     assert np.abs(eap_n - exact_n).max() > 1e-2 * np.abs(exact_n).max()
 
 
-def test_ig_with_many_steps_is_closer_to_exact_than_eap(tiny):
-    model, data = tiny
+def test_ig_with_many_steps_is_closer_to_exact_than_eap(tiny_llama):
+    model, data = tiny_llama
     exact = mv.attribute(model, data, method="exact", progress=False).per_input
     eap = mv.attribute(model, data, method="eap", progress=False).per_input
     ig = mv.attribute(model, data, method="eap-ig-inputs", steps=32, ig_convention="midpoint", progress=False).per_input
@@ -129,9 +149,9 @@ def test_ig_with_many_steps_is_closer_to_exact_than_eap(tiny):
     assert err(ig) < 0.5 * err(eap)
 
 
-def test_per_input_mean_equals_the_reference_batch_score(tiny):
+def test_per_input_mean_equals_the_reference_batch_score(tiny_llama):
     """Σ over the batch of the summed-metric gradient products, / N — the reference library's way."""
-    model, data = tiny
+    model, data = tiny_llama
     scores = mv.attribute(model, data, method="eap", batch_size=1, progress=False)
     cfg, params, g = model.config, model.params, model.graph
     b = data.batch()
@@ -151,8 +171,8 @@ def test_per_input_mean_equals_the_reference_batch_score(tiny):
     np.testing.assert_allclose(scores.aggregate("mean"), batch_score, rtol=1e-4, atol=1e-6 * np.abs(batch_score).max())
 
 
-def test_estimator_identities(tiny):
-    model, data = tiny
+def test_estimator_identities(tiny_llama):
+    model, data = tiny_llama
     run = lambda **kw: mv.attribute(model, data, progress=False, **kw).per_input
     eap = run(method="eap")
     np.testing.assert_allclose(run(method="ceap", steps=1), eap, rtol=1e-4, atol=1e-6)  # conductance, one step
@@ -165,10 +185,10 @@ def test_estimator_identities(tiny):
     np.testing.assert_allclose(nodes, summed, rtol=1e-4, atol=1e-6)
 
 
-def test_ig_on_activations_integrates_each_groups_patch(tiny):
+def test_ig_on_activations_integrates_each_groups_patch(tiny_llama):
     """Completeness: summed over a group's nodes and all their edges, IG on activations (many
     steps) gives the exact effect of patching the group's outputs."""
-    model, data = tiny
+    model, data = tiny_llama
     cfg, g = model.config, model.graph
     nodes = mv.attribute(model, data, method="eap-ig-activations", steps=64, level="node", progress=False).per_input
     b = data.batch()
@@ -225,8 +245,8 @@ def test_sign_convention_on_a_hand_computable_model():
         assert scores.clean_metric[0] == pytest.approx(2.0, abs=1e-4)
 
 
-def test_bad_requests_are_clear_errors(tiny):
-    model, data = tiny
+def test_bad_requests_are_clear_errors(tiny_llama):
+    model, data = tiny_llama
     with pytest.raises(ValueError, match="unknown method"):
         mv.attribute(model, data, method="acdc")
     with pytest.raises(ValueError, match="unknown level"):
@@ -245,8 +265,8 @@ def test_bad_requests_are_clear_errors(tiny):
         mv.attribute(broken, data, method="eap", progress=False)
 
 
-def test_scores_round_trip_and_json(tiny, tmp_path):
-    model, data = tiny
+def test_scores_round_trip_and_json(tiny_llama, tmp_path):
+    model, data = tiny_llama
     scores = mv.attribute(model, data, method="eap", progress=False)
     scores.save(tmp_path / "s.safetensors")
     back = mv.Scores.load(tmp_path / "s.safetensors")
@@ -266,10 +286,10 @@ _MULTI_DEVICE = textwrap.dedent(
     import mivar_jax as mv
     assert jax.device_count() == 8
     model = mv.load_model(sys.argv[1])
-    data = mv.tasks.make("ioi", model, n=10, seed=0).with_noise(0.5, seed=1)
+    data = mv.tasks.make("ioi", model, n=5, seed=0).with_noise(0.5, seed=1)
     one = mv.sharding.make_mesh(edges=1, devices=jax.devices()[:1])
     results = {}
-    for method, kw in [("exact", {}), ("exact", {"level": "node"}), ("eap-ig-inputs", {"steps": 3}), ("eap", {"ablation": "mean"})]:
+    for method, kw in [("exact", {}), ("eap-ig-inputs", {"steps": 2}), ("eap", {"ablation": "mean", "level": "node"})]:
         a = mv.attribute(model, data, method=method, batch_size=2, mesh=one, progress=False, **kw).per_input
         b = mv.attribute(model, data, method=method, batch_size=2, progress=False, **kw).per_input  # all 8 devices
         c = mv.attribute(model, data, method=method, batch_size=2, mesh=mv.sharding.make_mesh(edges=4, inputs=2), progress=False, **kw).per_input

@@ -35,6 +35,7 @@ def attribute(
     mesh: Mesh | None = None,
     ig_convention: str = "reference",
     pooling: str = "source",
+    subset=None,
     progress: bool = True,
 ) -> Scores:
     """Per-input scores [N, E] (edges) or [N, S] (nodes) of ``data``'s metric on ``model``.
@@ -46,7 +47,8 @@ def attribute(
     ``zero``, or ``mean`` (each node's clean output averaged over the dataset's real positions).
     ``batch_size`` (inputs per device) and ``memory_budget`` (bytes per device, default 2 GiB) size
     the work; ``mesh`` (axes ``edges``, ``inputs``; default: every visible device) spreads it, with
-    identical results on any number of devices. ``progress`` shows a bar for long runs.
+    identical results on any number of devices. ``subset`` (edge or node indices; ``exact`` only)
+    computes just those, leaving the others NaN. ``progress`` shows a bar for long runs.
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose from {list(METHODS)}")
@@ -60,6 +62,13 @@ def attribute(
         raise ValueError(f"unknown pooling {pooling!r}; choose from {list(POOLINGS)}")
     if len(data) == 0:
         raise ValueError("empty dataset")
+    if subset is not None:
+        if method != "exact":
+            raise ValueError("subset applies to method='exact' (the gradient methods score every edge at once)")
+        subset = np.unique(np.asarray(subset, np.int64))
+        limit = model.graph.n_edges if level == "edge" else model.graph.n_src
+        if subset.size == 0 or subset.min() < 0 or subset.max() >= limit:
+            raise ValueError(f"subset must be non-empty indices in [0, {limit})")
     if batch_size is not None and batch_size < 1:
         raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
     model.check_batch(data.clean, data.attention_mask)
@@ -82,11 +91,14 @@ def attribute(
         params["pooling"] = pooling
 
     t0 = time.perf_counter()
-    with _progress(progress, len(data) * (n_items if method == "exact" else 1), method) as bar:
+    if subset is not None:
+        params["subset"] = int(subset.size)
+    n_work = (n_items if subset is None else subset.size) if method == "exact" else 1
+    with _progress(progress, len(data) * n_work, method) as bar:
         if method == "exact":
             per_input, clean_metric = exact_scores(
                 model, data, level=level, ablation=ablation, batch_size=batch_size,
-                memory_budget=memory_budget, mesh=mesh, progress=bar,
+                memory_budget=memory_budget, mesh=mesh, subset=subset, progress=bar,
             )  # fmt: skip
         else:
             per_input, clean_metric = _gradient(
@@ -104,7 +116,10 @@ def attribute(
                 bar,
             )
     params["seconds"] = round(time.perf_counter() - t0, 3)
-    finite_or_raise(per_input, names)
+    finite_or_raise(
+        per_input if subset is None else per_input[:, subset],
+        names if subset is None else tuple(names[i] for i in subset),
+    )
     return Scores(per_input, graph, level, method, params, clean_metric, np.asarray(data.uid))
 
 
@@ -163,12 +178,12 @@ def _gradient(model, data, method, level, steps, ablation, convention, pooling, 
         mesh if mesh is not None and mesh.size > 1 else None,
     )
     outs, metrics = [], []
-    for b, n_real in data.batches(local, devices=n_dev):
+    for b, rows in data.batches(local, devices=n_dev):
         items, clean_metric = kernel(model.params, b, data.noise, data.noise_seed, means)
-        outs.append(np.asarray(items)[:n_real])
-        metrics.append(np.asarray(clean_metric)[:n_real])
+        outs.append(np.asarray(items)[: len(rows)])
+        metrics.append(np.asarray(clean_metric)[: len(rows)])
         if bar is not None:
-            bar(n_real)
+            bar(len(rows))
     return np.concatenate(outs), np.concatenate(metrics)
 
 

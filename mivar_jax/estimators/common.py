@@ -65,8 +65,8 @@ def dataset_means(model, data: TaskData, batch_size: int) -> Float[Array, "S 1 1
     """Mean ablation values: each node's clean output averaged over the dataset's inputs and real
     positions (one D-vector per node, broadcast over inputs and positions)."""
     total, count = 0.0, 0.0
-    for b, n_real in data.batches(batch_size):
-        s, c = mean_node_outputs(model.config, model.params, b, n_real)
+    for b, rows in data.batches(batch_size):
+        s, c = mean_node_outputs(model.config, model.params, b, len(rows))
         total, count = total + s, count + c
     return (total / count)[:, None, None, :]
 

@@ -10,8 +10,11 @@ Node patching adds Δz_u to the stream after u (all of u's outgoing edges at onc
 Score = metric(patched) − metric(clean), per input, read at the answer position (for logit
 differences only the answers' logits are computed).
 
-Chunks of edges are vmapped; each kernel takes the layer as a traced integer, so three compiled
-kernels serve the whole graph. With a mesh, edges are split over the ``edges`` axis and inputs
+Counterfactual patching changes nothing before the first position where the two prompts differ
+(attention is causal), so patched runs compute only the trailing window of positions, reading
+earlier keys and values from the clean run's caches: for IOI that is a few of ~17 positions.
+Chunks of edges are vmapped; each kernel takes the layer as a traced integer, so a few compiled
+kernels (per window width) serve the whole graph. With a mesh, edges are split over the ``edges`` axis and inputs
 over ``inputs``, every device running the single-device kernel on a block of the same shape.
 """
 
@@ -28,7 +31,7 @@ from jax.sharding import Mesh
 from mivar_jax.estimators.common import answer_metric, dataset_means, reference_values, run_nodes
 from mivar_jax.models.config import ModelConfig
 from mivar_jax.models.layers import at_positions, mlp, position_ids
-from mivar_jax.models.patching import head_output, layer_params, residual_states, run_from
+from mivar_jax.models.patching import head_output, kv_caches, layer_params, residual_states, run_to_answer
 from mivar_jax.sharding import EDGES, INPUTS, P, axis_size, spmd
 from mivar_jax.tasks.data import TaskBatch, TaskData
 
@@ -43,11 +46,14 @@ class PatchState(NamedTuple):
     final: jax.Array  # [N, P, D]
     nodes: jax.Array  # [S, N, P, D] clean node outputs
     delta: jax.Array  # [S, N, P, D] Δz = reference − clean
+    keys: jax.Array  # [L, K, N, P, E] clean keys (after RoPE) and values of every layer
+    values: jax.Array
     metric: jax.Array  # [N] clean metric
 
 
 _BATCH = TaskBatch(*(P(INPUTS) for _ in TaskBatch._fields))
-_STATE = PatchState(P(None, INPUTS), P(None, INPUTS), P(INPUTS), P(None, INPUTS), P(None, INPUTS), P(INPUTS))
+_ROWS = P(None, INPUTS)
+_STATE = PatchState(_ROWS, _ROWS, P(INPUTS), _ROWS, _ROWS, P(None, None, INPUTS), P(None, None, INPUTS), P(INPUTS))
 _OUT = P(EDGES, INPUTS)
 
 
@@ -55,86 +61,112 @@ def _prepare(cfg, metric, ablation, params, b, noise, noise_seed, means) -> Patc
     ref_nodes, _ = reference_values(cfg, params, b, ablation, noise, noise_seed, means)
     nodes, _ = run_nodes(cfg, params, b, metric)
     pre, mid, final = residual_states(cfg, params, nodes)
-    clean_metric = _metric(cfg, metric, params, b, final)
-    return PatchState(pre, mid, final, nodes, ref_nodes - nodes, clean_metric)
+    keys, values = kv_caches(cfg, params, pre, position_ids(b.attention_mask))
+    clean_metric = _metric(cfg, metric, params, b, final, 0)
+    return PatchState(pre, mid, final, nodes, ref_nodes - nodes, keys, values, clean_metric)
 
 
-def _metric(cfg, metric, params, b: TaskBatch, final_NxPxD) -> jax.Array:
-    return answer_metric(cfg, params, at_positions(final_NxPxD, b.answer_pos), b.correct, b.incorrect, metric)
+def _metric(cfg, metric, params, b: TaskBatch, final_NxWxD, start) -> jax.Array:
+    return _metric_at(cfg, metric, params, b, at_positions(final_NxWxD, b.answer_pos - start))
 
 
-def _finish(cfg, metric, params, b, st, x_post, layer):
-    """Layers after ``layer`` on the post-layer stream, then Δmetric against the clean run."""
-    positions = position_ids(b.attention_mask)
-    final = run_from(cfg, params, x_post, positions, b.attention_mask, layer + 1)
-    return _metric(cfg, metric, params, b, final) - st.metric
+def _metric_at(cfg, metric, params, b: TaskBatch, x_NxD) -> jax.Array:
+    return answer_metric(cfg, params, x_NxD, b.correct, b.incorrect, metric)
 
 
-def _head_edges(cfg, metric, params, b, st: PatchState, layer, src, head, kind):
+class _Window(NamedTuple):
+    """The positions a patch can change, [start, start + W): slicers for [..., P, D] and [N, P]."""
+
+    start: jax.Array
+    width: int
+
+    def __call__(self, a):  # [..., N, P, D] → [..., N, W, D]
+        return jax.lax.dynamic_slice_in_dim(a, self.start, self.width, axis=a.ndim - 2)
+
+    def positions(self, b: TaskBatch):
+        return jax.lax.dynamic_slice_in_dim(position_ids(b.attention_mask), self.start, self.width, axis=1)
+
+
+def _finish(cfg, metric, params, b, st, win: _Window, x_post, layer):
+    """Layers after ``layer`` on the (windowed) post-layer stream, then Δmetric against the clean run."""
+    caches = (st.keys, st.values)
+    answer = b.answer_pos - win.start
+    final = run_to_answer(cfg, params, x_post, caches, win.positions(b), b.attention_mask, layer + 1, win.start, answer)
+    return _metric_at(cfg, metric, params, b, final) - st.metric
+
+
+def _head_edges(cfg, metric, width, params, b, st: PatchState, start, layer, src, head, kind):
     """Edges into a head's q (kind 0), k (1) or v (2) slot in ``layer``: [C, N]."""
     H = cfg.n_heads
+    win = _Window(start, width)
     p = layer_params(params, layer)
-    positions = position_ids(b.attention_mask)
-    pre, mid = st.pre[layer], st.mid[layer]
-    clean_heads = jax.lax.dynamic_slice_in_dim(st.nodes, 1 + layer * (H + 1), H)
+    pre, mid = win(st.pre[layer]), win(st.mid[layer])
+    clean_heads = win(jax.lax.dynamic_slice_in_dim(st.nodes, 1 + layer * (H + 1), H))
+    cache = (st.keys[layer], st.values[layer])
 
     def one(src_e, head_e, kind_e):
-        d = st.delta[src_e]
+        d = win(st.delta[src_e])
         x_q, x_k, x_v = (pre + d * (kind_e == i).astype(d.dtype) for i in range(3))
-        new = head_output(cfg, p, head_e, x_q, x_k, x_v, positions, b.attention_mask)
+        new = head_output(cfg, p, head_e, x_q, x_k, x_v, cache, win.positions(b), b.attention_mask, start)
         x_mid = mid + new - clean_heads[head_e]
-        return _finish(cfg, metric, params, b, st, x_mid + mlp(cfg, p, x_mid), layer)
+        return _finish(cfg, metric, params, b, st, win, x_mid + mlp(cfg, p, x_mid), layer)
 
     return jax.vmap(one)(src, head, kind)
 
 
-def _mlp_edges(cfg, metric, params, b, st: PatchState, layer, src):
+def _mlp_edges(cfg, metric, width, params, b, st: PatchState, start, layer, src):
     """Edges into ``m{layer}``: [C, N]."""
+    win = _Window(start, width)
     p = layer_params(params, layer)
-    mid = st.mid[layer]
-    return jax.vmap(lambda s: _finish(cfg, metric, params, b, st, mid + mlp(cfg, p, mid + st.delta[s]), layer))(src)
+    mid = win(st.mid[layer])
+
+    def one(s):
+        return _finish(cfg, metric, params, b, st, win, mid + mlp(cfg, p, mid + win(st.delta[s])), layer)
+
+    return jax.vmap(one)(src)
 
 
-def _logit_edges(cfg, metric, params, b, st: PatchState, src):
+def _logit_edges(cfg, metric, width, params, b, st: PatchState, start, src):
     """Edges into ``logits``: [C, N]."""
-    return jax.vmap(lambda s: _metric(cfg, metric, params, b, st.final + st.delta[s]) - st.metric)(src)
+    return jax.vmap(lambda s: _metric(cfg, metric, params, b, st.final + st.delta[s], 0) - st.metric)(src)
 
 
-def _nodes(cfg, metric, params, b, st: PatchState, layer, src, is_head):
+def _nodes(cfg, metric, width, params, b, st: PatchState, start, layer, src, is_head):
     """Nodes patched in all their outgoing edges: Δz_u added to the stream after u: [C, N].
     ``layer`` -1 is the input node."""
     H = cfg.n_heads
-    p = layer_params(params, jnp.maximum(layer, 0))
+    win = _Window(start, width)
+    at = jnp.maximum(layer, 0)
+    p = layer_params(params, at)
 
     def one(s, head):
-        d = st.delta[s]
-        x_mid = st.mid[jnp.maximum(layer, 0)] + d
+        d = win(st.delta[s])
+        x_mid = win(st.mid[at]) + d
         after_head = x_mid + mlp(cfg, p, x_mid)
-        after_mlp = st.mid[jnp.maximum(layer, 0)] + st.nodes[1 + jnp.maximum(layer, 0) * (H + 1) + H] + d
+        after_mlp = win(st.mid[at]) + win(st.nodes[1 + at * (H + 1) + H]) + d
         x_post = jnp.where(head, after_head, after_mlp)
-        x_post = jnp.where(layer < 0, st.pre[0] + d, x_post)
-        return _finish(cfg, metric, params, b, st, x_post, jnp.where(layer < 0, -1, layer))
+        x_post = jnp.where(layer < 0, win(st.pre[0]) + d, x_post)
+        return _finish(cfg, metric, params, b, st, win, x_post, layer)
 
     return jax.vmap(one)(src, is_head)
 
 
-@functools.lru_cache(maxsize=32)
-def _kernels(cfg: ModelConfig, metric: str, ablation: str, mesh: Mesh | None):
-    """The jitted (and, with a mesh, SPMD) kernels for one model / metric / ablation."""
+@functools.lru_cache(maxsize=64)
+def _kernels(cfg: ModelConfig, metric: str, ablation: str, width: int, mesh: Mesh | None):
+    """The jitted (and, with a mesh, SPMD) kernels for one model / metric / ablation / window."""
     rep = P()
     prepare = spmd(functools.partial(_prepare, cfg, metric, ablation), mesh, (rep, _BATCH, rep, rep, rep), _STATE)
-    head = spmd(
-        functools.partial(_head_edges, cfg, metric),
-        mesh,
-        (rep, _BATCH, _STATE, rep, P(EDGES), P(EDGES), P(EDGES)),
-        _OUT,
-    )
-    mlp_ = spmd(functools.partial(_mlp_edges, cfg, metric), mesh, (rep, _BATCH, _STATE, rep, P(EDGES)), _OUT)
-    logits = spmd(functools.partial(_logit_edges, cfg, metric), mesh, (rep, _BATCH, _STATE, P(EDGES)), _OUT)
-    nodes = spmd(functools.partial(_nodes, cfg, metric), mesh, (rep, _BATCH, _STATE, rep, P(EDGES), P(EDGES)), _OUT)
-    return {
-        name: jax.jit(f) for name, f in dict(prepare=prepare, head=head, mlp=mlp_, logits=logits, nodes=nodes).items()
+    common = (rep, _BATCH, _STATE, rep)  # params, batch, state, window start
+    kernels = {
+        "head": (_head_edges, common + (rep, P(EDGES), P(EDGES), P(EDGES))),
+        "mlp": (_mlp_edges, common + (rep, P(EDGES))),
+        "logits": (_logit_edges, common + (P(EDGES),)),
+        "nodes": (_nodes, common + (rep, P(EDGES), P(EDGES))),
     }
+    out = {"prepare": jax.jit(prepare)}
+    for name, (fn, specs) in kernels.items():
+        out[name] = jax.jit(spmd(functools.partial(fn, cfg, metric, width), mesh, specs, _OUT))
+    return out
 
 
 class _Group(NamedTuple):
@@ -170,22 +202,26 @@ def _node_groups(cfg: ModelConfig) -> list[_Group]:
     return groups
 
 
-def bytes_per_patch(cfg: ModelConfig, n_positions: int) -> int:
-    """Rough working memory of one (edge, input) through the remaining layers (float32)."""
-    D, F, H, P_ = cfg.d_model, cfg.d_mlp, cfg.n_heads, n_positions
-    return 4 * P_ * (10 * D + 3 * F + 4 * H * P_ + 6 * H * cfg.d_head)
+def bytes_per_patch(cfg: ModelConfig, n_positions: int, width: int) -> int:
+    """Rough working memory of one (edge, input) through the remaining layers (float32), on a
+    window of ``width`` of the ``n_positions`` positions."""
+    D, F, H = cfg.d_model, cfg.d_mlp, cfg.n_heads
+    return 4 * width * (10 * D + 3 * F + 4 * H * n_positions + 6 * H * cfg.d_head) + 8 * n_positions * H * cfg.d_head
 
 
 def bytes_per_input_state(cfg: ModelConfig, n_positions: int) -> int:
-    """Memory of one input's clean state (residual streams, node outputs and their deltas)."""
+    """Memory of one input's clean state (residual streams, node outputs, deltas, caches)."""
     g = cfg.graph
-    return 4 * n_positions * cfg.d_model * (2 * cfg.n_layers + 2 * g.n_src + 2)
+    caches = 2 * cfg.n_layers * cfg.n_kv_heads * cfg.d_head
+    return 4 * n_positions * (cfg.d_model * (2 * cfg.n_layers + 2 * g.n_src + 2) + caches)
 
 
-def plan_chunks(cfg: ModelConfig, n_positions: int, batch_size: int, memory_budget: int, largest_group: int) -> int:
+def plan_chunks(
+    cfg: ModelConfig, n_positions: int, width: int, batch_size: int, memory_budget: int, largest_group: int
+) -> int:
     """Edges per kernel call (per device) that fit ``memory_budget`` bytes with ``batch_size`` inputs."""
     state = batch_size * bytes_per_input_state(cfg, n_positions)
-    per_edge = batch_size * bytes_per_patch(cfg, n_positions)
+    per_edge = batch_size * bytes_per_patch(cfg, n_positions, width)
     chunk = (memory_budget - state) // per_edge
     if chunk < 1:
         raise MemoryError(
@@ -193,6 +229,18 @@ def plan_chunks(cfg: ModelConfig, n_positions: int, batch_size: int, memory_budg
             f"{n_positions} positions need about {(state + per_edge) / 2**20:.0f} MiB (lower batch_size or raise the budget)"
         )
     return int(min(chunk, largest_group, 4096))
+
+
+def windows(data: TaskData, ablation: str, granularity: int = 4) -> np.ndarray:
+    """Per input, the number of trailing positions a patch can change: counterfactual patching
+    leaves everything before the first position where the prompts differ as in the clean run.
+    Rounded up to ``granularity`` (fewer compilations); zero/mean ablation change every position."""
+    width = data.n_positions
+    if ablation != "patch":
+        return np.full(len(data), width)
+    differs = (data.clean != data.corrupted) & (data.attention_mask > 0)
+    first = differs.argmax(1)
+    return np.minimum(width, -(-(width - first) // granularity) * granularity)
 
 
 def exact_scores(
@@ -204,36 +252,55 @@ def exact_scores(
     batch_size: int | None = None,
     memory_budget: int | None = None,
     mesh: Mesh | None = None,
+    subset: np.ndarray | None = None,
     progress=None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Per-input exact scores ``[N, E]`` (or ``[N, S]`` for nodes) and the clean metric ``[N]``."""
+    """Per-input exact scores ``[N, E]`` (or ``[N, S]`` for nodes) and the clean metric ``[N]``;
+    with ``subset`` (edge or node indices) only those are computed, the others are NaN.
+
+    Inputs are grouped by how many trailing positions a patch can change (``windows``); each group
+    runs kernels of its own window width. The grouping depends on the data only, so every device
+    count computes each input in kernels of the same shapes."""
     cfg, params = model.config, model.params
     groups = _edge_groups(cfg) if level == "edge" else _node_groups(cfg)
     n_items = cfg.graph.n_edges if level == "edge" else cfg.graph.n_src
+    if subset is not None:
+        keep = np.zeros(n_items, bool)
+        keep[np.asarray(subset)] = True
+        groups = [
+            _Group(x.kernel, x.layer, x.items[keep[x.items]], tuple(a[keep[x.items]] for a in x.args)) for x in groups
+        ]
+        groups = [x for x in groups if len(x.items)]
     n_edge_dev, n_input_dev = axis_size(mesh, EDGES), axis_size(mesh, INPUTS)
+    spmd_mesh = mesh if mesh is not None and mesh.size > 1 else None
     local_batch = min(batch_size or 8, len(data))
     budget = memory_budget or DEFAULT_MEMORY_BUDGET
-    chunk = plan_chunks(cfg, data.n_positions, local_batch, budget, max(len(x.items) for x in groups))
-    kernels = _kernels(cfg, data.metric, ablation, mesh if mesh is not None and mesh.size > 1 else None)
     means = dataset_means(model, data, local_batch) if ablation == "mean" else jnp.zeros(())
+    P_ = data.n_positions
 
-    per_input = np.zeros((len(data), n_items), np.float32)
+    per_input = np.full((len(data), n_items), np.nan if subset is not None else 0.0, np.float32)
     clean_metric = np.zeros(len(data), np.float32)
-    step = chunk * n_edge_dev
-    row = 0
-    for b, n_real in data.batches(local_batch, devices=n_input_dev):
-        st = kernels["prepare"](params, b, data.noise, data.noise_seed, means)
-        clean_metric[row : row + n_real] = np.asarray(st.metric)[:n_real]
-        for group in groups:
-            for start in range(0, len(group.items), step):
-                take = np.arange(start, min(start + step, len(group.items)))
-                take = np.concatenate([take, np.full(step - len(take), take[-1])])
-                args = [jnp.asarray(a[take]) for a in group.args]
-                layer = () if group.kernel == "logits" else (jnp.int32(group.layer),)
-                out = np.asarray(kernels[group.kernel](params, b, st, *layer, *args))  # [step, batch]
-                n_take = min(step, len(group.items) - start)
-                per_input[row : row + n_real, group.items[take[:n_take]]] = out[:n_take, :n_real].T
-                if progress is not None:
-                    progress(n_take * n_real)
-        row += n_real
+    widths = windows(data, ablation)
+    for width in np.unique(widths):
+        chunk = plan_chunks(cfg, P_, int(width), local_batch, budget, max(len(x.items) for x in groups))
+        kernels = _kernels(cfg, data.metric, ablation, int(width), spmd_mesh)
+        start = jnp.int32(P_ - width)
+        for b, rows in data.batches(local_batch, devices=n_input_dev, rows=np.nonzero(widths == width)[0]):
+            n_real = len(rows)
+            st = kernels["prepare"](params, b, data.noise, data.noise_seed, means)
+            clean_metric[rows] = np.asarray(st.metric)[:n_real]
+            for group in groups:
+                # per-device chunk: the budget's, or the group's size rounded up to a power of two
+                # (few compilations; device-independent, so results do not depend on the mesh)
+                step = min(chunk, 1 << int(np.ceil(np.log2(len(group.items))))) * n_edge_dev
+                for first in range(0, len(group.items), step):
+                    take = np.arange(first, min(first + step, len(group.items)))
+                    n_take = len(take)
+                    take = np.concatenate([take, np.full(step - n_take, take[-1])])
+                    args = [jnp.asarray(a[take]) for a in group.args]
+                    layer = () if group.kernel == "logits" else (jnp.int32(group.layer),)
+                    out = np.asarray(kernels[group.kernel](params, b, st, start, *layer, *args))  # [step, batch]
+                    per_input[np.ix_(rows, group.items[take[:n_take]])] = out[:n_take, :n_real].T
+                    if progress is not None:
+                        progress(n_take * n_real)
     return per_input, clean_metric

@@ -75,15 +75,21 @@ def attend(
     k_GxNxPxE: jax.Array,
     v_GxNxPxE: jax.Array,
     attention_mask: Int[Array, "N P"],
-) -> Float[Array, "H N P E"]:
-    """Causal softmax attention over real keys; G = H (ungrouped) or fewer (grouped, repeated here)."""
+    q_offset: Int[Array, ""] | Int[Array, " N"] | int = 0,
+) -> Float[Array, "H N Q E"]:
+    """Causal softmax attention over real keys; G = H (ungrouped) or fewer (grouped, repeated here).
+
+    Queries may be a window of Q positions starting at ``q_offset`` (one for all inputs, or one
+    per input); keys always cover all P positions."""
     n_heads = q_HxNxPxE.shape[0]
     if k_GxNxPxE.shape[0] != n_heads:
         k_GxNxPxE = jnp.repeat(k_GxNxPxE, n_heads // k_GxNxPxE.shape[0], axis=0)
         v_GxNxPxE = jnp.repeat(v_GxNxPxE, n_heads // v_GxNxPxE.shape[0], axis=0)
-    P = q_HxNxPxE.shape[2]
+    Q, P = q_HxNxPxE.shape[2], k_GxNxPxE.shape[2]
     scores = jnp.einsum("hnqe,hnke->hnqk", q_HxNxPxE, k_GxNxPxE).astype(jnp.float32) / np.sqrt(cfg.d_head)
-    allowed = jnp.tril(jnp.ones((P, P), bool))[None, None] & (attention_mask[None, :, None, :] > 0)
+    offset = jnp.reshape(jnp.asarray(q_offset), (-1, 1, 1))  # [1 or N, 1, 1]
+    causal = jnp.arange(P)[None, None, :] <= jnp.arange(Q)[None, :, None] + offset
+    allowed = causal[None] & (attention_mask[None, :, None, :] > 0)
     scores = jnp.where(allowed, scores, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(v_GxNxPxE.dtype)
     return jnp.einsum("hnqk,hnke->hnqe", probs, v_GxNxPxE)
@@ -130,10 +136,25 @@ def mlp(cfg: ModelConfig, p: Params, x: Float[Array, "N P D"]) -> Float[Array, "
     return out + p["b_out"] if cfg.mlp_bias else out
 
 
-def block(cfg: ModelConfig, p: Params, x: Float[Array, "N P D"], positions, attention_mask) -> Float[Array, "N P D"]:
-    """One layer on a shared residual stream: x + attention(x) (+ b_O), then + MLP."""
+def block(
+    cfg: ModelConfig,
+    p: Params,
+    x: Float[Array, "N W D"],
+    positions: Int[Array, "N W"],
+    attention_mask: Int[Array, "N P"],
+    cache: tuple[jax.Array, jax.Array] | None = None,
+    start: Int[Array, ""] | int = 0,
+) -> Float[Array, "N W D"]:
+    """One layer on a shared residual stream: x + attention(x) (+ b_O), then + MLP.
+
+    With ``cache = (keys, values)`` [K, N, P, E] (another run's, all positions), ``x`` is a window
+    of W positions from ``start`` on: its keys and values replace the cached ones there, and the
+    earlier positions attend as in the cached run (exact when that run agrees before ``start``)."""
     q, k, v = qkv(cfg, p, x, positions)
-    o = attend(cfg, q, k, v, attention_mask)
+    if cache is not None:
+        k = jax.lax.dynamic_update_slice_in_dim(cache[0], k, start, axis=2)
+        v = jax.lax.dynamic_update_slice_in_dim(cache[1], v, start, axis=2)
+    o = attend(cfg, q, k, v, attention_mask, q_offset=start)
     x = x + jnp.einsum("hnqe,hed->nqd", o, p["w_o"])
     if cfg.o_bias:
         x = x + p["b_o"]

@@ -1,7 +1,10 @@
-"""Building blocks for exact patching: the clean run's residual states, one head recomputed from
-its own q/k/v inputs, and the rest of the network from a given layer.
+"""Building blocks for exact patching: the clean run's residual states and key/value caches,
+one head recomputed from its own q/k/v inputs, and the rest of the network from a given layer.
 
-The layer to start from is a traced integer (``lax.fori_loop``), so one compilation serves every
+A patch that leaves positions before ``start`` unchanged (counterfactual patching: clean and
+corrupted prompts agree there, and attention is causal) is computed on the window of positions
+from ``start`` on only, the earlier keys and values coming from the clean run's caches. The
+layer to start from is a traced integer (``lax.fori_loop``), so one compilation serves every
 layer; everything vmaps over a batch of patches (the edges of a chunk).
 """
 
@@ -12,7 +15,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
 from mivar_jax.models.config import ModelConfig
-from mivar_jax.models.layers import attend, block, norm, output_bias, rope, sum_first_axis
+from mivar_jax.models.layers import at_positions, attend, block, mlp, norm, output_bias, qkv, rope, sum_first_axis
 from mivar_jax.models.params import Params
 
 
@@ -39,41 +42,79 @@ def residual_states(
     return pre, mid, final
 
 
+def kv_caches(
+    cfg: ModelConfig, params: Params, pre_LxNxPxD: Float[Array, "L N P D"], positions: Int[Array, "N P"]
+) -> tuple[Float[Array, "L K N P E"], Float[Array, "L K N P E"]]:
+    """Every layer's keys (after RoPE) and values of a run, from its residual streams."""
+
+    def one(p, x):
+        _, k, v = qkv(cfg, p, x, positions)
+        return k, v
+
+    return jax.vmap(one)(params["blocks"], pre_LxNxPxD)
+
+
 def head_output(
     cfg: ModelConfig,
     p: Params,
     head: Int[Array, ""],
-    x_q: Float[Array, "N P D"],
-    x_k: Float[Array, "N P D"],
-    x_v: Float[Array, "N P D"],
-    positions: Int[Array, "N P"],
+    x_q: Float[Array, "N W D"],
+    x_k: Float[Array, "N W D"],
+    x_v: Float[Array, "N W D"],
+    cache: tuple[Float[Array, "K N P E"], Float[Array, "K N P E"]],
+    positions: Int[Array, "N W"],
     attention_mask: Int[Array, "N P"],
-) -> Float[Array, "N P D"]:
-    """One head's residual write (no b_O) when its query, key and value read their own inputs."""
+    start: Int[Array, ""],
+) -> Float[Array, "N W D"]:
+    """One head's residual write (no b_O) on the window from ``start``, when its query, key and
+    value read their own inputs there (the layer's cached keys/values before ``start``)."""
     group = head // (cfg.n_heads // cfg.n_kv_heads)
 
     def proj(x, w, b, index):
         y = jnp.einsum("npd,de->npe", norm(cfg, p["ln1"], x), w[index])
-        return (y if b is None else y + b[index])[None]  # [1, N, P, E]
+        return (y if b is None else y + b[index])[None]  # [1, N, W, E]
 
     q = proj(x_q, p["w_q"], p.get("b_q"), head)
     k = proj(x_k, p["w_k"], p.get("b_k"), group)
     v = proj(x_v, p["w_v"], p.get("b_v"), group)
     if cfg.positional == "rope":
         q, k = rope(cfg, q, positions), rope(cfg, k, positions)
-    o = attend(cfg, q, k, v, attention_mask)[0]
+    k = jax.lax.dynamic_update_slice_in_dim(cache[0][group][None], k, start, axis=2)
+    v = jax.lax.dynamic_update_slice_in_dim(cache[1][group][None], v, start, axis=2)
+    o = attend(cfg, q, k, v, attention_mask, q_offset=start)[0]
     return jnp.einsum("npe,ed->npd", o, p["w_o"][head])
 
 
-def run_from(
+def run_to_answer(
     cfg: ModelConfig,
     params: Params,
-    x: Float[Array, "N P D"],
-    positions: Int[Array, "N P"],
+    x: Float[Array, "N W D"],
+    caches: tuple[Float[Array, "L K N P E"], Float[Array, "L K N P E"]],
+    positions: Int[Array, "N W"],
     attention_mask: Int[Array, "N P"],
+    layer: Int[Array, ""],
     start: Int[Array, ""],
-) -> Float[Array, "N P D"]:
-    """The residual stream after layers ``start`` … L-1, given the stream before layer ``start``."""
-    return jax.lax.fori_loop(
-        start, cfg.n_layers, lambda i, h: block(cfg, layer_params(params, i), h, positions, attention_mask), x
-    )
+    answer: Int[Array, " N"],
+) -> Float[Array, "N D"]:
+    """The final stream at each input's answer position (``answer``: index within the window),
+    given the window's stream before ``layer``. Layers ``layer`` … L-2 run on the whole window;
+    the last one only needs its keys and values there, and everything else at the answer."""
+
+    def body(i, h):
+        cache = (caches[0][i], caches[1][i])
+        return block(cfg, layer_params(params, i), h, positions, attention_mask, cache, start)
+
+    def through_last(h):
+        h = jax.lax.fori_loop(layer, cfg.n_layers - 1, body, h)
+        p = layer_params(params, jnp.int32(cfg.n_layers - 1))
+        q, k, v = qkv(cfg, p, h, positions)
+        k = jax.lax.dynamic_update_slice_in_dim(caches[0][-1], k, start, axis=2)
+        v = jax.lax.dynamic_update_slice_in_dim(caches[1][-1], v, start, axis=2)
+        q = jnp.take_along_axis(q, answer[None, :, None, None], axis=2)  # [H, N, 1, E]
+        o = attend(cfg, q, k, v, attention_mask, q_offset=start + answer)
+        x_ans = at_positions(h, answer) + jnp.einsum("hnqe,hed->nd", o, p["w_o"])
+        if cfg.o_bias:
+            x_ans = x_ans + p["b_o"]
+        return x_ans + mlp(cfg, p, x_ans)
+
+    return jax.lax.cond(layer < cfg.n_layers, through_last, lambda h: at_positions(h, answer), x)

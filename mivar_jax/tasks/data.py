@@ -108,21 +108,20 @@ class TaskData:
         take = (lambda a: a) if rows is None else (lambda a: a[rows])
         return TaskBatch(*(jnp.asarray(take(getattr(self, f))) for f in TaskBatch._fields))
 
-    def batches(self, batch_size: int, devices: int = 1):
-        """Yield ``(TaskBatch, n_real)`` of ``batch_size`` rows per device (``devices`` blocks each),
-        all of one shape, so one compilation serves them. The per-device size is at most N and does
-        not depend on ``devices``: every device computes on blocks of the shape one device would
-        (the basis of identical results on any number of devices). The last batch is filled up by
-        repeating its last row; only its first ``n_real`` rows are real."""
+    def batches(self, batch_size: int, devices: int = 1, rows: np.ndarray | None = None):
+        """Yield ``(TaskBatch, real_rows)`` over all rows (or ``rows``): ``batch_size`` rows per
+        device, ``devices`` blocks per batch, every batch of one shape so one compilation serves
+        them. The per-device size is at most the number of rows and does not depend on
+        ``devices``: every device computes on blocks of the shape one device would (the basis of
+        identical results on any number of devices). The last batch is filled up by repeating its
+        last row; ``real_rows`` are the dataset rows of its first ``len(real_rows)`` entries."""
         if batch_size < 1 or devices < 1:
             raise ValueError(f"batch_size and devices must be ≥ 1, got {batch_size}, {devices}")
-        n = len(self)
-        size = min(batch_size, n) * devices
-        for start in range(0, n, size):
-            rows = np.arange(start, min(start + size, n))
-            n_real = len(rows)
-            rows = np.concatenate([rows, np.full(size - n_real, rows[-1])])
-            yield self.batch(rows), n_real
+        rows = np.arange(len(self)) if rows is None else np.asarray(rows)
+        size = min(batch_size, len(rows)) * devices
+        for start in range(0, len(rows), size):
+            real = rows[start : start + size]
+            yield self.batch(np.concatenate([real, np.full(size - len(real), real[-1])])), real
 
     def __getitem__(self, index: int | slice | Sequence[int] | np.ndarray) -> TaskData:
         """Rows ``index`` (an int, slice, index array or boolean mask), padding trimmed to fit."""

@@ -60,10 +60,10 @@ def evaluate_model(model, data: TaskData, *, batch_size: int = 64) -> ModelEvalu
     metric = get_metric(data.metric)
     clean, corrupted = [], []
     model.check_batch(data.clean, data.attention_mask)
-    for b, n_real in data.batches(batch_size):
+    for b, rows in data.batches(batch_size):
         c, k = _metrics(metric, model.config, model.params, b, data.noise, data.noise_seed)
-        clean.append(np.asarray(c)[:n_real])
-        corrupted.append(np.asarray(k)[:n_real])
+        clean.append(np.asarray(c)[: len(rows)])
+        corrupted.append(np.asarray(k)[: len(rows)])
     return ModelEvaluation(data.task, data.metric, np.concatenate(clean), np.concatenate(corrupted))
 
 
