@@ -4,9 +4,11 @@ import mivar_jax as mv
 model = mv.load_model("smollm2-135m")
 """
 
-from mivar_jax import models, tasks
+from mivar_jax import circuits, models, tasks
 from mivar_jax.aggregation import aggregate
+from mivar_jax.circuits import Circuit
 from mivar_jax.estimators import Scores, attribute
+from mivar_jax.evaluation import CircuitEvaluation, CurveResult, evaluate, evaluate_curve
 from mivar_jax.graph import Graph, GraphJSON
 from mivar_jax.models import (
     CheckpointError,
@@ -20,6 +22,12 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CheckpointError",
+    "Circuit",
+    "CircuitEvaluation",
+    "CurveResult",
+    "circuits",
+    "evaluate",
+    "evaluate_curve",
     "Scores",
     "aggregate",
     "attribute",

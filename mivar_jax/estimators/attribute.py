@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
+from mivar_jax._progress import progress_bar
 from mivar_jax.estimators.common import check_ablation, dataset_means, finite_or_raise, reference_values, run_nodes
 from mivar_jax.estimators.exact import DEFAULT_MEMORY_BUDGET, exact_scores
 from mivar_jax.estimators.gradient import GRADIENT_METHODS, IG_CONVENTIONS, POOLINGS, check_steps, gradient_scores
@@ -94,7 +95,7 @@ def attribute(
     if subset is not None:
         params["subset"] = int(subset.size)
     n_work = (n_items if subset is None else subset.size) if method == "exact" else 1
-    with _progress(progress, len(data) * n_work, method) as bar:
+    with progress_bar(progress, len(data) * n_work, method) as bar:
         if method == "exact":
             per_input, clean_metric = exact_scores(
                 model, data, level=level, ablation=ablation, batch_size=batch_size,
@@ -185,25 +186,3 @@ def _gradient(model, data, method, level, steps, ablation, convention, pooling, 
         if bar is not None:
             bar(len(rows))
     return np.concatenate(outs), np.concatenate(metrics)
-
-
-class _progress:
-    """A tqdm bar (on stderr) for runs that take a while; a no-op otherwise."""
-
-    def __init__(self, enabled: bool, total: int, what: str):
-        self.enabled, self.total, self.what, self.bar = enabled, total, what, None
-
-    def __enter__(self):
-        if not self.enabled:
-            return None
-        from tqdm.auto import tqdm
-
-        self.bar = tqdm(
-            total=self.total, desc=self.what, unit="item", unit_scale=True, mininterval=2.0, delay=5.0, leave=False
-        )
-        return self.bar.update
-
-    def __exit__(self, *exc):
-        if self.bar is not None:
-            self.bar.close()
-        return False

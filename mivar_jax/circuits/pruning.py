@@ -1,0 +1,102 @@
+"""Pruning: keep only the edges that lie on a path from ``input`` to ``logits``.
+
+Node-level view of the Graph: nodes are the sources (``input``, heads, MLPs) plus ``logits``
+(index S); a destination slot belongs to its node (a head's q/k/v slots to the head). An edge
+u→v of a circuit survives iff u is reachable from ``input`` and v's node reaches ``logits``
+through circuit edges. Every surviving edge then lies on a complete path whose edges all
+survive, so one pass is already the fixed point of repeatedly deleting dangling nodes: pruning
+is idempotent and never leaves a node without a path from ``input`` or to ``logits``.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Bool
+
+from mivar_jax.graph import Graph
+
+
+def slot_owner(graph: Graph) -> np.ndarray:
+    """[n_dst] int: the node each destination slot belongs to (``logits`` → n_src)."""
+    owner = np.full(graph.n_dst, graph.n_src, np.int64)
+    src_of_slot = np.nonzero(graph.own_slots.T)
+    owner[src_of_slot[0]] = src_of_slot[1]
+    return owner
+
+
+def _depth(graph: Graph) -> int:
+    """An upper bound on the number of edges of any path: input, (heads, MLP) per layer, logits."""
+    return 2 * graph.n_layers + 2
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _prune_dense(graph: Graph, masks_BxE: jax.Array) -> tuple[jax.Array, jax.Array]:
+    S = graph.n_src
+    owner = slot_owner(graph)
+    edge_src, edge_node = graph.edge_src, owner[graph.edge_dst]
+    B = masks_BxE.shape[0]
+    w_BxE = masks_BxE.astype(jnp.float32)
+    # Node adjacency [B, S, S+1]: any circuit edge from source u into a slot of node n.
+    adj = jnp.zeros((B, S, S + 1), jnp.float32).at[:, edge_src, edge_node].add(w_BxE) > 0
+    adj_f = adj.astype(jnp.float32)
+    start = jnp.zeros(S + 1, bool).at[0].set(True)
+    end = jnp.zeros(S + 1, bool).at[S].set(True)
+
+    def forward(_, reach_BxN):
+        step = jnp.einsum("bs,bsn->bn", reach_BxN[:, :S].astype(jnp.float32), adj_f) > 0
+        return step | start
+
+    def backward(_, reach_BxN):
+        step = jnp.einsum("bsn,bn->bs", adj_f, reach_BxN.astype(jnp.float32)) > 0
+        return jnp.concatenate([step, jnp.ones((B, 1), bool)], 1)
+
+    reach_from_input = jax.lax.fori_loop(0, _depth(graph), forward, jnp.broadcast_to(start, (B, S + 1)))
+    reach_to_logits = jax.lax.fori_loop(0, _depth(graph), backward, jnp.broadcast_to(end, (B, S + 1)))
+    kept = masks_BxE & reach_from_input[:, edge_src] & reach_to_logits[:, edge_node]
+    nodes = _nodes_of(graph, kept)
+    return kept, nodes
+
+
+def _nodes_of(graph: Graph, kept_BxE: jax.Array) -> jax.Array:
+    """[B, S+1] bool: the nodes touched by the kept edges (both ends)."""
+    S, B = graph.n_src, kept_BxE.shape[0]
+    owner = slot_owner(graph)
+    w = kept_BxE.astype(jnp.float32)
+    touched = jnp.zeros((B, S + 1), jnp.float32)
+    touched = touched.at[:, graph.edge_src].add(w).at[:, owner[graph.edge_dst]].add(w)
+    return touched > 0
+
+
+def prune(graph: Graph, masks: Bool[Array, "*B E"]) -> tuple[Bool[Array, "*B E"], Bool[Array, "*B Nodes"]]:
+    """Pruned edge masks and their node masks ([..., n_src + 1], ``logits`` last), for one mask
+    [E] or a stack [B, E]; jit-compiled, vectorised over the stack."""
+    masks = jnp.asarray(masks, bool)
+    if masks.shape[-1] != graph.n_edges:
+        raise ValueError(f"edge masks must have a last axis of {graph.n_edges} edges, got shape {masks.shape}")
+    flat = masks.reshape(-1, graph.n_edges)
+    kept, nodes = _prune_dense(graph, flat)
+    return kept.reshape(masks.shape), nodes.reshape(masks.shape[:-1] + (graph.n_src + 1,))
+
+
+def bottleneck_rank(graph: Graph, rank_E: np.ndarray) -> int:
+    """min over input→logits paths of the largest edge rank on the path (ranks 0 = best).
+
+    Top-n sets are nested, so the pruned top-n circuit connects ``input`` to ``logits`` iff
+    n > this value: the smallest connected n is ``bottleneck_rank + 1``. A min-max dynamic
+    programme over the nodes in topological order (the source order, then ``logits``)."""
+    S = graph.n_src
+    owner = slot_owner(graph)
+    node_of_edge = owner[graph.edge_dst]
+    best = np.full(S + 1, np.inf)
+    best[0] = -np.inf
+    order = np.argsort(node_of_edge, kind="stable")
+    bounds = np.searchsorted(node_of_edge[order], np.arange(S + 2))
+    for node in range(1, S + 1):
+        into = order[bounds[node] : bounds[node + 1]]
+        if into.size:
+            best[node] = np.min(np.maximum(best[graph.edge_src[into]], rank_E[into]))
+    return int(best[S]) if np.isfinite(best[S]) else -1

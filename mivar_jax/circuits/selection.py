@@ -1,0 +1,144 @@
+"""Selection: from aggregated edge scores to a pruned circuit.
+
+Ranking value: |score| (``absolute=True``, the reference default) or the signed score.
+Unscored edges (NaN, e.g. an exact run on a subset) are never selected.
+
+- ``topn``: the n best-ranked edges; ties go to the lower edge index (the Graph's order).
+- ``threshold``: every edge whose ranking value is ≥ the threshold.
+- ``greedy`` (the reference library's): grow the circuit backwards from ``logits``, each time
+  adding the best-ranked edge into a node already in the circuit, until n edges.
+
+Pruning (``circuits.pruning``) then removes the edges not on an input→logits path; ``n_edges``
+counts edges before pruning and the Circuit reports both counts.
+"""
+
+from __future__ import annotations
+
+import functools
+import heapq
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Bool, Float
+
+from mivar_jax.aggregation import aggregate as _aggregate
+from mivar_jax.circuits.circuit import Circuit
+from mivar_jax.circuits.pruning import bottleneck_rank, prune, slot_owner
+from mivar_jax.estimators.scores import Scores
+from mivar_jax.graph import Graph
+
+SELECTIONS = ("topn", "threshold", "greedy")
+
+
+def aggregate(scores, how: str = "mean", weights=None) -> np.ndarray:
+    """Per-input scores (a Scores or an [N, E] array) aggregated over inputs into [E]
+    (``mean`` | ``median`` | ``mean-abs`` | ``abs-mean`` | ``sum``; optional weights [N])."""
+    per_input = scores.per_input if isinstance(scores, Scores) else np.asarray(scores)
+    if per_input.ndim != 2 or per_input.shape[0] == 0:
+        raise ValueError(f"per-input scores must be a non-empty [N, E] array, got shape {per_input.shape}")
+    return np.asarray(_aggregate(per_input, how, weights))
+
+
+def ranking(values: Float[Array, "*B E"], absolute: bool = True) -> jax.Array:
+    """The value edges are ranked by: |score| or score, with NaN (unscored) ranked last."""
+    v = jnp.abs(values) if absolute else jnp.asarray(values)
+    return jnp.where(jnp.isnan(v), -jnp.inf, v)
+
+
+@functools.partial(jax.jit, static_argnames=("n", "absolute"))
+def topn_masks(values_BxE: Float[Array, "B E"], n: int, absolute: bool = True) -> Bool[Array, "B E"]:
+    """[B, E] bool: the n best-ranked edges of each row (ties → lower index); jit, vectorised."""
+    _, idx = jax.lax.top_k(ranking(values_BxE, absolute), n)
+    rows = jnp.arange(values_BxE.shape[0])[:, None]
+    return jnp.zeros(values_BxE.shape, bool).at[rows, idx].set(True)
+
+
+def greedy_mask(graph: Graph, values_E: np.ndarray, n: int, absolute: bool = True) -> np.ndarray:
+    """[E] bool: the reference library's greedy selection of n edges, grown from ``logits``."""
+    rank = np.asarray(ranking(jnp.asarray(values_E), absolute))
+    owner = slot_owner(graph)
+    node_of_edge = owner[graph.edge_dst]
+    into = {node: np.nonzero(node_of_edge == node)[0] for node in range(graph.n_src + 1)}
+    mask = np.zeros(graph.n_edges, bool)
+    heap: list[tuple[float, int]] = []
+    in_circuit = np.zeros(graph.n_src + 1, bool)
+
+    def open_node(node):
+        in_circuit[node] = True
+        for e in into[node]:
+            if np.isfinite(rank[e]):
+                heapq.heappush(heap, (-rank[e], int(e)))
+
+    open_node(graph.n_src)
+    while heap and mask.sum() < n:
+        _, e = heapq.heappop(heap)
+        mask[e] = True
+        src = int(graph.edge_src[e])
+        if not in_circuit[src]:
+            open_node(src)
+    return mask
+
+
+def _values(scores, aggregation: str, graph: Graph | None) -> tuple[np.ndarray, Graph]:
+    if isinstance(scores, Scores):
+        if scores.level != "edge":
+            raise ValueError("circuits are selected from edge-level scores; got node-level scores")
+        if graph is not None and graph != scores.graph:
+            raise ValueError(f"scores are for {scores.graph}, not {graph}")
+        return aggregate(scores, aggregation), scores.graph
+    if graph is None:
+        raise ValueError("pass graph= with an array of aggregated scores")
+    values = np.asarray(scores, np.float32)
+    if values.shape != (graph.n_edges,):
+        raise ValueError(f"aggregated scores must have shape ({graph.n_edges},) for {graph}, got {values.shape}")
+    return values, graph
+
+
+def select(
+    scores,
+    n_edges: int | None = None,
+    *,
+    threshold: float | None = None,
+    method: str | None = None,
+    absolute: bool = True,
+    aggregation: str = "mean",
+    graph: Graph | None = None,
+    prune_circuit: bool = True,
+) -> Circuit:
+    """A pruned circuit from ``scores``: a Scores (aggregated with ``aggregation``) or an array
+    [E] of aggregated scores with ``graph=``. ``method`` defaults to ``topn`` with ``n_edges``
+    and to ``threshold`` with ``threshold``; ``greedy`` takes ``n_edges``."""
+    values, graph = _values(scores, aggregation, graph)
+    method = method or ("threshold" if threshold is not None else "topn")
+    if method not in SELECTIONS:
+        raise ValueError(f"unknown selection method {method!r}; choose from {list(SELECTIONS)}")
+    n_scored = int(np.isfinite(values).sum())
+    if method == "threshold":
+        if threshold is None or n_edges is not None:
+            raise ValueError("method='threshold' takes threshold= (and no n_edges)")
+        mask = np.asarray(ranking(jnp.asarray(values), absolute) >= threshold)
+    else:
+        if n_edges is None or threshold is not None:
+            raise ValueError(f"method={method!r} takes n_edges= (and no threshold)")
+        if isinstance(n_edges, bool) or not isinstance(n_edges, (int, np.integer)) or not 1 <= n_edges <= n_scored:
+            raise ValueError(f"n_edges must be an integer in [1, {n_scored}] (the scored edges), got {n_edges!r}")
+        if method == "topn":
+            mask = np.asarray(topn_masks(jnp.asarray(values)[None], int(n_edges), absolute))[0]
+        else:
+            mask = greedy_mask(graph, values, int(n_edges), absolute)
+    n_selected = int(mask.sum())
+    if prune_circuit:
+        mask = np.asarray(prune(graph, mask)[0])
+    return Circuit(graph, mask, scores=values, n_selected=n_selected)
+
+
+def minimal_connected(scores, *, absolute: bool = True, aggregation: str = "mean", graph: Graph | None = None) -> int:
+    """The smallest n whose pruned top-n circuit connects ``input`` to ``logits`` (0 if none)."""
+    values, graph = _values(scores, aggregation, graph)
+    rank_value = np.asarray(ranking(jnp.asarray(values), absolute))
+    order = np.lexsort((np.arange(values.size), -rank_value))  # best first, ties → lower index
+    position = np.empty(values.size, np.float64)
+    position[order] = np.arange(values.size)
+    position[~np.isfinite(rank_value)] = np.inf
+    return bottleneck_rank(graph, position) + 1

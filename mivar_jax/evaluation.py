@@ -1,0 +1,335 @@
+"""Circuit evaluation: the model with every non-circuit edge ablated, for many circuits at once.
+
+For a circuit C (edge mask M), each destination reads Σ_u M·z_u + (1 − M)·z̃_u (the graph-form
+forward), with z̃ the corrupted run's node outputs (``ablation="patch"``), zeros or dataset
+means. Per input n:
+
+- ``metric`` m_n(C) (the task's metric at the answer position); m(full) is the clean model,
+  m(∅) the empty circuit (every edge ablated: the corrupted run for ``patch``).
+- faithfulness f(C) = (m̄(C) − m̄(∅)) / (m̄(full) − m̄(∅)) with m̄ the mean over inputs (MIB's
+  definition); ``faithfulness_per_input`` applies the same ratio per input (noisy where the
+  full and empty metrics are close).
+- circuit error: the share of inputs whose top-1 answer under C differs from the full model's,
+  either among the task's answer tokens (``answers="task"``, default: correct ∪ incorrect ids)
+  or over the whole vocabulary (``answers="vocab"``).
+- KL(full ‖ C) of the next-token distributions at the answer position, in nats.
+
+``evaluate_curve`` evaluates the pruned top-n circuits at MIB's edge fractions (n = ⌊f·E⌋) and
+integrates with the trapezoidal rule over the fraction axis: CPR = ∫ f, CMD = ∫ |1 − f|.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mivar_jax._progress import progress_bar
+from mivar_jax.circuits.circuit import Circuit
+from mivar_jax.circuits.pruning import prune
+from mivar_jax.circuits.selection import aggregate, ranking
+from mivar_jax.estimators.common import check_ablation, dataset_means, reference_values
+from mivar_jax.estimators.scores import Scores
+from mivar_jax.models.transformer import forward, graph_forward
+from mivar_jax.sharding import EDGES, INPUTS, P, make_mesh, spmd
+from mivar_jax.tasks.data import TaskBatch, TaskData
+from mivar_jax.tasks.metrics import get_metric, kl_divergence
+
+ANSWER_SETS = ("task", "vocab")
+MIB_FRACTIONS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+DEFAULT_MEMORY_BUDGET = 2 * 2**30
+
+
+@dataclasses.dataclass(frozen=True)
+class CircuitEvaluation:
+    """Per-circuit, per-input results ([C, N]; [N] when one Circuit was evaluated)."""
+
+    metric: np.ndarray
+    full_metric: np.ndarray
+    empty_metric: np.ndarray
+    agree_task: np.ndarray  # top-1 among the task's answers equals the full model's
+    agree_vocab: np.ndarray  # top-1 over the vocabulary equals the full model's
+    kl: np.ndarray
+    n_edges: np.ndarray
+    ablation: str = "patch"
+
+    @property
+    def faithfulness(self) -> np.ndarray | float:
+        full, empty = self.full_metric.mean(), self.empty_metric.mean()
+        return _scalar((self.metric.mean(-1) - empty) / (full - empty))
+
+    @property
+    def faithfulness_per_input(self) -> np.ndarray:
+        return (self.metric - self.empty_metric) / (self.full_metric - self.empty_metric)
+
+    def circuit_error(self, answers: str = "task") -> np.ndarray | float:
+        if answers not in ANSWER_SETS:
+            raise ValueError(f"unknown answer set {answers!r}; choose from {list(ANSWER_SETS)}")
+        agree = self.agree_task if answers == "task" else self.agree_vocab
+        return _scalar(1.0 - agree.mean(-1))
+
+    @property
+    def kl_mean(self) -> np.ndarray | float:
+        return _scalar(self.kl.mean(-1))
+
+    @property
+    def metric_mean(self) -> np.ndarray | float:
+        return _scalar(self.metric.mean(-1))
+
+    def summary(self) -> dict | list[dict]:
+        """Means per circuit as plain floats (a dict for one circuit, a list for a stack)."""
+        rows = [
+            {
+                "n_edges": int(n),
+                "metric": float(m),
+                "faithfulness": float(f),
+                "circuit_error_task": float(et),
+                "circuit_error_vocab": float(ev),
+                "kl": float(k),
+            }
+            for n, m, f, et, ev, k in zip(
+                *(np.atleast_1d(v) for v in (self.n_edges, self.metric_mean, self.faithfulness,
+                                              self.circuit_error("task"), self.circuit_error("vocab"), self.kl_mean)),
+                strict=True,
+            )
+        ]  # fmt: skip
+        common = {"full_metric": float(self.full_metric.mean()), "empty_metric": float(self.empty_metric.mean())}
+        rows = [dict(r, **common) for r in rows]
+        return rows[0] if self.metric.ndim == 1 else rows
+
+
+def _scalar(x):
+    x = np.asarray(x)
+    return float(x) if x.ndim == 0 else x
+
+
+def _masks(circuits, graph) -> tuple[np.ndarray, bool]:
+    """Circuits as a [C, E] bool stack, and whether a single circuit was given."""
+    if isinstance(circuits, Circuit):
+        circuits, single = [circuits], True
+    elif isinstance(circuits, (list, tuple)):
+        single = False
+    else:
+        arr = np.asarray(circuits)
+        if arr.dtype != bool:
+            raise ValueError(f"circuit masks must be boolean, got {arr.dtype}")
+        single = arr.ndim == 1
+        arr = arr[None] if single else arr
+        if arr.ndim != 2 or arr.shape[1] != graph.n_edges:
+            raise ValueError(f"circuit masks must have shape [C, {graph.n_edges}], got {np.shape(circuits)}")
+        return arr, single
+    if not circuits:
+        raise ValueError("no circuits to evaluate")
+    for c in circuits:
+        if not isinstance(c, Circuit):
+            raise TypeError(f"expected Circuit objects, got {type(c).__name__}")
+        if c.graph != graph:
+            raise ValueError(f"a circuit of {c.graph} does not fit the model's {graph}")
+    return np.stack([c.edges for c in circuits]), single
+
+
+def _top_answer(logits_NxV, b: TaskBatch):
+    ids = jnp.concatenate([b.correct, b.incorrect], -1)
+    vals = jnp.where(ids >= 0, jnp.take_along_axis(logits_NxV, jnp.maximum(ids, 0), -1), -jnp.inf)
+    return jnp.take_along_axis(ids, jnp.argmax(vals, -1)[:, None], -1)[:, 0]
+
+
+@functools.lru_cache(maxsize=16)
+def _kernels(cfg, metric_name, ablation, mesh):
+    metric = get_metric(metric_name)
+    rows = P((EDGES, INPUTS))
+    batch = TaskBatch(*(rows for _ in TaskBatch._fields))
+
+    def baseline(params, b, noise, noise_seed, means):
+        full = forward(cfg, params, b.clean, b.attention_mask, logit_positions=b.answer_pos)
+        z_ref, _ = reference_values(cfg, params, b, ablation, noise, noise_seed, means)
+        empty, _ = graph_forward(
+            cfg, params, b.clean, b.attention_mask, corrupted=z_ref,
+            edge_mask=jnp.zeros(cfg.graph.n_edges, full.dtype), logit_positions=b.answer_pos,
+        )  # fmt: skip
+        return full, z_ref, metric(full, b.correct, b.incorrect), metric(empty, b.correct, b.incorrect)
+
+    def circuits(params, b, z_ref, full_NxV, masks_CxE):
+        full_top_task, full_top_vocab = _top_answer(full_NxV, b), jnp.argmax(full_NxV, -1)
+
+        def one(mask_E):
+            logits, _ = graph_forward(
+                cfg, params, b.clean, b.attention_mask, corrupted=z_ref,
+                edge_mask=mask_E.astype(full_NxV.dtype), logit_positions=b.answer_pos,
+            )  # fmt: skip
+            return (
+                metric(logits, b.correct, b.incorrect),
+                _top_answer(logits, b) == full_top_task,
+                jnp.argmax(logits, -1) == full_top_vocab,
+                kl_divergence(logits, full_NxV),
+            )
+
+        return jax.vmap(one)(masks_CxE)
+
+    rep = P()
+    z_spec = P(None, (EDGES, INPUTS))
+    out_c = P(None, (EDGES, INPUTS))
+    return (
+        jax.jit(spmd(baseline, mesh, (rep, batch, rep, rep, rep), (rows, z_spec, rows, rows))),
+        jax.jit(spmd(circuits, mesh, (rep, batch, z_spec, rows, rep), (out_c,) * 4)),
+    )
+
+
+def circuit_chunk(cfg, n_inputs: int, n_positions: int, memory_budget: int) -> int:
+    """Circuits per call that fit ``memory_budget`` with ``n_inputs`` inputs per device."""
+    g = cfg.graph
+    per = (
+        4 * n_inputs * n_positions * cfg.d_model * (2 * g.n_src + 3 * g.slots_per_layer) + 4 * n_inputs * cfg.vocab_size
+    )
+    fit = memory_budget // per
+    if fit < 1:
+        raise MemoryError(
+            f"a memory budget of {memory_budget / 2**20:.0f} MiB is too small for one circuit on {n_inputs} inputs "
+            f"(about {per / 2**20:.0f} MiB); lower batch_size"
+        )
+    return int(min(fit, 64))
+
+
+def evaluate(
+    model,
+    data: TaskData,
+    circuits,
+    *,
+    ablation: str = "patch",
+    batch_size: int | None = None,
+    memory_budget: int | None = None,
+    mesh=None,
+    progress: bool = True,
+) -> CircuitEvaluation:
+    """Evaluate one Circuit, a list of Circuits, or a [C, E] bool stack of edge masks on ``data``
+    (definitions in the module docstring). Inputs are batched (``batch_size`` per device) and
+    spread over ``mesh`` (default: every visible device); circuits are vmapped in chunks that
+    fit ``memory_budget`` bytes. Results are identical on any number of devices."""
+    graph = model.graph
+    masks, single = _masks(circuits, graph)
+    check_ablation(ablation)
+    if len(data) == 0:
+        raise ValueError("empty dataset")
+    if batch_size is not None and batch_size < 1:
+        raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
+    model.check_batch(data.clean, data.attention_mask)
+    if mesh is None and jax.device_count() > 1:
+        mesh = make_mesh()
+    mesh = mesh if mesh is not None and mesh.size > 1 else None
+    n_dev = 1 if mesh is None else mesh.size
+    cfg = model.config
+    local = min(batch_size or 8, len(data))
+    chunk = circuit_chunk(cfg, local, data.n_positions, memory_budget or DEFAULT_MEMORY_BUDGET)
+    means = dataset_means(model, data, local) if ablation == "mean" else jnp.zeros(())
+    baseline, run = _kernels(cfg, data.metric, ablation, mesh)
+
+    C = masks.shape[0]
+    n_chunks = -(-C // chunk)
+    padded = np.zeros((n_chunks * chunk, graph.n_edges), bool)
+    padded[:C] = masks
+    full_m, empty_m, outs = [], [], [[] for _ in range(4)]
+    with progress_bar(progress, len(data) * C, "evaluate") as bar:
+        for b, rows in data.batches(local, devices=n_dev):
+            full, z_ref, m_full, m_empty = baseline(model.params, b, data.noise, data.noise_seed, means)
+            full_m.append(np.asarray(m_full)[: len(rows)])
+            empty_m.append(np.asarray(m_empty)[: len(rows)])
+            parts = [[] for _ in range(4)]
+            for k in range(n_chunks):
+                res = run(model.params, b, z_ref, full, jnp.asarray(padded[k * chunk : (k + 1) * chunk]))
+                for part, r in zip(parts, res, strict=True):
+                    part.append(np.asarray(r)[:, : len(rows)])
+                if bar is not None:
+                    bar(len(rows) * min(chunk, C - k * chunk))
+            for out, part in zip(outs, parts, strict=True):
+                out.append(np.concatenate(part)[:C])
+    metric, agree_task, agree_vocab, kl = (np.concatenate(o, axis=1) for o in outs)
+    squeeze = (lambda a: a[0]) if single else (lambda a: a)
+    return CircuitEvaluation(
+        metric=squeeze(metric),
+        full_metric=np.concatenate(full_m),
+        empty_metric=np.concatenate(empty_m),
+        agree_task=squeeze(agree_task),
+        agree_vocab=squeeze(agree_vocab),
+        kl=squeeze(kl),
+        n_edges=squeeze(masks.sum(-1)),
+        ablation=ablation,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class CurveResult:
+    """Faithfulness of the pruned top-n circuits at edge ``fractions`` (n = ⌊fraction·E⌋ requested,
+    ``n_edges`` kept after pruning), and MIB's areas: CPR = ∫ f, CMD = ∫ |1 − f| (trapezoidal,
+    over the fraction axis or its logarithm)."""
+
+    fractions: np.ndarray
+    n_requested: np.ndarray
+    n_edges: np.ndarray
+    faithfulness: np.ndarray
+    cpr: float
+    cmd: float
+    evaluation: CircuitEvaluation
+
+    def summary(self) -> dict:
+        return {
+            "cpr": self.cpr,
+            "cmd": self.cmd,
+            "points": [
+                {"fraction": float(f), "n_requested": int(r), "n_edges": int(n), "faithfulness": float(v)}
+                for f, r, n, v in zip(self.fractions, self.n_requested, self.n_edges, self.faithfulness, strict=True)
+            ],
+        }
+
+
+def curve_areas(fractions, faithfulness, log_scale: bool = False) -> tuple[float, float]:
+    """(CPR, CMD): trapezoidal areas under f and under |1 − f| over the fractions (MIB)."""
+    x = np.log(np.asarray(fractions, np.float64)) if log_scale else np.asarray(fractions, np.float64)
+    f = np.asarray(faithfulness, np.float64)
+    if x.shape != f.shape or x.size < 2:
+        raise ValueError("need at least two (fraction, faithfulness) points of matching shape")
+    dx = np.diff(x)
+    return float((dx * (f[:-1] + f[1:]) / 2).sum()), float((dx * (np.abs(1 - f[:-1]) + np.abs(1 - f[1:])) / 2).sum())
+
+
+def evaluate_curve(
+    model,
+    data: TaskData,
+    scores,
+    fractions=MIB_FRACTIONS,
+    *,
+    aggregation: str = "mean",
+    absolute: bool = True,
+    log_scale: bool = False,
+    **evaluate_kwargs,
+) -> CurveResult:
+    """MIB's faithfulness curve of ``scores`` (a Scores, or aggregated [E] scores of the model's
+    graph) on ``data``, with CPR and CMD; one vmapped evaluation of all the circuits."""
+    graph = model.graph
+    values = aggregate(scores, aggregation) if isinstance(scores, Scores) else np.asarray(scores, np.float32)
+    if isinstance(scores, Scores) and scores.graph != graph:
+        raise ValueError(f"scores are for {scores.graph}, the model's graph is {graph}")
+    if values.shape != (graph.n_edges,):
+        raise ValueError(f"aggregated scores must have shape ({graph.n_edges},), got {values.shape}")
+    fractions = np.asarray(fractions, np.float64)
+    if (
+        fractions.ndim != 1
+        or fractions.size < 2
+        or np.any(np.diff(fractions) <= 0)
+        or not (fractions[0] > 0 and fractions[-1] <= 1)
+    ):
+        raise ValueError("fractions must be at least two increasing values in (0, 1]")
+    n_scored = int(np.isfinite(values).sum())
+    n_requested = np.floor(fractions * n_scored).astype(np.int64)
+    # the order of select(method='topn'): best first, ties → lower edge index
+    order = np.asarray(jnp.argsort(-ranking(jnp.asarray(values), absolute), stable=True))
+    masks = np.zeros((fractions.size, graph.n_edges), bool)
+    for i, n in enumerate(n_requested):
+        masks[i, order[:n]] = True
+    masks = np.asarray(prune(graph, masks)[0])
+    ev = evaluate(model, data, masks, **evaluate_kwargs)
+    faith = np.asarray(ev.faithfulness, np.float64)
+    cpr, cmd = curve_areas(fractions, faith, log_scale)
+    return CurveResult(fractions, n_requested, masks.sum(-1), faith, cpr, cmd, ev)

@@ -1,0 +1,326 @@
+"""Circuits: selection, pruning (property tests against a naive fixed-point oracle), files,
+drawing, and evaluation against plain forwards and a numpy graph forward."""
+
+import dataclasses
+import json
+
+import hypothesis.strategies as st
+import jax
+import numpy as np
+import pytest
+from hypothesis import given, settings
+
+import mivar_jax as mv
+from mivar_jax.circuits.pruning import slot_owner
+from tests import reference
+
+# ----------------------------------------------------------------------------- pruning
+
+
+def _naive_prune(graph, mask):
+    """Delete edges touching a dangling node (no in-edge for a non-input node, no out-edge for a
+    non-logits node), over and over, until nothing changes."""
+    mask = mask.copy()
+    owner = slot_owner(graph)
+    src, node = graph.edge_src, owner[graph.edge_dst]
+    S = graph.n_src
+    while True:
+        has_in = np.zeros(S + 1, bool)
+        has_out = np.zeros(S + 1, bool)
+        has_in[node[mask]] = True
+        has_out[src[mask]] = True
+        has_in[0] = has_out[S] = True
+        keep = mask & has_in[src] & has_out[node]
+        if (keep == mask).all():
+            return mask
+        mask = keep
+
+
+def _connected(graph, mask):
+    """Every kept edge lies on an input→logits path (checked by explicit path search)."""
+    owner = slot_owner(graph)
+    src, node = graph.edge_src[mask], owner[graph.edge_dst[mask]]
+    fwd, bwd = {0}, {graph.n_src}
+    for _ in range(2 * graph.n_layers + 2):
+        fwd |= {int(n) for s, n in zip(src, node, strict=True) if s in fwd}
+        bwd |= {int(s) for s, n in zip(src, node, strict=True) if n in bwd}
+    return all(int(s) in fwd and int(n) in bwd for s, n in zip(src, node, strict=True))
+
+
+@st.composite
+def graph_and_masks(draw):
+    g = mv.Graph(draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    density = draw(st.sampled_from([0.05, 0.15, 0.4, 0.8]))
+    seed = draw(st.integers(0, 2**31 - 1))
+    masks = np.random.default_rng(seed).random((4, g.n_edges)) < density
+    return g, masks
+
+
+@settings(max_examples=60, deadline=None)
+@given(graph_and_masks())
+def test_pruning_properties(case):
+    g, masks = case
+    kept, nodes = mv.circuits.prune(g, masks)
+    kept, nodes = np.asarray(kept), np.asarray(nodes)
+    for mask, k, n in zip(masks, kept, nodes, strict=True):
+        np.testing.assert_array_equal(k, _naive_prune(g, mask))  # the fixed point of deleting dangling nodes
+        assert not (k & ~mask).any()  # ⊆ input
+        assert _connected(g, k)  # no dangling nodes
+        np.testing.assert_array_equal(np.asarray(mv.circuits.prune(g, k)[0]), k)  # idempotent
+        c = mv.Circuit(g, k)
+        np.testing.assert_array_equal(n, c.nodes)
+        assert c.n_edges == 0 or (c.nodes[0] and c.nodes[-1])  # connected to both ends, or empty
+
+
+# ----------------------------------------------------------------------------- selection
+
+
+def test_topn_picks_n_edges_and_breaks_ties_by_index():
+    g = mv.Graph(2, 2)
+    rng = np.random.default_rng(0)
+    values = np.round(rng.normal(size=g.n_edges), 1).astype(np.float32)  # many ties
+    values[[3, 9, 20]] = [2.5, -2.5, 2.5]  # a three-way tie in |score|
+    for n in (1, 2, 3, 7, g.n_edges):
+        c = mv.circuits.select(values, n, graph=g, prune_circuit=False)
+        expected = np.lexsort((np.arange(g.n_edges), -np.abs(values)))[:n]
+        assert c.n_selected == n == c.n_edges
+        np.testing.assert_array_equal(np.nonzero(c.edges)[0], np.sort(expected))
+    assert mv.circuits.select(values, 2, graph=g, prune_circuit=False).edge_names == [
+        g.edge_names[3], g.edge_names[9]
+    ]  # fmt: skip
+    signed = mv.circuits.select(values, 2, graph=g, absolute=False, prune_circuit=False)
+    assert set(np.nonzero(signed.edges)[0]) == {3, 20}
+    pruned = mv.circuits.select(values, 7, graph=g)
+    assert pruned.n_selected == 7 and pruned.n_edges <= 7
+    np.testing.assert_array_equal(
+        pruned.edges, _naive_prune(g, mv.circuits.select(values, 7, graph=g, prune_circuit=False).edges)
+    )
+
+
+def test_threshold_and_nan_scores():
+    g = mv.Graph(2, 2)
+    values = np.random.default_rng(1).normal(size=g.n_edges).astype(np.float32)
+    c = mv.circuits.select(values, threshold=1.0, graph=g, prune_circuit=False)
+    np.testing.assert_array_equal(c.edges, np.abs(values) >= 1.0)
+    values[:5] = np.nan  # unscored edges are never selected
+    c = mv.circuits.select(values, g.n_edges - 5, graph=g, prune_circuit=False)
+    assert not c.edges[:5].any() and c.edges[5:].all()
+    with pytest.raises(ValueError, match=r"n_edges must be an integer in \[1, "):
+        mv.circuits.select(values, g.n_edges - 4, graph=g)
+
+
+def test_greedy_grows_from_the_logits():
+    g = mv.Graph(1, 1)  # nodes: input, a0.h0, m0, logits
+    values = np.zeros(g.n_edges, np.float32)
+    score = {"input->a0.h0<q>": 9.0, "a0.h0->logits": 1.0, "m0->logits": 3.0, "input->m0": 2.0, "a0.h0->m0": 0.5}
+    for name, s in score.items():
+        values[g.edge_index(name)] = s
+    c = mv.circuits.select(values, 1, graph=g, method="greedy", prune_circuit=False)
+    assert c.edge_names == ["m0->logits"]  # input->a0.h0<q> scores higher but a0.h0 is not in yet
+    c = mv.circuits.select(values, 3, graph=g, method="greedy", prune_circuit=False)
+    assert set(c.edge_names) == {"m0->logits", "input->m0", "a0.h0->logits"}
+    c = mv.circuits.select(values, 4, graph=g, method="greedy", prune_circuit=False)
+    assert "input->a0.h0<q>" in c.edge_names  # a0.h0 entered, so its inputs became candidates
+
+
+def test_minimal_connected_equals_the_smallest_connected_topn():
+    rng = np.random.default_rng(2)
+    for layers, heads in [(1, 1), (2, 2), (3, 2)]:
+        g = mv.Graph(layers, heads)
+        for _ in range(5):
+            values = rng.normal(size=g.n_edges).astype(np.float32)
+            values[rng.random(g.n_edges) < 0.3] = np.nan
+            n = mv.circuits.minimal_connected(values, graph=g)
+            scored = int(np.isfinite(values).sum())
+            brute = next((k for k in range(1, scored + 1) if mv.circuits.select(values, k, graph=g).n_edges), 0)
+            assert n == brute
+
+
+def test_select_from_scores_and_bad_input(hf_dirs):
+    g = mv.Graph(2, 2)
+    per_input = np.random.default_rng(3).normal(size=(6, g.n_edges)).astype(np.float32)
+    scores = mv.Scores(per_input, g, "edge", "eap")
+    for how in ("mean", "median", "mean-abs"):
+        a = mv.circuits.select(scores, 5, aggregation=how)
+        b = mv.circuits.select(mv.circuits.aggregate(scores, how), 5, graph=g)
+        np.testing.assert_array_equal(a.edges, b.edges)
+    np.testing.assert_allclose(mv.circuits.aggregate(scores, "median"), np.median(per_input, 0), rtol=1e-6)
+    for bad in (0, -1, g.n_edges + 1, 2.5, True):
+        with pytest.raises(ValueError, match="n_edges must be an integer"):
+            mv.circuits.select(scores, bad)
+    with pytest.raises(ValueError, match="unknown selection method"):
+        mv.circuits.select(scores, 3, method="best")
+    with pytest.raises(ValueError, match="takes threshold"):
+        mv.circuits.select(scores, 3, method="threshold")
+    with pytest.raises(ValueError, match="edge-level"):
+        mv.circuits.select(mv.Scores(per_input[:, : g.n_src], g, "node", "exact"), 3)
+    with pytest.raises(ValueError, match="scores are for"):
+        mv.circuits.select(scores, 3, graph=mv.Graph(3, 2))
+    with pytest.raises(ValueError, match="pass graph="):
+        mv.circuits.select(per_input[0], 3)
+    with pytest.raises(ValueError, match="different graphs"):
+        mv.circuits.select(scores, 3).jaccard(mv.Circuit(mv.Graph(3, 2), np.zeros(mv.Graph(3, 2).n_edges, bool)))
+    with pytest.raises(ValueError, match="non-empty"):
+        mv.circuits.aggregate(per_input[:0])
+
+
+# ----------------------------------------------------------------------------- files and drawing
+
+
+def test_graph_json_round_trip_mib_and_drawing(tmp_path):
+    g = mv.Graph(2, 3)
+    values = np.random.default_rng(4).normal(size=g.n_edges).astype(np.float32)
+    c = mv.circuits.select(values, 12, graph=g)
+    path = tmp_path / "c.json"
+    c.to_graph_json(path)
+    raw = json.loads(path.read_text())  # the reference format's field names
+    assert set(raw) >= {"nodes", "edges"} and raw["nodes"]["logits"]["in_graph"]
+    name = c.edge_names[0]
+    assert raw["edges"][name]["in_graph"] is True
+    assert raw["edges"][name]["score"] == pytest.approx(float(values[g.edge_index(name)]))
+    assert sum(e["in_graph"] for e in raw["edges"].values()) == c.n_edges
+    assert [n for n, v in raw["nodes"].items() if v["in_graph"]] == c.node_names
+    back = mv.Circuit.from_graph_json(path)
+    np.testing.assert_array_equal(back.edges, c.edges)
+    np.testing.assert_array_equal(back.scores, c.scores)
+    assert back.jaccard(c) == 1.0 and back.jaccard(c, nodes=True) == 1.0
+
+    mib = c.to_mib(tmp_path / "submission", task="ioi", model="gpt2", name="0.001")
+    assert mib.endswith("submission/ioi_gpt2/0.001.json")
+    np.testing.assert_array_equal(mv.Circuit.from_graph_json(mib).edges, c.edges)
+
+    dot = c.to_dot()
+    assert dot.startswith("digraph") and dot.count("->") == c.n_edges
+    freq = np.linspace(0, 1, g.n_edges)
+    assert "penwidth" in c.to_dot(color_by="frequency", frequency=freq)
+    png = c.render(tmp_path / "c.png", color_by="frequency", frequency=freq)
+    with open(png, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="needs frequency"):
+        c.to_dot(color_by="frequency")
+    with pytest.raises(ValueError, match="unknown color_by"):
+        c.to_dot(color_by="size")
+    with pytest.raises(ValueError, match="edge mask must have shape"):
+        mv.Circuit(g, np.ones(3, bool))
+
+
+def test_curve_areas_by_hand():
+    cpr, cmd = mv.evaluation.curve_areas([0.25, 0.5, 1.0], [0.2, 0.6, 1.0])
+    assert cpr == pytest.approx(0.25 * 0.4 + 0.5 * 0.8)
+    assert cmd == pytest.approx(0.25 * (0.8 + 0.4) / 2 + 0.5 * (0.4 + 0.0) / 2)
+    cpr_log, _ = mv.evaluation.curve_areas([0.25, 0.5, 1.0], [1.0, 1.0, 1.0], log_scale=True)
+    assert cpr_log == pytest.approx(np.log(4))
+    with pytest.raises(ValueError, match="at least two"):
+        mv.evaluation.curve_areas([0.5], [1.0])
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+@pytest.fixture(scope="module")
+def tiny(hf_dirs):
+    model = mv.load_model(hf_dirs["gpt2"][0])
+    return model, mv.tasks.make("ioi", model, n=5, seed=1)
+
+
+def test_full_and_empty_circuits(tiny):
+    model, data = tiny
+    g = model.graph
+    masks = np.stack([np.ones(g.n_edges, bool), np.zeros(g.n_edges, bool)])
+    ev = mv.evaluate(model, data, masks, batch_size=2, progress=False)
+    base = mv.tasks.evaluate_model(model, data)  # plain forwards: an independent code path
+    np.testing.assert_allclose(ev.full_metric, base.clean, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(ev.empty_metric, base.corrupted, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(ev.metric[0], base.clean, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(ev.metric[1], base.corrupted, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(ev.faithfulness, [1.0, 0.0], atol=1e-4)
+    assert ev.circuit_error("task")[0] == 0 and ev.circuit_error("vocab")[0] == 0
+    np.testing.assert_allclose(ev.kl[0], 0, atol=1e-5)
+    # the empty circuit's errors: where the corrupted run's top answer differs from the clean one's
+    params = model.params
+    top = lambda tokens: np.asarray(
+        mv.models.transformer.forward(
+            model.config, params, tokens, data.attention_mask, logit_positions=data.answer_pos
+        )
+    )
+    clean, corrupted = top(data.clean), top(data.corrupted)
+    ids = np.concatenate([data.correct, data.incorrect], 1)
+    pick = lambda logits: ids[np.arange(len(data)), np.argmax(np.take_along_axis(logits, ids, 1), 1)]
+    assert ev.circuit_error("task")[1] == pytest.approx(np.mean(pick(clean) != pick(corrupted)))
+    assert ev.circuit_error("vocab")[1] == pytest.approx(np.mean(clean.argmax(1) != corrupted.argmax(1)))
+    log_p = (
+        clean - np.log(np.exp(clean - clean.max(1, keepdims=True)).sum(1, keepdims=True)) - clean.max(1, keepdims=True)
+    )
+    log_q = (
+        corrupted
+        - np.log(np.exp(corrupted - corrupted.max(1, keepdims=True)).sum(1, keepdims=True))
+        - corrupted.max(1, keepdims=True)
+    )
+    np.testing.assert_allclose(ev.kl[1], (np.exp(log_p) * (log_p - log_q)).sum(1), rtol=1e-3, atol=1e-5)
+
+
+def test_a_stack_equals_one_by_one_and_the_numpy_oracle(tiny):
+    model, data = tiny
+    g = model.graph
+    rng = np.random.default_rng(5)
+    per_input = rng.normal(size=(3, g.n_edges)).astype(np.float32)
+    circuits = [mv.circuits.select(per_input[i], n, graph=g) for i, n in enumerate((10, 30, 80))]
+    circuits.append(mv.Circuit(g, rng.random(g.n_edges) < 0.5))  # unpruned, dense
+    stack = mv.evaluate(model, data, circuits, memory_budget=40 * 2**20, progress=False)  # several chunks
+    for i, c in enumerate(circuits):
+        one = mv.evaluate(model, data, c, progress=False)
+        assert isinstance(one.faithfulness, float)
+        np.testing.assert_allclose(one.metric, stack.metric[i], rtol=1e-5, atol=1e-5)
+        np.testing.assert_array_equal(one.agree_task, stack.agree_task[i])
+        np.testing.assert_allclose(one.kl, stack.kl[i], rtol=1e-4, atol=1e-6)
+    # the numpy graph forward with the non-circuit edges patched by hand
+    params = jax.tree.map(np.asarray, model.params)
+    _, ref = reference.graph_forward(model.config, params, data.corrupted, data.attention_mask)
+    c = circuits[-1]
+    patch = {(g.src_names[g.edge_src[e]], g.dst_names[g.edge_dst[e]]): 0.0 for e in np.nonzero(~c.edges)[0]}
+    logits, _ = reference.graph_forward(
+        model.config, params, data.clean, data.attention_mask, corrupted=ref, edge_mask=patch, at=data.answer_pos
+    )
+    expected = np.asarray(mv.tasks.metrics.logit_diff(logits, data.correct, data.incorrect))
+    np.testing.assert_allclose(stack.metric[-1], expected, rtol=1e-3, atol=1e-4)
+    assert np.abs(expected - stack.full_metric).max() > 1e-2  # the circuit matters
+
+
+def test_evaluate_curve(tiny):
+    model, data = tiny
+    g = model.graph
+    per_input = np.random.default_rng(6).normal(size=(4, g.n_edges)).astype(np.float32)
+    scores = mv.Scores(per_input, g, "edge", "eap")
+    fractions = (0.01, 0.05, 0.2, 1.0)
+    curve = mv.evaluate_curve(model, data, scores, fractions, progress=False)
+    np.testing.assert_array_equal(curve.n_requested, np.floor(np.array(fractions) * g.n_edges).astype(int))
+    for n, kept, f in zip(curve.n_requested, curve.n_edges, curve.faithfulness, strict=True):
+        if n == 0:
+            assert kept == 0
+            continue
+        c = mv.circuits.select(scores, int(n))
+        assert c.n_edges == kept
+        assert mv.evaluate(model, data, c, progress=False).faithfulness == pytest.approx(f, rel=1e-4, abs=1e-5)
+    assert curve.faithfulness[-1] == pytest.approx(1.0, abs=1e-4)
+    cpr, cmd = mv.evaluation.curve_areas(fractions, curve.faithfulness)
+    assert (curve.cpr, curve.cmd) == (pytest.approx(cpr), pytest.approx(cmd))
+    assert json.dumps(curve.summary())
+
+
+def test_evaluate_bad_input(tiny, hf_dirs):
+    model, data = tiny
+    with pytest.raises(ValueError, match="empty dataset"):
+        empty = {f: getattr(data, f)[:0] for f in mv.tasks.data._ARRAYS}
+        mv.evaluate(model, dataclasses.replace(data, **empty, clean_text=(), corrupted_text=()), np.ones(110, bool))
+    with pytest.raises(ValueError, match="does not fit the model"):
+        mv.evaluate(model, data, mv.Circuit(mv.Graph(1, 1), np.ones(mv.Graph(1, 1).n_edges, bool)))
+    with pytest.raises(ValueError, match="must be boolean"):
+        mv.evaluate(model, data, np.ones(model.graph.n_edges))
+    with pytest.raises(ValueError, match=r"shape \[C, "):
+        mv.evaluate(model, data, np.ones((2, 5), bool))
+    with pytest.raises(ValueError, match="no circuits"):
+        mv.evaluate(model, data, [])
+    with pytest.raises(ValueError, match="unknown ablation"):
+        mv.evaluate(model, data, np.ones(model.graph.n_edges, bool), ablation="resample")
+    with pytest.raises(MemoryError, match="too small for one circuit"):
+        mv.evaluate(model, data, np.ones(model.graph.n_edges, bool), memory_budget=1000)
