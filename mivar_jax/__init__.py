@@ -4,7 +4,7 @@ import mivar_jax as mv
 model = mv.load_model("smollm2-135m")
 """
 
-from mivar_jax import circuits, models, tasks
+from mivar_jax import circuits, models, stats, tasks
 from mivar_jax.aggregation import aggregate
 from mivar_jax.circuits import Circuit
 from mivar_jax.estimators import Scores, attribute
@@ -26,6 +26,7 @@ __all__ = [
     "CircuitEvaluation",
     "CurveResult",
     "circuits",
+    "stats",
     "evaluate",
     "evaluate_curve",
     "Scores",

@@ -1,0 +1,334 @@
+"""Bootstrap of circuit discovery: how much the pruned top-n circuit moves when the data move.
+
+Each replicate b reweights the N inputs with weights w_b [N] drawn inside jit from
+``fold_in(key, b)`` (so results do not depend on chunking or on the number of devices):
+
+- ``multinomial``: N draws with replacement (w = counts), the classical bootstrap;
+- ``subsample``: ⌊fraction·N⌋ inputs without replacement (w ∈ {0, 1});
+- ``disjoint-splits``: one permutation split into B disjoint parts of ⌊N/B⌋ inputs (the
+  follow-up paper's protocol: k non-overlapping subsets, all pairwise Jaccards).
+
+Per replicate: the weighted aggregate [E] (``mivar_jax.aggregation``: mean as one matmul W·S),
+its top-n edges by |score| (ties → lower index), pruned (``circuits.pruning``). Then, from the
+B × B Jaccard matrices of edge sets and node sets (one matmul of the masks each):
+
+- ``mean_jaccard``: mean over pairs b ≠ b'; ``jaccard_cv``: std / mean of those pairs;
+- ``jaccard_to_full`` / ``jaccard_to_majority``: each replicate against the full-data circuit
+  and against the majority circuit (edges in ≥ 50% of replicates, not re-pruned);
+- ``inclusion_frequency`` [E], circuit ``sizes`` (edges after pruning) and ``node_sizes``;
+- intervals (``stats.intervals``): percentile (always) and BCa (multinomial only; jackknife in
+  closed form for every aggregation) for the aggregated edge scores; for the Jaccard statistics
+  by resampling replicates (weights c over replicates; pairs of one replicate with itself are
+  left out: mean = (cᵀJc − Σc²) / ((Σc)² − Σc²)), with a leave-one-replicate-out jackknife;
+- ``verdict``: the paper's bar, stable iff mean pairwise Jaccard ≥ 0.8 with B ≥ 100.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mivar_jax.aggregation import aggregate, check_aggregation
+from mivar_jax.circuits.pruning import _prune_dense
+from mivar_jax.circuits.selection import topn_masks
+from mivar_jax.graph import Graph
+from mivar_jax.sharding import EDGES, INPUTS, P, make_mesh, spmd
+from mivar_jax.stats._checks import as_scores, to_json_dict
+from mivar_jax.stats.intervals import (
+    bca_interval,
+    bca_levels,
+    column_quantiles_tails,
+    percentile_interval,
+    percentile_levels,
+)
+
+BOOTSTRAP_METHODS = ("multinomial", "subsample", "disjoint-splits")
+STABLE_JACCARD, MIN_REPLICATES = 0.8, 100
+JACCARD_STATS = ("mean_jaccard", "jaccard_cv", "mean_node_jaccard", "node_jaccard_cv")
+
+
+@dataclasses.dataclass(frozen=True)
+class BootstrapResult:
+    method: str
+    aggregation: str
+    n_edges: int
+    n_replicates: int
+    n_inputs: int
+    confidence: float
+    aggregated: np.ndarray  # [B, E]
+    full_aggregate: np.ndarray  # [E]
+    circuits: np.ndarray  # [B, E] bool, pruned
+    nodes: np.ndarray  # [B, S+1] bool
+    full_circuit: np.ndarray  # [E] bool
+    majority_circuit: np.ndarray  # [E] bool
+    jaccard: np.ndarray  # [B, B]
+    node_jaccard: np.ndarray  # [B, B]
+    mean_jaccard: float
+    jaccard_cv: float
+    mean_node_jaccard: float
+    node_jaccard_cv: float
+    jaccard_to_full: np.ndarray  # [B]
+    jaccard_to_majority: np.ndarray  # [B]
+    inclusion_frequency: np.ndarray  # [E]
+    sizes: np.ndarray  # [B]
+    node_sizes: np.ndarray  # [B]
+    score_ci_percentile: np.ndarray  # [2, E]
+    score_ci_bca: np.ndarray | None  # [2, E]
+    jaccard_ci_percentile: dict[str, list[float]]
+    jaccard_ci_bca: dict[str, list[float]]
+
+    @property
+    def stable(self) -> bool:
+        return self.n_replicates >= MIN_REPLICATES and self.mean_jaccard >= STABLE_JACCARD and bool(self.sizes.any())
+
+    @property
+    def verdict(self) -> str:
+        lo, hi = self.jaccard_ci_percentile["mean_jaccard"]
+        stat = f"mean pairwise Jaccard {self.mean_jaccard:.3f} [{lo:.3f}, {hi:.3f}] over B = {self.n_replicates}"
+        if not self.sizes.any():
+            return f"undetermined: every replicate circuit is empty after pruning (raise n_edges from {self.n_edges})"
+        if self.n_replicates < MIN_REPLICATES:
+            return f"undetermined: {stat} (the bar needs B ≥ {MIN_REPLICATES})"
+        if self.stable:
+            return f"stable: {stat} ≥ {STABLE_JACCARD}"
+        return f"unstable: {stat} < {STABLE_JACCARD}"
+
+    def summary(self) -> dict:
+        return {
+            "method": self.method,
+            "aggregation": self.aggregation,
+            "n_edges": self.n_edges,
+            "n_replicates": self.n_replicates,
+            "n_inputs": self.n_inputs,
+            "mean_jaccard": self.mean_jaccard,
+            "jaccard_cv": self.jaccard_cv,
+            "mean_node_jaccard": self.mean_node_jaccard,
+            "node_jaccard_cv": self.node_jaccard_cv,
+            "mean_jaccard_to_full": float(self.jaccard_to_full.mean()),
+            "mean_jaccard_to_majority": float(self.jaccard_to_majority.mean()),
+            "majority_circuit_edges": int(self.majority_circuit.sum()),
+            "full_circuit_edges": int(self.full_circuit.sum()),
+            "size_mean": float(self.sizes.mean()),
+            "size_min": int(self.sizes.min()),
+            "size_max": int(self.sizes.max()),
+            "jaccard_ci_percentile": self.jaccard_ci_percentile,
+            "jaccard_ci_bca": self.jaccard_ci_bca,
+            "confidence": self.confidence,
+            "stable": self.stable,
+            "verdict": self.verdict,
+        }
+
+    def to_json(self, arrays: bool = False) -> dict:
+        """The summary, plus the per-replicate and per-edge arrays when ``arrays``."""
+        d = self.summary()
+        if arrays:
+            big = ("aggregated", "circuits", "nodes")
+            d.update({k: v for k, v in to_json_dict(self).items() if k not in big and k not in d})
+        return d
+
+
+def _weights(key, method: str, n: int, b: jax.Array, n_replicates: int, fraction: float) -> jax.Array:
+    """Weights [N] of replicate ``b`` (a traced int)."""
+    if method == "multinomial":
+        idx = jax.random.randint(jax.random.fold_in(key, b), (n,), 0, n)
+        return jnp.zeros(n, jnp.float32).at[idx].add(1.0)
+    if method == "subsample":
+        m = max(1, int(fraction * n))
+        perm = jax.random.permutation(jax.random.fold_in(key, b), n)
+        return jnp.zeros(n, jnp.float32).at[perm[:m]].set(1.0)
+    size = n // n_replicates
+    perm = jax.random.permutation(key, n)  # one permutation shared by all splits
+    part = jax.lax.dynamic_slice_in_dim(perm, b * size, size)
+    return jnp.zeros(n, jnp.float32).at[part].set(1.0)
+
+
+@functools.lru_cache(maxsize=32)
+def _replicate_kernel(graph: Graph, method, how, n_edges, n_replicates, fraction, mesh):
+    def kernel(key, s_NxE, ids_C):
+        w_CxN = jax.vmap(lambda b: _weights(key, method, s_NxE.shape[0], b, n_replicates, fraction))(ids_C)
+        agg_CxE = jax.vmap(lambda w: aggregate(s_NxE, how, w))(w_CxN)
+        kept, nodes = _prune_dense(graph, topn_masks(agg_CxE, n_edges))
+        return agg_CxE, kept, nodes
+
+    rows = P((EDGES, INPUTS))
+    return jax.jit(spmd(kernel, mesh, (P(), P(), rows), (rows, rows, rows)))
+
+
+def _pair_stats(j_BxB: jax.Array, c_RxB: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Mean and CV of J over pairs of distinct replicates, replicate r weighted c_r, for R weight
+    vectors at once (matvecs only: no per-resample B × B arrays). J is centred on its plain
+    pair mean first, so the variance E[J²] − E[J]² does not cancel catastrophically."""
+    B = j_BxB.shape[0]
+    m0 = (j_BxB.sum() - jnp.trace(j_BxB)) / (B * (B - 1))
+    jc = j_BxB - m0
+    diag_w = c_RxB * c_RxB
+    total = c_RxB.sum(1) ** 2 - diag_w.sum(1)
+    s1 = ((c_RxB @ jc) * c_RxB).sum(1) - diag_w @ jnp.diagonal(jc)
+    s2 = ((c_RxB @ (jc * jc)) * c_RxB).sum(1) - diag_w @ jnp.diagonal(jc) ** 2
+    shift = s1 / total
+    mean = m0 + shift
+    return mean, jnp.sqrt(jnp.maximum(s2 / total - shift**2, 0.0)) / mean
+
+
+@functools.partial(jax.jit, static_argnames=("n_resamples",))
+def _jaccard_intervals(key, j_edges, j_nodes, n_resamples: int = 1000, confidence: float = 0.95):
+    B = j_edges.shape[0]
+
+    def stats(c_RxB):
+        return jnp.stack([*_pair_stats(j_edges, c_RxB), *_pair_stats(j_nodes, c_RxB)], axis=1)  # [R, 4]
+
+    theta = stats(jnp.ones((1, B)))[0]
+    counts = jax.vmap(lambda k: jnp.zeros(B).at[jax.random.randint(k, (B,), 0, B)].add(1.0))(
+        jax.random.split(key, n_resamples)
+    )
+    star, jack = stats(counts), stats(1.0 - jnp.eye(B))
+    return theta, percentile_interval(star, confidence), bca_interval(star, theta, jack, confidence)
+
+
+def jaccard_matrix(masks_BxE) -> jax.Array:
+    """[B, B] Jaccard indices of boolean masks (1 where both are empty): one matmul."""
+    k = jnp.asarray(masks_BxE, jnp.float32)
+    inter = k @ k.T
+    size = k.sum(1)
+    union = size[:, None] + size[None, :] - inter
+    return jnp.where(union > 0, inter / jnp.maximum(union, 1), 1.0)
+
+
+def _jackknife_aggregate(s_NxE: jax.Array, how: str) -> jax.Array:
+    """Leave-one-input-out aggregates [N, E], in closed form."""
+    n = s_NxE.shape[0]
+    if how in ("mean", "sum", "abs-mean"):
+        loo = s_NxE.sum(0) - s_NxE
+        return {"sum": loo, "mean": loo / (n - 1), "abs-mean": jnp.abs(loo) / (n - 1)}[how]
+    if how == "mean-abs":
+        a = jnp.abs(s_NxE)
+        return (a.sum(0) - a) / (n - 1)
+    # median of the N − 1 others: read off the sorted column, shifting past the removed rank
+    order = jnp.argsort(s_NxE, axis=0)
+    srt = jnp.take_along_axis(s_NxE, order, axis=0)
+    rank = jnp.argsort(order, axis=0)  # rank of each input in its column
+    m = n - 1
+    lo_pos, hi_pos = (m - 1) // 2, m // 2
+
+    def pick(pos):
+        idx = jnp.where(rank > pos, pos, pos + 1)
+        return jnp.take_along_axis(srt, idx, axis=0)
+
+    return (pick(lo_pos) + pick(hi_pos)) / 2
+
+
+def bootstrap(
+    scores,
+    n_replicates: int = 100,
+    n_edges: int = 50,
+    *,
+    aggregation: str = "mean",
+    key: jax.Array | None = None,
+    method: str = "multinomial",
+    graph: Graph | None = None,
+    fraction: float = 0.5,
+    confidence: float = 0.95,
+    chunk: int | None = None,
+    mesh=None,
+) -> BootstrapResult:
+    """Bootstrap the pruned top-``n_edges`` circuit of ``scores`` (a Scores, or [N, E] per-input
+    scores with ``graph=``); see the module docstring. ``key`` is required (a jax.random.key);
+    ``chunk`` replicates per device per call (default from the size of the scores)."""
+    if key is None:
+        raise ValueError("bootstrap needs an explicit key=jax.random.key(seed)")
+    graph = graph if graph is not None else getattr(scores, "graph", None)
+    if graph is None:
+        raise ValueError("pass graph= with an array of per-input scores (pruning needs the Graph)")
+    if getattr(scores, "level", "edge") != "edge":
+        raise ValueError("the bootstrap selects circuits from edge-level scores; got node-level scores")
+    if getattr(scores, "graph", graph) != graph:
+        raise ValueError(f"scores are for {scores.graph}, not {graph}")
+    s = as_scores(scores, min_inputs=2)
+    N, E = s.shape
+    if graph.n_edges != E:
+        raise ValueError(f"scores have {E} edges, the graph {graph.n_edges}")
+    check_aggregation(aggregation)
+    if method not in BOOTSTRAP_METHODS:
+        raise ValueError(f"unknown bootstrap method {method!r}; choose from {list(BOOTSTRAP_METHODS)}")
+    if isinstance(n_replicates, bool) or not isinstance(n_replicates, int | np.integer) or n_replicates < 2:
+        raise ValueError(f"n_replicates must be an integer ≥ 2, got {n_replicates!r}")
+    if isinstance(n_edges, bool) or not isinstance(n_edges, int | np.integer) or not 1 <= n_edges <= E:
+        raise ValueError(f"n_edges must be an integer in [1, {E}], got {n_edges!r}")
+    if method == "disjoint-splits" and N // n_replicates < 1:
+        raise ValueError(f"{n_replicates} disjoint splits of {N} inputs leave no input per split")
+    if method == "subsample" and not 0 < fraction < 1:
+        raise ValueError(f"fraction must be in (0, 1), got {fraction}")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    if mesh is None and jax.device_count() > 1:
+        mesh = make_mesh()
+    mesh = mesh if mesh is not None and mesh.size > 1 else None
+    n_dev = 1 if mesh is None else mesh.size
+    B = int(n_replicates)
+    if chunk is None:
+        # bytes per replicate: the aggregate, its ranking and masks; the median also sorts [N, E]
+        per = E * 24 + N * 4 + (N * E * 12 if aggregation == "median" else 0)
+        chunk = int(max(1, min(256, (512 * 2**20) // per)))
+    step = chunk * n_dev
+    kernel = _replicate_kernel(graph, method, aggregation, int(n_edges), B, float(fraction), mesh)
+
+    s_dev = jnp.asarray(s)
+    aggs, kept, nodes = [], [], []
+    for start in range(0, B, step):
+        ids = jnp.arange(start, start + step, dtype=jnp.int32)
+        a, k, n = kernel(key, s_dev, ids)
+        take = min(step, B - start)
+        aggs.append(a[:take])
+        kept.append(k[:take])
+        nodes.append(n[:take])
+    agg_BxE, kept_BxE, nodes_BxS = jnp.concatenate(aggs), jnp.concatenate(kept), jnp.concatenate(nodes)
+
+    full_agg = aggregate(s_dev, aggregation)
+    full_kept, _ = _prune_dense(graph, topn_masks(full_agg[None], int(n_edges)))
+    j_edges, j_nodes = jaccard_matrix(kept_BxE), jaccard_matrix(nodes_BxS)
+    freq = kept_BxE.mean(0)
+    majority = freq >= 0.5
+    to_ref = jaccard_matrix(jnp.concatenate([kept_BxE, full_kept, majority[None]]))[:B, B:]
+
+    pct = column_quantiles_tails(agg_BxE, percentile_levels(confidence, E))
+    bca = None
+    if method == "multinomial":
+        levels = bca_levels(agg_BxE, full_agg, _jackknife_aggregate(s_dev, aggregation), confidence)
+        bca = np.asarray(column_quantiles_tails(agg_BxE, levels))
+    theta, j_pct, j_bca = _jaccard_intervals(jax.random.fold_in(key, 2**30), j_edges, j_nodes, confidence=confidence)
+    theta, j_pct, j_bca = np.asarray(theta), np.asarray(j_pct), np.asarray(j_bca)
+    ci = lambda arr: {name: [float(arr[0, i]), float(arr[1, i])] for i, name in enumerate(JACCARD_STATS)}
+
+    return BootstrapResult(
+        method=method,
+        aggregation=aggregation,
+        n_edges=int(n_edges),
+        n_replicates=B,
+        n_inputs=N,
+        confidence=confidence,
+        aggregated=np.asarray(agg_BxE),
+        full_aggregate=np.asarray(full_agg),
+        circuits=np.asarray(kept_BxE),
+        nodes=np.asarray(nodes_BxS),
+        full_circuit=np.asarray(full_kept[0]),
+        majority_circuit=np.asarray(majority),
+        jaccard=np.asarray(j_edges),
+        node_jaccard=np.asarray(j_nodes),
+        mean_jaccard=float(theta[0]),
+        jaccard_cv=float(theta[1]),
+        mean_node_jaccard=float(theta[2]),
+        node_jaccard_cv=float(theta[3]),
+        jaccard_to_full=np.asarray(to_ref[:, 0]),
+        jaccard_to_majority=np.asarray(to_ref[:, 1]),
+        inclusion_frequency=np.asarray(freq),
+        sizes=np.asarray(kept_BxE.sum(1)),
+        node_sizes=np.asarray(nodes_BxS.sum(1)),
+        score_ci_percentile=np.asarray(pct),
+        score_ci_bca=bca,
+        jaccard_ci_percentile=ci(j_pct),
+        jaccard_ci_bca=ci(j_bca),
+    )
