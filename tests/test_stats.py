@@ -94,8 +94,8 @@ def test_bootstrap_circuits_and_jaccards_against_one_by_one(method):
     assert json.dumps(r.to_json(arrays=True))
     if method == "disjoint-splits":  # disjoint parts: the per-part sums add up to the sum of their union
         sums = mv.stats.bootstrap(s, B, n, graph=g, key=jax.random.key(3), method=method, aggregation="sum")
-        np.testing.assert_allclose(sums.aggregated.sum(0), s[: (len(s) // B) * B].sum(0) * 0 + sums.aggregated.sum(0))
-        assert np.allclose(sums.aggregated.sum(0), s.sum(0), atol=1e-3) == (len(s) % B == 0)
+        assert len(s) % B == 0  # the parts cover every input exactly once
+        np.testing.assert_allclose(sums.aggregated.sum(0), s.sum(0), rtol=1e-4, atol=1e-3)
 
 
 def test_bootstrap_standard_error_matches_sigma_over_root_n():

@@ -71,9 +71,11 @@ def greedy_mask(graph: Graph, values_E: np.ndarray, n: int, absolute: bool = Tru
                 heapq.heappush(heap, (-rank[e], int(e)))
 
     open_node(graph.n_src)
-    while heap and mask.sum() < n:
+    taken = 0
+    while heap and taken < n:
         _, e = heapq.heappop(heap)
         mask[e] = True
+        taken += 1
         src = int(graph.edge_src[e])
         if not in_circuit[src]:
             open_node(src)

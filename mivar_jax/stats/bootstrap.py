@@ -280,12 +280,12 @@ def bootstrap(
     aggs, kept, nodes = [], [], []
     for start in range(0, B, step):
         ids = jnp.arange(start, start + step, dtype=jnp.int32)
-        a, k, n = kernel(key, s_dev, ids)
         take = min(step, B - start)
-        aggs.append(a[:take])
-        kept.append(k[:take])
-        nodes.append(n[:take])
-    agg_BxE, kept_BxE, nodes_BxS = jnp.concatenate(aggs), jnp.concatenate(kept), jnp.concatenate(nodes)
+        # gathered to the host shard by shard: no cross-device collective (which can deadlock the
+        # CPU runtime when devices outnumber its threads), then on to one device for the rest
+        for out, part in zip((aggs, kept, nodes), kernel(key, s_dev, ids), strict=True):
+            out.append(np.asarray(part)[:take])
+    agg_BxE, kept_BxE, nodes_BxS = (jnp.asarray(np.concatenate(x)) for x in (aggs, kept, nodes))
 
     full_agg = aggregate(s_dev, aggregation)
     full_kept, _ = _prune_dense(graph, topn_masks(full_agg[None], int(n_edges)))

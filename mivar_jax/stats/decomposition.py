@@ -123,12 +123,7 @@ def decompose(values, factors: Sequence[str], design: str = "crossed") -> Decomp
             coarse = y.mean(axis=tuple(range(j, k)), keepdims=True)
             fine = y.mean(axis=tuple(range(j + 1, k)), keepdims=True) if j + 1 < k else y
             rest = int(np.prod(levels[j + 1 :]))
-            ss.append(
-                rest
-                * float(
-                    ((np.broadcast_to(fine, y.shape[: j + 1] + (1,) * (k - j - 1) + (n_items,)) - coarse) ** 2).sum()
-                )
-            )
+            ss.append(rest * float(((fine - coarse) ** 2).sum()))
             df.append(int(np.prod(levels[:j])) * (levels[j] - 1))
         ss, df = np.array(ss), np.array(df, np.int64)
         ms = ss / df

@@ -98,10 +98,11 @@ def estimator_noise(approx, exact, n_edges=(), graph=None) -> EstimatorNoise:
     spearman = np.asarray(_spearman(jnp.asarray(a), jnp.asarray(x)))
     kendall = np.array([kendalltau(ai, xi).statistic for ai, xi in zip(a, x, strict=True)], np.float32)
     jac = {}
+    means = jnp.stack([jnp.asarray(a.mean(0)), jnp.asarray(x.mean(0))])
     for n in np.atleast_1d(np.asarray(n_edges, np.int64)).tolist():
         if not 1 <= n <= a.shape[1]:
             raise ValueError(f"n_edges must be in [1, {a.shape[1]}], got {n}")
-        masks = topn_masks(jnp.stack([jnp.asarray(a.mean(0)), jnp.asarray(x.mean(0))]), int(n))
+        masks = topn_masks(means, int(n))
         if graph is not None:
             masks = prune(graph, masks)[0]
         m = np.asarray(masks)
