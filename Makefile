@@ -20,11 +20,11 @@ $(VENV)/.testing: $(VENV)/.runtime
 	touch $@
 
 demo: $(VENV)/.runtime
-	$(BIN)/python -m mivar_jax.demo
+	$(BIN)/mivar run
 
 test: $(VENV)/.testing
 	$(BIN)/python -m ruff check mivar_jax tests benchmarks
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 lint: $(VENV)/.testing
 	$(BIN)/python -m ruff format --check mivar_jax tests benchmarks

@@ -4,7 +4,7 @@ import mivar_jax as mv
 model = mv.load_model("smollm2-135m")
 """
 
-from mivar_jax import circuits, models, stats, tasks
+from mivar_jax import circuits, models, stats, study, tasks
 from mivar_jax.aggregation import aggregate
 from mivar_jax.circuits import Circuit
 from mivar_jax.estimators import Scores, attribute
@@ -17,6 +17,7 @@ from mivar_jax.models import (
     load_model,
     registered_models,
 )
+from mivar_jax.study import Study, StudyConfig
 
 __version__ = "0.1.0"
 
@@ -27,6 +28,9 @@ __all__ = [
     "CurveResult",
     "circuits",
     "stats",
+    "study",
+    "Study",
+    "StudyConfig",
     "evaluate",
     "evaluate_curve",
     "Scores",

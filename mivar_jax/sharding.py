@@ -39,3 +39,26 @@ def spmd(fn: Callable, mesh: Mesh | None, in_specs, out_specs) -> Callable:
 
 
 P = PartitionSpec
+
+
+DISTRIBUTED_ENV = ("JAX_COORDINATOR_ADDRESS", "MIVAR_DISTRIBUTED")
+
+
+def initialize_distributed() -> bool:
+    """Join a multi-host run when the environment asks for one, before any JAX work.
+
+    ``MIVAR_DISTRIBUTED=1``: ``jax.distributed.initialize()`` with JAX's auto-detection (Cloud
+    TPU pods, SLURM, Open MPI, Kubernetes): on a TPU pod, run the same command on every host.
+    ``JAX_COORDINATOR_ADDRESS=host:port`` with ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID``: an
+    explicit cluster. Every process then sees all devices of all hosts; meshes span them.
+    Returns whether a distributed runtime was started."""
+    import os
+
+    if not any(os.environ.get(k) for k in DISTRIBUTED_ENV):
+        return False
+    kwargs = {}
+    for env, arg in (("JAX_NUM_PROCESSES", "num_processes"), ("JAX_PROCESS_ID", "process_id")):
+        if os.environ.get(env):
+            kwargs[arg] = int(os.environ[env])
+    jax.distributed.initialize(**kwargs)
+    return True

@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
-import jax
-import pytest
+# One persistent compilation cache per test session, inherited by the subprocesses the tests start
+# (resumed studies, 8-device runs, notebooks): a kernel compiled once is not compiled again.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="mivar-jax-cache-"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
 
 jax.config.update("jax_enable_x64", False)
 

@@ -95,12 +95,18 @@ def render(circuit, path: str | os.PathLike, color_by: str = "score", frequency:
     import matplotlib.pyplot as plt
 
     g = circuit.graph
-    fig, ax = plt.subplots(figsize=(max(6, 0.5 * (2 * g.n_layers + 2)), max(3, 0.45 * g.n_heads + 1)))
+    nodes = np.nonzero(circuit.nodes)[0]
+    # columns (input, each layer's heads, each MLP, logits) that hold a node, packed side by side
+    columns = sorted({_position(g, n)[0] for n in nodes})
+    col = {x: i for i, x in enumerate(columns)}
+    pos = {n: (col[_position(g, n)[0]], _position(g, n)[1]) for n in nodes}
+    width = max(6.0, 1.15 * len(columns) + 1)
+    fig, ax = plt.subplots(figsize=(min(width, 24.0), max(3, 0.45 * g.n_heads + 1)))
     for src, node, _, _, rgb in _edges_to_draw(circuit, color_by, frequency):
-        (x0, y0), (x1, y1) = _position(g, src), _position(g, node)
+        (x0, y0), (x1, y1) = pos[src], pos[node]
         ax.annotate("", (x1, y1), (x0, y0), arrowprops=dict(arrowstyle="->", color=rgb, lw=1.2, alpha=0.9))
-    for n in np.nonzero(circuit.nodes)[0]:
-        x, y = _position(g, n)
+    for n in nodes:
+        x, y = pos[n]
         ax.text(
             x,
             y,
@@ -110,7 +116,7 @@ def render(circuit, path: str | os.PathLike, color_by: str = "score", frequency:
             fontsize=7,
             bbox=dict(boxstyle="round", fc="#f2f2f2", ec="#888888"),
         )
-    ax.set_xlim(-1, 2 * g.n_layers + 2)
+    ax.set_xlim(-0.7, max(len(columns) - 0.3, 0.7))
     ax.set_ylim(-1, g.n_heads)
     ax.invert_yaxis()
     ax.axis("off")

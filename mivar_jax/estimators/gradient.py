@@ -36,6 +36,7 @@ from mivar_jax.tasks.data import TaskBatch
 from mivar_jax.tasks.metrics import get_metric
 
 GRADIENT_METHODS = ("eap", "eap-ig-inputs", "eap-ig-activations", "clean-corrupted", "ceap")
+STEP_METHODS = ("eap-ig-inputs", "eap-ig-activations", "ceap")  # the methods that take integration steps
 IG_CONVENTIONS = ("reference", "right", "midpoint")
 POOLINGS = ("source", "reference")
 
@@ -170,10 +171,16 @@ def _ig_activations(cfg: ModelConfig, steps: int, pooling: str, grad, clean_node
 
 
 def check_steps(method: str, steps: int) -> None:
-    if method in ("eap-ig-inputs", "eap-ig-activations", "ceap") and (
-        not isinstance(steps, int | np.integer) or steps < 1
-    ):
+    if method in STEP_METHODS and (not isinstance(steps, int | np.integer) or steps < 1):
         raise ValueError(f"{method} needs steps ≥ 1 (an integer), got {steps!r}")
 
 
-__all__ = ["GRADIENT_METHODS", "IG_CONVENTIONS", "POOLINGS", "check_steps", "gradient_scores", "ig_alphas"]
+__all__ = [
+    "GRADIENT_METHODS",
+    "IG_CONVENTIONS",
+    "POOLINGS",
+    "STEP_METHODS",
+    "check_steps",
+    "gradient_scores",
+    "ig_alphas",
+]

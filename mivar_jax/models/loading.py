@@ -29,7 +29,7 @@ from mivar_jax.models.params import param_shapes
 
 _HF_FAMILIES = {"gpt2": gpt2, "llama": llama, "qwen2": llama}
 _GGUF_FAMILIES = {"gpt2": gpt2, "llama": llama, "qwen2": llama}
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 _TOKENIZER_FILES = (
     "tokenizer.json",
     "vocab.json",
@@ -111,11 +111,11 @@ def load_model(
 
 def _resolve_dtype(dtype: Any) -> Any:
     if isinstance(dtype, str):
-        if dtype not in _DTYPES:
-            raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
-        return _DTYPES[dtype]
-    if jnp.dtype(dtype) not in [jnp.dtype(d) for d in _DTYPES.values()]:
-        raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+        return DTYPES[dtype]
+    if jnp.dtype(dtype) not in [jnp.dtype(d) for d in DTYPES.values()]:
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     return dtype
 
 

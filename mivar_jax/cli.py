@@ -1,0 +1,161 @@
+"""The ``mivar`` command: run studies, resume them, report on them, list models and tasks.
+
+mivar run [STUDY.toml] [--out RUN_DIR]     run a study (the default study without a file)
+mivar run --resume RUN_DIR                 finish an interrupted run
+mivar report RUN_DIR                       rebuild results/ and report.html of a run
+mivar models | mivar tasks | mivar show-default
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from mivar_jax.study.runner import Reporter
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Circuit discovery as statistical estimation.")
+console = Console(width=None if sys.stdout.isatty() else 150)  # logs and pipes get full-width tables
+err = Console(stderr=True, soft_wrap=True)  # messages stay whole lines
+
+
+class RichReporter(Reporter):
+    """The study's progress lines on the rich console (one per cell, compile time apart)."""
+
+    def say(self, text: str) -> None:
+        console.print(text, markup=False, highlight=False)
+
+
+def _fail(message: str) -> None:
+    err.print(Text.assemble(("error: ", "bold red"), message))  # the message is plain text, never markup
+    raise typer.Exit(2)
+
+
+def _summary(results, run_dir: str) -> None:
+    table = Table(title=f"top-{results.config.bootstrap.size} circuits ({results.config.circuits.aggregations[0]})")
+    for col in ("cell", "edges", "mean Jaccard [CI]", "Jaccard CV", "faithfulness", "circuit error", "stable"):
+        table.add_column(col, justify="left" if col == "cell" else "right")
+    fmt = lambda v: "–" if v is None else f"{v:.3f}"
+    for r in results.headline_rows():
+        table.add_row(
+            r["label"],
+            f"{r['n_edges_mean']:.0f}",
+            f"{r['mean_jaccard']:.3f} [{r['jaccard_ci_low']:.3f}, {r['jaccard_ci_high']:.3f}]",
+            fmt(r["jaccard_cv"]),
+            fmt(r["faithfulness"]),
+            fmt(r["circuit_error_task"]),
+            "[green]yes[/green]" if r["stable"] else "[red]no[/red]",
+        )
+    console.print(table)
+    console.print(f"[bold]Verdict:[/bold] {results.verdict}", highlight=False)
+    report = os.path.join(run_dir, "report.html")
+    console.print(f"run directory: {run_dir}" + (f"\nreport: {report}" if os.path.exists(report) else ""))
+
+
+@app.command()
+def run(
+    study: Annotated[Path | None, typer.Argument(help="study file (TOML); the default study without one")] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="new run directory (default: runs/<name>-<time>)")
+    ] = None,
+    resume: Annotated[
+        Path | None, typer.Option("--resume", help="finish the interrupted run in this directory")
+    ] = None,
+    report: Annotated[bool, typer.Option(help="write figures and report.html")] = True,
+    progress: Annotated[bool, typer.Option(help="progress bars inside long cells")] = True,
+):
+    """Run a study (or resume one) and print its stability verdict."""
+    from mivar_jax.sharding import initialize_distributed
+    from mivar_jax.study import ConfigError, RunDirError, Study
+
+    initialize_distributed()
+    run_dir = str(resume)
+    try:
+        if resume is not None:
+            if out is not None:
+                _fail("--resume continues a run in its own directory; drop --out")
+            s = Study.from_file(study) if study is not None else None
+            reporter = RichReporter()
+            if s is None:
+                results = Study.resume(resume, reporter=reporter, progress=progress, report=report)
+            else:
+                results = s.run(resume, resume=True, reporter=reporter, progress=progress, report=report)
+        else:
+            s = Study.from_file(study) if study is not None else Study()
+            stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+            run_dir = str(out or Path("runs") / f"{s.config.name}-{stamp}")
+            console.print(f"study [bold]{s.config.name}[/bold] → {run_dir}", highlight=False)
+            results = s.run(run_dir, reporter=RichReporter(), progress=progress, report=report)
+    except (ConfigError, RunDirError) as e:
+        _fail(str(e))
+    except KeyboardInterrupt:
+        err.print(f"\ninterrupted; finished cells are kept. Resume with: mivar run --resume {run_dir}")
+        raise typer.Exit(130) from None
+    _summary(results, run_dir)
+
+
+@app.command("report")
+def report_cmd(run_dir: Annotated[Path, typer.Argument(help="a run directory")]):
+    """Rebuild results/ and report.html of a run from its finished cells."""
+    from mivar_jax.report import write_report
+    from mivar_jax.study import RunDir, RunDirError, analyse
+
+    try:
+        rd = RunDir.open(run_dir)
+        results = analyse(rd)
+    except (RunDirError, RuntimeError) as e:
+        _fail(str(e))
+    write_report(rd, results)
+    _summary(results, str(run_dir))
+
+
+@app.command()
+def models():
+    """Registered model names (sources can also be HF directories, GGUF files or cached hub names)."""
+    from mivar_jax.models import registered_models
+
+    table = Table(title="registered models")
+    table.add_column("name")
+    table.add_column("what it is", justify="left")
+    for name, text in registered_models().items():
+        table.add_row(name, text)
+    console.print(table)
+    console.print("Also accepted as model.source: a local Hugging Face checkpoint directory (GPT-2, Llama, "
+                  "SmolLM, Qwen2), a .gguf file, or a hub name already in the local HF cache.")  # fmt: skip
+
+
+@app.command()
+def tasks():
+    """Tasks, their paraphrase families, counterfactual types and metric."""
+    from mivar_jax.tasks import list_tasks
+
+    table = Table(title="tasks")
+    for col in ("task", "families (templates)", "counterfactuals", "metric", "description"):
+        table.add_column(col, justify="left")
+    for name, t in list_tasks().items():
+        fams = ", ".join(f"{f} ({len(v)})" for f, v in t["families"].items())
+        table.add_row(name, fams, ", ".join(t["counterfactuals"]), t["metric"], t["description"])
+    console.print(table)
+
+
+@app.command("show-default")
+def show_default():
+    """Print the default study as TOML (a starting point for your own study file)."""
+    from mivar_jax.study import default_config
+
+    sys.stdout.write(default_config().to_toml())
+
+
+def main() -> None:  # the console script
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,174 @@
+"""The report's figures (matplotlib, PNG): each function draws one from a run directory's files
+and returns the path it wrote."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from mivar_jax.circuits import Circuit  # noqa: E402
+from mivar_jax.estimators import Scores  # noqa: E402
+
+DPI = 110
+
+
+def _save(fig, path: str) -> str:
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path
+
+
+def score_distributions(scores: Scores, path: str, top: int = 12, title: str = "") -> str:
+    """Single-input scores of the ``top`` edges with the largest |mean|: one box per edge, with
+    every input drawn as a point, so the spread behind each mean is visible."""
+    s = scores.per_input
+    mean = s.mean(0)
+    order = np.argsort(-np.abs(mean), kind="stable")[:top]
+    fig, ax = plt.subplots(figsize=(9, 0.42 * len(order) + 1.4))
+    data = [s[:, e] for e in order][::-1]
+    ax.boxplot(data, orientation="horizontal", widths=0.6, showfliers=False, medianprops=dict(color="black"))
+    rng = np.random.default_rng(0)
+    for i, col in enumerate(data, start=1):
+        ax.scatter(col, i + rng.uniform(-0.18, 0.18, col.size), s=6, alpha=0.45, color="tab:blue", lw=0)
+        ax.scatter([col.mean()], [i], marker="D", color="tab:red", s=22, zorder=3)
+    ax.axvline(0, color="grey", lw=0.8, ls="--")
+    ax.set_yticks(range(1, len(order) + 1), [scores.names[e] for e in order][::-1], fontsize=8)
+    ax.set_xlabel("single-input score: metric(edge patched) − metric(clean)   (◆ mean)")
+    ax.set_title(title or f"Per-input scores of the top {len(order)} edges (N = {scores.n_inputs})", fontsize=10)
+    return _save(fig, path)
+
+
+def jaccard_heatmaps(matrices: dict[str, np.ndarray], path: str, size: int) -> str:
+    """B × B bootstrap Jaccard matrices, one panel per cell."""
+    k = len(matrices)
+    cols = min(k, 4)
+    rows = -(-k // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols + 0.8, 3.4 * rows), squeeze=False)
+    im = None
+    for ax, (name, j) in zip(axes.flat, matrices.items(), strict=False):
+        im = ax.imshow(j, vmin=0, vmax=1, cmap="viridis", interpolation="nearest")
+        off = j[~np.eye(len(j), dtype=bool)]
+        ax.set_title(f"{name}\nmean {off.mean():.3f}", fontsize=8)
+        ax.set_xlabel("replicate", fontsize=8)
+        ax.set_ylabel("replicate", fontsize=8)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.yaxis.get_major_locator().set_params(integer=True)
+    for ax in list(axes.flat)[k:]:
+        ax.axis("off")
+    fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8, label="Jaccard")
+    fig.suptitle(f"Bootstrap: pairwise Jaccard of the pruned top-{size} circuits", fontsize=10)
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path
+
+
+def inclusion_frequencies(freq: dict[str, np.ndarray], names: tuple[str, ...], path: str, size: int, top: int = 30):
+    """Left: the ``top`` edges of the first cell by bootstrap inclusion frequency. Right: every
+    cell's frequencies sorted, the shape of stability (a step at 1 = stable circuit)."""
+    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 0.25 * top + 1.8), gridspec_kw={"width_ratios": [1.2, 1]})
+    first, f0 = next(iter(freq.items()))
+    order = np.argsort(-f0, kind="stable")[:top][::-1]
+    a.barh(range(len(order)), f0[order], color=["tab:green" if v >= 0.5 else "tab:orange" for v in f0[order]])
+    a.set_yticks(range(len(order)), [names[e] for e in order], fontsize=7)
+    a.axvline(0.5, color="grey", ls="--", lw=0.8)
+    a.set_xlim(0, 1)
+    a.set_xlabel("inclusion frequency (share of replicates)")
+    a.set_title(f"{first}: top {len(order)} edges (green: majority circuit)", fontsize=9)
+    for name, f in freq.items():
+        nz = np.sort(f[f > 0])[::-1]
+        b.plot(np.arange(1, nz.size + 1), nz, label=name, lw=1.2)
+    b.axvline(size, color="grey", ls=":", lw=0.8)
+    b.set_xscale("log")
+    b.set_ylim(0, 1.02)
+    b.set_xlabel("edge rank (edges ever included)")
+    b.set_ylabel("inclusion frequency")
+    b.set_title(f"Inclusion frequencies, top-{size} circuits", fontsize=9)
+    b.legend(fontsize=6)
+    return _save(fig, path)
+
+
+def _size_axis(ax, sizes) -> None:
+    ax.set_xscale("log")
+    ax.set_xticks(sizes, [str(n) for n in sizes])
+    ax.minorticks_off()
+
+
+def faithfulness_curve(rows: list[dict], path: str, n_edges_total: int) -> str:
+    """Circuit size vs faithfulness (the CPR curve over the swept sizes) and vs bootstrap mean
+    Jaccard, one line per cell (first aggregation)."""
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    cells = list(dict.fromkeys(r["cell"] for r in rows))
+    agg = rows[0]["aggregation"]
+    for cell in cells:
+        rs = sorted((r for r in rows if r["cell"] == cell and r["aggregation"] == agg), key=lambda r: r["size"])
+        sizes = [r["size"] for r in rs]
+        if all(r["faithfulness"] is not None for r in rs):
+            a.plot(sizes, [r["faithfulness"] for r in rs], marker="o", ms=3, label=rs[0]["label"])
+        b.plot(sizes, [r["mean_jaccard"] for r in rs], marker="o", ms=3, label=rs[0]["label"])
+    for ax in (a, b):
+        _size_axis(ax, sizes)
+        ax.set_xlabel(f"circuit size n (top-n edges before pruning, of {n_edges_total:,})")
+    a.axhline(1, color="grey", lw=0.8, ls="--")
+    a.set_ylabel("faithfulness (m(C) − m(∅)) / (m(full) − m(∅))")
+    a.set_title("Faithfulness vs circuit size (CPR curve)", fontsize=10)
+    b.axhline(0.8, color="tab:red", lw=0.8, ls="--", label="stability bar 0.8")
+    b.set_ylim(0, 1.02)
+    b.set_ylabel("bootstrap mean pairwise Jaccard")
+    b.set_title("Stability vs circuit size", fontsize=10)
+    b.legend(fontsize=6)
+    if a.lines:
+        a.legend(fontsize=6)
+    else:
+        a.text(0.5, 0.5, "circuits were not evaluated", ha="center", transform=a.transAxes)
+    return _save(fig, path)
+
+
+def variance_decomposition(decomposition: dict, path: str) -> str:
+    """Share of the sum of squares of each effect, one bar per decomposed quantity."""
+    done = {k: v for k, v in decomposition.items() if "table" in v}
+    fig, ax = plt.subplots(figsize=(10, 0.6 * max(len(done), 1) + 2))
+    if not done:
+        ax.text(0.5, 0.5, "no decomposition: the grid has no factor with two or more levels", ha="center")
+        ax.axis("off")
+        return _save(fig, path)
+    effects = list(dict.fromkeys(e["effect"] for v in done.values() for e in v["table"]))
+    colors = plt.get_cmap("tab20")(np.linspace(0, 1, max(len(effects), 2)))
+    for i, v in enumerate(done.values()):
+        left = 0.0
+        for e in v["table"]:
+            k = effects.index(e["effect"])
+            ax.barh(i, e["ss_share"], left=left, color=colors[k], label=e["effect"])
+            left += e["ss_share"]
+    handles, labels = ax.get_legend_handles_labels()
+    unique = dict(zip(labels, handles, strict=True))
+    ax.legend(unique.values(), unique.keys(), fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    ax.set_yticks(range(len(done)), list(done), fontsize=8)
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("share of the total sum of squares")
+    ax.set_title("Variance decomposition over the study grid", fontsize=10)
+    return _save(fig, path)
+
+
+def perturbation_jaccard(perturbations: dict, path: str) -> str:
+    """C × C Jaccard of the cells' full-data circuits at the headline size."""
+    j = np.asarray(perturbations["jaccard"])
+    names = perturbations["labels"]
+    side = max(5.0, 0.6 * len(names) + 3.0)
+    fig, ax = plt.subplots(figsize=(side + 1, side))
+    im = ax.imshow(j, vmin=0, vmax=1, cmap="viridis")
+    for (r, c), v in np.ndenumerate(j):
+        ax.text(c, r, f"{v:.2f}", ha="center", va="center", fontsize=7, color="white" if v < 0.6 else "black")
+    ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=7)
+    ax.set_yticks(range(len(names)), names, fontsize=7)
+    fig.colorbar(im, ax=ax, shrink=0.8, label="Jaccard")
+    ax.set_title(f"Full-data top-{perturbations['size']} circuits across cells", fontsize=10)
+    return _save(fig, path)
+
+
+def majority_circuit(circuit: Circuit, frequency: np.ndarray, path: str) -> str:
+    """The majority circuit (edges in ≥ 50% of replicates), edges shaded by inclusion frequency."""
+    return circuit.render(path, color_by="frequency", frequency=frequency)

@@ -1,0 +1,152 @@
+"""``write_report``: the figures (PNG, in ``figures/``) and one self-contained ``report.html``
+(figures embedded as data URIs, each also named by its file) from a run directory."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import os
+
+import numpy as np
+
+from mivar_jax._io import atomic_write_text
+from mivar_jax.circuits import Circuit
+from mivar_jax.estimators import Scores
+from mivar_jax.report import figures
+from mivar_jax.study.analysis import cell_labels
+from mivar_jax.study.rundir import RunDir, read_json
+
+FIGURES = (
+    ("score_distributions", "Single-input score distributions of the top edges"),
+    ("jaccard_heatmap", "Bootstrap Jaccard matrices"),
+    ("inclusion_frequency", "Edge inclusion frequencies"),
+    ("faithfulness_curve", "Circuit size vs faithfulness (CPR curve) and stability"),
+    ("perturbation_jaccard", "Circuits across the perturbation grid"),
+    ("variance_decomposition", "Variance decomposition"),
+    ("majority_circuit", "The majority circuit"),
+)
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1180px;margin:2em auto;padding:0 1em;color:#222}
+h1{font-size:1.5em}h2{font-size:1.15em;margin-top:2em;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;font-size:.82em;margin:.6em 0}td,th{border:1px solid #ddd;padding:3px 7px;text-align:right}
+th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}
+.verdict{font-size:1.05em;padding:.7em 1em;border-radius:6px;background:#f6f6f6;border-left:5px solid #888}
+.stable{border-color:#2a9d4b}.unstable{border-color:#c0392b}.mixed{border-color:#e0a020}
+figure{margin:1em 0}img{max-width:100%;border:1px solid #eee}figcaption{font-size:.85em;color:#555}
+pre{background:#f7f7f7;padding:.6em;font-size:.8em;overflow-x:auto}
+"""
+
+
+def write_report(rd: RunDir, results) -> str:
+    """Draw every figure into ``figures/`` and write ``report.html``; returns its path."""
+    cfg = results.config
+    fig_dir = rd.file("figures")
+    os.makedirs(fig_dir, exist_ok=True)
+    cells = [c.id for c in cfg.cells()]
+    head, how = cfg.bootstrap.size, cfg.circuits.aggregations[0]
+    tag = f"{how}-n{head}"
+    first = Scores.load(os.path.join(rd.cell_dir(cells[0]), "scores.safetensors"))
+    graph = first.graph
+    labels = cell_labels(cfg)
+    jaccards, freqs = {}, {}
+    for c in cells:
+        with np.load(os.path.join(rd.cell_dir(c), "bootstrap.npz")) as z:
+            jaccards[labels[c]] = z[f"{tag}/jaccard"]
+            freqs[labels[c]] = z[f"{tag}/inclusion_frequency"]
+    path = lambda name: os.path.join(fig_dir, f"{name}.png")
+    figures.score_distributions(
+        first, path("score_distributions"), title=f"{cells[0]}: per-input scores of the top edges"
+    )
+    figures.jaccard_heatmaps(jaccards, path("jaccard_heatmap"), head)
+    figures.inclusion_frequencies(freqs, graph.edge_names, path("inclusion_frequency"), head)
+    figures.faithfulness_curve(results.rows, path("faithfulness_curve"), graph.n_edges)
+    figures.perturbation_jaccard(results.perturbations, path("perturbation_jaccard"))
+    figures.variance_decomposition(results.decomposition, path("variance_decomposition"))
+    f0 = freqs[labels[cells[0]]]
+    majority = Circuit(graph, f0 >= 0.5)
+    figures.majority_circuit(majority, f0, path("majority_circuit"))
+
+    out = rd.file("report.html")
+    atomic_write_text(out, _html(rd, results, fig_dir, majority))
+    return out
+
+
+def _table(rows: list[dict], columns: list[str]) -> str:
+    def cell(v):
+        if v is None:
+            return "–"
+        if isinstance(v, bool):
+            return "yes" if v else "no"
+        if isinstance(v, float):
+            return f"{v:.3f}" if abs(v) >= 1e-3 or v == 0 else f"{v:.2e}"
+        return html.escape(str(v))
+
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(f"<td>{cell(r.get(c))}</td>" for c in columns) + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _figure(fig_dir: str, name: str, caption: str) -> str:
+    with open(os.path.join(fig_dir, f"{name}.png"), "rb") as f:
+        data = base64.b64encode(f.read()).decode()
+    return (
+        f'<figure id="{name}"><img src="data:image/png;base64,{data}" alt="{html.escape(caption)}" '
+        f'data-file="figures/{name}.png"><figcaption>{html.escape(caption)} (<code>figures/{name}.png</code>)'
+        "</figcaption></figure>"
+    )
+
+
+def _html(rd: RunDir, results, fig_dir: str, majority: Circuit) -> str:
+    cfg = results.config
+    verdict = results.verdict
+    kind = verdict.split(":")[0]
+    env = read_json(rd.file("environment.json"))
+    summary_cols = ["label", "size", "n_edges_mean", "mean_jaccard", "jaccard_ci_low", "jaccard_ci_high",
+                    "jaccard_cv", "mean_jaccard_to_full", "stable", "faithfulness", "circuit_error_task",
+                    "circuit_error_vocab", "kl"]  # fmt: skip
+    cell_cols = ["cell", "n_inputs", "clean_metric_mean", "estimator_seconds", "seconds", "compile_seconds", "verdict"]
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'>",
+        f"<title>mivar report: {html.escape(cfg.name)}</title><style>{CSS}</style></head><body>",
+        f"<h1>Study <code>{html.escape(cfg.name)}</code>: {html.escape(cfg.model.source)} on "
+        f"{html.escape(cfg.data.task)}</h1>",
+        f"<p class='verdict {kind}'><b>Verdict.</b> {html.escape(verdict)}</p>",
+        "<h2>Summary at the headline size</h2>",
+        _table(results.headline_rows(), summary_cols),
+        "<h2>Cells</h2>",
+        _table(results.cells, cell_cols),
+    ]
+    for name, caption in FIGURES:
+        parts.append(f"<h2>{html.escape(caption)}</h2>")
+        if name == "majority_circuit":
+            parts.append(f"<p>{majority.n_edges} edges, {majority.n_nodes} nodes (first cell, top-{cfg.bootstrap.size}, "
+                         "edges in ≥ 50% of the bootstrap replicates; darker = more frequent).</p>")  # fmt: skip
+        if name == "perturbation_jaccard" and results.perturbations["mean_by_factor"]:
+            rows = [{"factor": k, "mean Jaccard": v} for k, v in results.perturbations["mean_by_factor"].items()]
+            parts.append(_table(rows, ["factor", "mean Jaccard"]))
+        if name == "variance_decomposition":
+            for key, dec in results.decomposition.items():
+                if "table" in dec:
+                    parts.append(f"<h3>{html.escape(key)}</h3>")
+                    parts.append(_table(dec["table"], ["effect", "df", "ss", "ms", "component", "share", "ss_share"]))
+                else:
+                    parts.append(f"<p>{html.escape(key)}: {html.escape(dec.get('skipped', ''))}</p>")
+        parts.append(_figure(fig_dir, name, caption))
+    if results.estimator_noise:
+        parts.append("<h2>Estimator noise against exact scores</h2>")
+        for level, by_est in results.estimator_noise.items():
+            rows = [{"estimator": k, **{m: v for m, v in s.items() if not isinstance(v, dict)},
+                     **{f"top{n} Jaccard": j for n, j in s.get("topn_jaccard", {}).items()}} for k, s in by_est.items()]  # fmt: skip
+            if rows:
+                parts.append(f"<h3>{level} level</h3>")
+                parts.append(_table(rows, list(dict.fromkeys(k for r in rows for k in r))))
+    parts += [
+        "<h2>Configuration</h2>",
+        f"<pre>{html.escape(cfg.to_toml())}</pre>",
+        "<h2>Environment</h2>",
+        f"<pre>{html.escape(json.dumps(env, indent=1))}</pre>",
+        "</body></html>",
+    ]
+    return "\n".join(parts)

@@ -1,0 +1,259 @@
+"""Study-level analysis, rebuilt from the finished cells of a run directory into ``results/``.
+
+- ``summary.csv`` / ``summary.json``: one row per cell × aggregation × circuit size: the cell's
+  levels, the bootstrap's stability (mean pairwise Jaccard, its CV and interval, Jaccard to the
+  full-data circuit, sizes, verdict) and the full-data circuit's evaluation (faithfulness,
+  circuit error over the task's answers and over the vocabulary, KL).
+- ``perturbations.json``: the full-data circuits (headline size) of every pair of cells compared
+  (C × C Jaccard matrix), and for each grid factor the mean Jaccard over the pairs of cells that
+  differ in that factor only: the circuit's stability under dataset resampling (``seed``),
+  paraphrasing (``family``), counterfactual type, noise and estimator.
+- ``decomposition.json``: variance decompositions (``mivar_jax.stats.decompose``) over the grid
+  factors that have ≥ 2 levels (crossed, with ``aggregation`` and ``size`` where they vary) of
+  (a) aggregated edge scores, (b) circuit membership indicators (edges in no circuit carry no
+  variance and are left out), (c) scalar outcomes (mean Jaccard, faithfulness, circuit error);
+  and (d) nested: membership at the headline size between cells vs. between bootstrap
+  replicates within a cell.
+- ``estimator_noise.json``: each estimator against the exact reference (``mivar_jax.stats.
+  estimator_noise``), at node level and on the reference's random edges.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import os
+
+import numpy as np
+
+from mivar_jax import stats
+from mivar_jax._io import atomic_write_text
+from mivar_jax.estimators import Scores
+from mivar_jax.study.config import StudyConfig
+from mivar_jax.study.rundir import RunDir, read_json, write_json
+
+REFERENCE = "reference"
+OUTCOMES = ("mean_jaccard", "faithfulness", "circuit_error_task")
+SUMMARY_COLUMNS = (
+    "cell", "label", "seed", "family", "counterfactual", "noise", "estimator", "aggregation", "size", "n_edges_mean",
+    "mean_jaccard", "jaccard_cv", "jaccard_ci_low", "jaccard_ci_high", "mean_jaccard_to_full", "mean_node_jaccard",
+    "stable", "faithfulness", "circuit_error_task", "circuit_error_vocab", "kl", "verdict",
+)  # fmt: skip
+
+
+@dataclasses.dataclass
+class StudyResults:
+    """The study-level results of a run directory (also written to ``results/``)."""
+
+    config: StudyConfig
+    rows: list[dict]
+    perturbations: dict
+    decomposition: dict
+    estimator_noise: dict
+    cells: list[dict]
+
+    def headline_rows(self) -> list[dict]:
+        """The summary rows at the headline size with the first aggregation: one per cell."""
+        c = self.config
+        return [
+            r for r in self.rows if r["size"] == c.bootstrap.size and r["aggregation"] == c.circuits.aggregations[0]
+        ]
+
+    @property
+    def verdict(self) -> str:
+        rows = self.headline_rows()
+        n_stable = sum(r["stable"] for r in rows)
+        j = np.array([r["mean_jaccard"] for r in rows])
+        undetermined = sum(r["verdict"].startswith("undetermined") for r in rows)
+        word = "stable" if n_stable == len(rows) else "unstable" if n_stable == 0 else "mixed"
+        word = "undetermined" if undetermined else word
+        text = (
+            f"{word}: the top-{self.config.bootstrap.size} circuit is stable under bootstrap in {n_stable} of "
+            f"{len(rows)} cells (mean pairwise Jaccard {j.min():.3f} … {j.max():.3f}; the bar: ≥ 0.8 with B ≥ 100"
+            f", here B = {self.config.bootstrap.replicates})"
+        )
+        across = self.perturbations.get("mean_by_factor", {})
+        if across:
+            text += "; across the grid: " + ", ".join(f"{k} {v:.3f}" for k, v in across.items())
+        return text
+
+
+def cell_labels(cfg: StudyConfig) -> dict[str, str]:
+    """Short names of the cells for figures and tables: the levels of the factors that vary."""
+    varying = [f for f, levels in cfg.factors().items() if len(levels) > 1]
+    return {c.id: "·".join(str(c.levels[f]) for f in varying) or c.id for c in cfg.cells()}
+
+
+def analyse(rd: RunDir) -> StudyResults:
+    cfg = rd.config
+    cells = cfg.cells()
+    missing = [c.id for c in cells if not rd.is_done(c.id)]
+    if missing:
+        raise RuntimeError(f"{len(missing)} cells are not complete (e.g. {missing[0]}); resume the run first")
+    os.makedirs(rd.file("results"), exist_ok=True)
+    infos = [read_json(os.path.join(rd.cell_dir(c.id), "cell.json")) for c in cells]
+    rows = _summary_rows(rd, cfg, cells)
+    write_json(rd.file("results", "summary.json"), rows)
+    _write_csv(rd.file("results", "summary.csv"), rows, SUMMARY_COLUMNS)
+
+    head = cfg.circuits.sizes.index(cfg.bootstrap.size)
+    full, aggregated = [], []
+    for c in cells:
+        with np.load(os.path.join(rd.cell_dir(c.id), "circuits.npz")) as z:
+            full.append(np.unpackbits(z["full_packed"], axis=-1, count=int(z["n_edges"])).astype(bool))
+            aggregated.append(z["aggregated"])
+    full, aggregated = np.stack(full), np.stack(aggregated)  # [C, A, S, E], [C, A, E]
+    perturbations = _perturbations(cfg, full[:, 0, head])
+    write_json(rd.file("results", "perturbations.json"), perturbations)
+    decomposition = _decompositions(rd, cfg, cells, rows, full, aggregated)
+    write_json(rd.file("results", "decomposition.json"), decomposition)
+    noise = _estimator_noise(rd, cfg, cells) if rd.is_done(REFERENCE) else {}
+    write_json(rd.file("results", "estimator_noise.json"), noise)
+    results = StudyResults(cfg, rows, perturbations, decomposition, noise, infos)
+    write_json(rd.file("results", "study.json"), {"verdict": results.verdict, "name": cfg.name, "cells": infos})
+    return results
+
+
+def _summary_rows(rd: RunDir, cfg: StudyConfig, cells) -> list[dict]:
+    rows, labels = [], cell_labels(cfg)
+    for c in cells:
+        folder = rd.cell_dir(c.id)
+        boots = read_json(os.path.join(folder, "bootstrap.json"))
+        ev_path = os.path.join(folder, "evaluation.json")
+        evals = {}
+        if os.path.exists(ev_path):
+            evals = {(r["aggregation"], r["size"]): r for r in read_json(ev_path) if r["circuit"] == "full"}
+        for b in boots:
+            e = evals.get((b["aggregation"], b["size"]), {})
+            lo, hi = b["jaccard_ci_percentile"]["mean_jaccard"]
+            rows.append(
+                {
+                    "cell": c.id,
+                    "label": labels[c.id],
+                    **c.levels,
+                    "aggregation": b["aggregation"],
+                    "size": b["size"],
+                    "n_edges_mean": b["size_mean"],
+                    "mean_jaccard": b["mean_jaccard"],
+                    "jaccard_cv": b["jaccard_cv"],
+                    "jaccard_ci_low": lo,
+                    "jaccard_ci_high": hi,
+                    "mean_jaccard_to_full": b["mean_jaccard_to_full"],
+                    "mean_node_jaccard": b["mean_node_jaccard"],
+                    "stable": b["stable"],
+                    "faithfulness": e.get("faithfulness"),
+                    "circuit_error_task": e.get("circuit_error_task"),
+                    "circuit_error_vocab": e.get("circuit_error_vocab"),
+                    "kl": e.get("kl"),
+                    "verdict": b["verdict"],
+                }
+            )
+    return rows
+
+
+def _write_csv(path: str, rows: list[dict], columns) -> None:
+    def fmt(v):
+        if v is None:
+            return ""
+        if isinstance(v, float):
+            return f"{v:.6g}"
+        text = str(v)
+        return '"' + text.replace('"', '""') + '"' if ("," in text or '"' in text) else text
+
+    lines = [",".join(columns)] + [",".join(fmt(r.get(k)) for k in columns) for r in rows]
+    atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def _grid(cfg: StudyConfig) -> tuple[list[str], tuple[int, ...]]:
+    factors = cfg.factors()
+    return list(factors), tuple(len(v) for v in factors.values())
+
+
+def _perturbations(cfg: StudyConfig, circuits_CxE: np.ndarray) -> dict:
+    names, shape = _grid(cfg)
+    j = np.asarray(stats.jaccard_matrix(circuits_CxE))
+    coords = list(itertools.product(*(range(n) for n in shape)))
+    by_factor = {}
+    for f, name in enumerate(names):
+        pairs = [
+            j[a, b]
+            for a, b in itertools.combinations(range(len(coords)), 2)
+            if [i for i in range(len(names)) if coords[a][i] != coords[b][i]] == [f]
+        ]
+        if pairs:
+            by_factor[name] = float(np.mean(pairs))
+    return {
+        "size": cfg.bootstrap.size,
+        "aggregation": cfg.circuits.aggregations[0],
+        "cells": [c.id for c in cfg.cells()],
+        "labels": list(cell_labels(cfg).values()),
+        "jaccard": j.tolist(),
+        "mean_by_factor": by_factor,
+    }
+
+
+def _crossed(values: np.ndarray, names: list[str]) -> dict:
+    """``decompose`` over the factors with ≥ 2 levels (the others are squeezed out)."""
+    keep = [i for i, n in enumerate(values.shape[: len(names)]) if n >= 2]
+    if not keep:
+        return {"skipped": "no factor of the grid has two or more levels"}
+    drop = tuple(i for i in range(len(names)) if i not in keep)
+    y = values.squeeze(axis=drop) if drop else values
+    return stats.decompose(y, [names[i] for i in keep], design="crossed").to_json()
+
+
+def _decompositions(rd, cfg: StudyConfig, cells, rows, full, aggregated) -> dict:
+    names, shape = _grid(cfg)
+    A, S = len(cfg.circuits.aggregations), len(cfg.circuits.sizes)
+    out = {}
+    # (a) aggregated scores [*grid, A, E]
+    out["aggregated_scores"] = _crossed(aggregated.reshape(shape + (A, -1)), names + ["aggregation"])
+    # (b) membership [*grid, A, S, E'] over the edges in any circuit
+    used = full.reshape(-1, full.shape[-1]).any(0)
+    member = full[..., used].astype(np.float64).reshape(shape + (A, S, -1))
+    out["membership"] = _crossed(member, names + ["aggregation", "size"])
+    # (c) scalar outcomes [*grid, A, S]
+    for outcome in OUTCOMES:
+        vals = np.array([np.nan if r[outcome] is None else r[outcome] for r in rows], np.float64)
+        if np.isnan(vals).any():
+            out[outcome] = {"skipped": f"{outcome} was not computed in every cell"}
+            continue
+        out[outcome] = _crossed(vals.reshape(shape + (A, S)), names + ["aggregation", "size"])
+    # (d) nested: cells, then bootstrap replicates within a cell, at the headline size
+    how, n = cfg.circuits.aggregations[0], cfg.bootstrap.size
+    if len(cells) < 2:
+        out["membership_nested"] = {"skipped": "one cell: no between-cell variation to compare"}
+    else:
+        reps = []
+        for c in cells:
+            with np.load(os.path.join(rd.cell_dir(c.id), "bootstrap.npz")) as z:
+                reps.append(np.unpackbits(z[f"{how}-n{n}/circuits_packed"], axis=1, count=full.shape[-1]).astype(bool))
+        reps = np.stack(reps)  # [C, B, E]
+        used = reps.reshape(-1, reps.shape[-1]).any(0)
+        out["membership_nested"] = stats.decompose(
+            reps[..., used].astype(np.float64), ["cell", "replicate"], design="nested"
+        ).to_json()
+    return out
+
+
+def _estimator_noise(rd: RunDir, cfg: StudyConfig, cells) -> dict:
+    ref = rd.cell_dir(REFERENCE)
+    exact = Scores.load(os.path.join(ref, "exact-node.safetensors"))
+    n_src = exact.per_input.shape[1]
+    node_sizes = tuple(n for n in (5, 10, 20, 50) if n <= n_src)
+    out = {"node": {}, "edge": {}}
+    for method, steps in cfg.estimators:
+        label = method if steps is None else f"{method}-m{steps}"
+        approx = Scores.load(os.path.join(ref, f"{label}-node.safetensors"))
+        out["node"][label] = stats.estimator_noise(approx, exact, n_edges=node_sizes).summary()
+    edge_path = os.path.join(ref, "exact-edge.safetensors")
+    if os.path.exists(edge_path):
+        subset = np.load(os.path.join(ref, "edge-subset.npy"))
+        x = Scores.load(edge_path).per_input[:, subset]
+        first = cells[0]
+        same_data = [c for c in cells if c.levels | {"estimator": None} == first.levels | {"estimator": None}]
+        for c in same_data:
+            a = Scores.load(os.path.join(rd.cell_dir(c.id), "scores.safetensors")).per_input[: len(x), subset]
+            sizes = tuple(n for n in (5, 10, 20) if n <= len(subset))
+            out["edge"][c.estimator] = stats.estimator_noise(a, x, n_edges=sizes).summary() | {"edges": len(subset)}
+    return out

@@ -1,0 +1,369 @@
+"""StudyConfig: one TOML file describing a study, validated on load.
+
+A study is model × task × estimator × hyperparameters × perturbations. Its grid of *cells* (each
+one dataset scored by one estimator) is the product of
+
+    data.seeds × data.families × data.counterfactuals × data.noise × estimators
+
+where ``estimators`` are ``estimator.methods`` × ``estimator.steps`` (steps only for the methods
+that integrate: ``eap-ig-inputs``, ``eap-ig-activations``, ``ceap``). Within each cell the cheap
+analyses sweep ``circuits.aggregations`` × ``circuits.sizes`` (selection, bootstrap, evaluation).
+
+Every key is checked: an unknown key, a wrong type or an impossible value raises ``ConfigError``
+naming the key (``section.key``) and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import os
+import tomllib
+import typing
+from typing import Any
+
+from mivar_jax.aggregation import AGGREGATIONS
+from mivar_jax.estimators.common import ABLATIONS
+from mivar_jax.estimators.gradient import GRADIENT_METHODS, IG_CONVENTIONS, STEP_METHODS
+from mivar_jax.models.loading import DTYPES
+from mivar_jax.stats.bootstrap import BOOTSTRAP_METHODS
+from mivar_jax.tasks.registry import TASKS
+
+REFERENCE_LEVELS = ("node", "none")
+
+
+class ConfigError(ValueError):
+    """A study file that cannot be run: names the key and what it allows."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSection:
+    source: str = "smollm2-135m"  # registered name, HF directory, GGUF file or cached hub name
+    dtype: str = "float32"
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSection:
+    task: str = "ioi"
+    n: int = 48  # clean/corrupted pairs per dataset
+    seeds: tuple[int, ...] = (0,)  # meta-dataset resampling: one fresh dataset per seed
+    families: tuple[str, ...] = ()  # paraphrase families, one dataset each; () = all templates together
+    counterfactuals: tuple[str, ...] = ()  # () = the task's first type
+    noise: tuple[float, ...] = (0.0,)  # counterfactual-noise amplitudes σ
+    prepend_bos: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class EstimatorSection:
+    methods: tuple[str, ...] = ("eap-ig-inputs",)
+    steps: tuple[int, ...] = (5,)
+    ablation: str = "patch"
+    ig_convention: str = "reference"
+    batch_size: int = 0  # inputs per device and call; 0 = sized from memory_budget_mib
+    memory_budget_mib: int = 2048
+
+
+@dataclasses.dataclass(frozen=True)
+class CircuitsSection:
+    sizes: tuple[int, ...] = (25, 50, 100, 200, 400)  # n_edges (top-n before pruning)
+    aggregations: tuple[str, ...] = ("mean",)  # circuits are the top-n edges by |aggregated score|, pruned
+    evaluate: bool = True  # faithfulness / circuit error / KL of every circuit
+    eval_inputs: int = 12  # evaluate on the first k inputs of each dataset; 0 = all
+
+
+@dataclasses.dataclass(frozen=True)
+class BootstrapSection:
+    replicates: int = 100
+    method: str = "multinomial"
+    size: int = 100  # the circuit size of the headline verdict (one of circuits.sizes)
+    confidence: float = 0.95
+    fraction: float = 0.5  # for method = "subsample"
+
+
+@dataclasses.dataclass(frozen=True)
+class ReferenceSection:
+    """Exact scores as the reference for estimator noise, on the first cell's first ``inputs``
+    inputs: node level (every node) and, when ``edges`` > 0, that many random edges."""
+
+    level: str = "node"
+    inputs: int = 6
+    edges: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class StudyConfig:
+    name: str = "study"
+    seed: int = 0  # keys the bootstrap and the reference's random edges
+    model: ModelSection = ModelSection()
+    data: DataSection = DataSection()
+    estimator: EstimatorSection = EstimatorSection()
+    circuits: CircuitsSection = CircuitsSection()
+    bootstrap: BootstrapSection = BootstrapSection()
+    reference: ReferenceSection = ReferenceSection()
+
+    # ------------------------------------------------------------------ the grid
+    @property
+    def estimators(self) -> list[tuple[str, int | None]]:
+        """(method, steps) pairs; steps is None for the methods without integration steps."""
+        out: list[tuple[str, int | None]] = []
+        for m in self.estimator.methods:
+            out += [(m, s) for s in self.estimator.steps] if m in STEP_METHODS else [(m, None)]
+        return out
+
+    @property
+    def families(self) -> tuple[str, ...]:
+        return self.data.families or ("all",)
+
+    @property
+    def counterfactuals(self) -> tuple[str, ...]:
+        return self.data.counterfactuals or (TASKS[self.data.task].counterfactuals[0],)
+
+    def cells(self) -> list[Cell]:
+        """Every cell of the grid, in a fixed order (the order they run and are reported in)."""
+        product = itertools.product(
+            self.data.seeds, self.families, self.counterfactuals, self.data.noise, self.estimators
+        )
+        return [Cell(seed, fam, cf, noise, m, s) for seed, fam, cf, noise, (m, s) in product]
+
+    def factors(self) -> dict[str, list]:
+        """The grid's factors and their levels (cells are their product, in this order)."""
+        return {
+            "seed": list(self.data.seeds),
+            "family": list(self.families),
+            "counterfactual": list(self.counterfactuals),
+            "noise": list(self.data.noise),
+            "estimator": [estimator_label(m, s) for m, s in self.estimators],
+        }
+
+    # ------------------------------------------------------------------ files
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    def to_toml(self) -> str:
+        """The config as TOML (every key, defaults included)."""
+        d = self.to_dict()
+        lines = [f"{k} = {_toml_value(v)}" for k, v in d.items() if not isinstance(v, dict)]
+        for section, values in d.items():
+            if isinstance(values, dict):
+                lines += ["", f"[{section}]"] + [f"{k} = {_toml_value(v)}" for k, v in values.items()]
+        return "\n".join(lines) + "\n"
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> StudyConfig:
+        """Build and validate a config from nested dicts (missing keys take their defaults)."""
+        cfg = _build(cls, d, "")
+        _validate(cfg)
+        return cfg
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike) -> StudyConfig:
+        path = os.fspath(path)
+        try:
+            with open(path, "rb") as f:
+                text = f.read().decode()
+        except OSError as err:
+            raise ConfigError(f"cannot read study file {path}: {err.strerror}") from None
+        try:
+            d = json.loads(text) if path.endswith(".json") else tomllib.loads(text)
+        except (tomllib.TOMLDecodeError, json.JSONDecodeError) as err:
+            raise ConfigError(f"{path}: not valid {'JSON' if path.endswith('.json') else 'TOML'}: {err}") from None
+        try:
+            return cls.from_dict(d)
+        except ConfigError as err:
+            raise ConfigError(f"{path}: {err}") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    """One cell of the grid: a dataset (seed, family, counterfactual, noise) and an estimator."""
+
+    seed: int
+    family: str
+    counterfactual: str
+    noise: float
+    method: str
+    steps: int | None
+
+    @property
+    def estimator(self) -> str:
+        return estimator_label(self.method, self.steps)
+
+    @property
+    def id(self) -> str:
+        """A file-system-safe, human-readable, unique name."""
+        return f"s{self.seed}-{self.family}-{self.counterfactual}-n{self.noise:g}-{self.estimator}"
+
+    @property
+    def levels(self) -> dict[str, Any]:
+        return {
+            "seed": self.seed,
+            "family": self.family,
+            "counterfactual": self.counterfactual,
+            "noise": self.noise,
+            "estimator": self.estimator,
+        }
+
+
+def estimator_label(method: str, steps: int | None) -> str:
+    return method if steps is None else f"{method}-m{steps}"
+
+
+def default_config() -> StudyConfig:
+    """The default study (the main job): smollm2-135m on IOI with EAP-IG-inputs (m = 5), two
+    paraphrase families × both counterfactuals, B = 100 bootstrap replicates, a sweep of circuit
+    sizes, and exact node-level scores as the estimator-noise reference. About 10 minutes on a
+    2-core CPU."""
+    return StudyConfig.from_dict(
+        {
+            "name": "default",
+            "data": {
+                "task": "ioi",
+                "n": 48,
+                "families": ["transfer", "communication"],
+                "counterfactuals": ["abc", "abb"],
+            },
+            "circuits": {"sizes": [25, 50, 100, 200, 400], "eval_inputs": 12},
+            "bootstrap": {"replicates": 100, "size": 100},
+            "reference": {"level": "node", "inputs": 6},
+        }
+    )
+
+
+# ---------------------------------------------------------------------- parsing and validation
+def _build(cls, d: Any, where: str):
+    if not isinstance(d, dict):
+        raise ConfigError(f"{where or 'the study'} must be a table (section), got {type(d).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - set(fields))
+    if unknown:
+        key = f"{where}.{unknown[0]}" if where else unknown[0]
+        raise ConfigError(
+            f"unknown key {key!r}; allowed keys{' in [' + where + ']' if where else ''}: {sorted(fields)}"
+        )
+    kwargs = {}
+    for name, value in d.items():
+        key = f"{where}.{name}" if where else name
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _build(hint, value, key)
+        else:
+            kwargs[name] = _coerce(value, hint, key)
+    return cls(**kwargs)
+
+
+def _type_name(hint) -> str:
+    if typing.get_origin(hint) is tuple:
+        return f"a list of {_type_name(typing.get_args(hint)[0]).split(' ', 1)[1]}s"
+    return {int: "an integer", float: "a number", str: "a string", bool: "a boolean"}[hint]
+
+
+def _coerce(value: Any, hint, key: str):
+    if typing.get_origin(hint) is tuple:
+        item = typing.get_args(hint)[0]
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key} must be {_type_name(hint)}, got {type(value).__name__} {value!r}")
+        return tuple(_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value))
+    ok = {
+        bool: isinstance(value, bool),
+        int: isinstance(value, int) and not isinstance(value, bool),
+        float: isinstance(value, int | float) and not isinstance(value, bool),
+        str: isinstance(value, str),
+    }[hint]
+    if not ok:
+        raise ConfigError(f"{key} must be {_type_name(hint)}, got {type(value).__name__} {value!r}")
+    return float(value) if hint is float else value
+
+
+def _choice(key: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key} = {value!r} is not allowed; choose from {list(allowed)}")
+
+
+def _distinct(key: str, values, *, nonempty: bool = True) -> None:
+    if nonempty and not values:
+        raise ConfigError(f"{key} must list at least one value")
+    if len(set(values)) != len(values):
+        raise ConfigError(f"{key} lists a value twice: {list(values)}")
+
+
+def _at_least(key: str, value, low) -> None:
+    if value < low:
+        raise ConfigError(f"{key} = {value!r} is impossible; it must be ≥ {low}")
+
+
+def _validate(c: StudyConfig) -> None:
+    if not c.name or not all(ch.isalnum() or ch in "-_." for ch in c.name):
+        raise ConfigError(f"name = {c.name!r}: use letters, digits, '-', '_' and '.' only")
+    _choice("model.dtype", c.model.dtype, sorted(DTYPES))
+    if not c.model.source:
+        raise ConfigError("model.source must name a model (registered name, HF directory or GGUF file)")
+    d = c.data
+    _choice("data.task", d.task, sorted(TASKS))
+    spec = TASKS[d.task]
+    _at_least("data.n", d.n, 2)
+    _distinct("data.seeds", d.seeds)
+    for s in d.seeds:
+        _at_least("data.seeds", s, 0)
+    _distinct("data.families", d.families, nonempty=False)
+    for f in d.families:
+        _choice("data.families", f, list(spec.families))
+    _distinct("data.counterfactuals", d.counterfactuals, nonempty=False)
+    for cf in d.counterfactuals:
+        _choice("data.counterfactuals", cf, spec.counterfactuals)
+    _distinct("data.noise", d.noise)
+    for sigma in d.noise:
+        _at_least("data.noise", sigma, 0.0)
+    e = c.estimator
+    _distinct("estimator.methods", e.methods)
+    if "exact" in e.methods:
+        raise ConfigError(
+            "estimator.methods: 'exact' scores every edge on every input (hours for a real model); "
+            "use [reference] for exact scores on a subset, or mv.attribute(method='exact') directly"
+        )
+    for m in e.methods:
+        _choice("estimator.methods", m, GRADIENT_METHODS)
+    _distinct("estimator.steps", e.steps)
+    for s in e.steps:
+        _at_least("estimator.steps", s, 1)
+    _choice("estimator.ablation", e.ablation, ABLATIONS)
+    _choice("estimator.ig_convention", e.ig_convention, IG_CONVENTIONS)
+    _at_least("estimator.batch_size", e.batch_size, 0)
+    _at_least("estimator.memory_budget_mib", e.memory_budget_mib, 16)
+    ci = c.circuits
+    _distinct("circuits.sizes", ci.sizes)
+    for n in ci.sizes:
+        _at_least("circuits.sizes", n, 1)
+    _distinct("circuits.aggregations", ci.aggregations)
+    for a in ci.aggregations:
+        _choice("circuits.aggregations", a, AGGREGATIONS)
+    _at_least("circuits.eval_inputs", ci.eval_inputs, 0)
+    b = c.bootstrap
+    _at_least("bootstrap.replicates", b.replicates, 2)
+    _choice("bootstrap.method", b.method, BOOTSTRAP_METHODS)
+    _choice("bootstrap.size", b.size, ci.sizes)
+    if not 0 < b.confidence < 1:
+        raise ConfigError(f"bootstrap.confidence = {b.confidence} is impossible; it must lie in (0, 1)")
+    if not 0 < b.fraction < 1:
+        raise ConfigError(f"bootstrap.fraction = {b.fraction} is impossible; it must lie in (0, 1)")
+    if b.method == "disjoint-splits" and d.n // b.replicates < 1:
+        raise ConfigError(
+            f"bootstrap.replicates = {b.replicates} disjoint splits of data.n = {d.n} inputs leave none per split"
+        )
+    r = c.reference
+    _choice("reference.level", r.level, REFERENCE_LEVELS)
+    _at_least("reference.inputs", r.inputs, 2)
+    _at_least("reference.edges", r.edges, 0)
+    if r.inputs > d.n:
+        raise ConfigError(f"reference.inputs = {r.inputs} is impossible: datasets have data.n = {d.n} inputs")
+
+
+def _toml_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, list | tuple):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, str):
+        return json.dumps(v)
+    return repr(v)

@@ -1,0 +1,353 @@
+"""Study: run a config's grid of cells into a run directory, resumably, then analyse and report.
+
+Per cell (a dataset × an estimator; ``StudyConfig.cells``), written to ``cells/<cell>/``:
+
+- ``scores.safetensors``: per-input scores [N, E] (reused from a partial cell on resume);
+- ``edges.csv``: every edge's intrinsic variability (mean, std, CV, sign agreement, inputs
+  needed) and its aggregated score under each aggregation, with its bootstrap inclusion frequency
+  at the headline size;
+- ``bootstrap.json`` / ``bootstrap.npz``: the circuit bootstrap at every (aggregation, size):
+  summaries, B × B Jaccard matrices, Jaccards to the full and majority circuits, sizes, inclusion
+  frequencies, and the replicate circuits at the headline size (bit-packed);
+- ``circuits.npz`` (full-data and majority circuits [A, S, E], aggregated scores [A, E]) and
+  ``circuits/<aggregation>-n<size>.json``: the headline circuit in EAP-IG's graph JSON;
+- ``evaluation.json``: faithfulness, circuit error and KL of every full-data circuit and of the
+  majority circuit at the headline size;
+- ``cell.json``: the cell's levels, timings and headline numbers, written last.
+
+The ``reference`` cell holds exact scores (node level, and optionally random edges) on the first
+cell's first inputs, with each estimator's scores of the same inputs: the estimator-noise
+reference. Then ``results/`` (``analysis``) and the report (``mivar_jax.report``) are rebuilt
+from the cells.
+
+Same config ⇒ same results, on any number of devices: datasets come from their seeds, the
+bootstrap from ``jax.random.key(config.seed)`` (the same resampling weights in every cell, so
+cells are compared replicate by replicate), the estimators are deterministic.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import tempfile
+
+import jax
+import numpy as np
+
+from mivar_jax import stats
+from mivar_jax._timing import Stopwatch
+from mivar_jax.estimators import Scores, attribute
+from mivar_jax.evaluation import evaluate
+from mivar_jax.models import load_model
+from mivar_jax.study.config import Cell, ConfigError, StudyConfig, default_config
+from mivar_jax.study.rundir import RunDir, RunDirError, read_json, write_json
+from mivar_jax.tasks import TaskData
+from mivar_jax.tasks.registry import make
+
+REFERENCE = "reference"
+
+
+class Reporter:
+    """What a running study tells its caller (the CLI draws it with rich; this one prints lines)."""
+
+    def __init__(self, stream=None):
+        self.stream = stream
+
+    def say(self, text: str) -> None:
+        if self.stream is not None:
+            print(text, file=self.stream, flush=True)
+
+    def start(self, n_cells: int, n_done: int) -> None:
+        self.say(f"{n_cells} cells, {n_done} already complete")
+
+    def cell_start(self, index: int, n_cells: int, name: str) -> None:
+        self.say(f"[{index + 1}/{n_cells}] {name} …")
+
+    def cell_end(self, index: int, n_cells: int, name: str, info: dict) -> None:
+        self.say(
+            f"[{index + 1}/{n_cells}] {name}: {info['seconds']:.1f} s (compile {info['compile_seconds']:.1f} s) — "
+            f"{info.get('headline', '')}"
+        )
+
+    def cell_cached(self, index: int, n_cells: int, name: str) -> None:
+        self.say(f"[{index + 1}/{n_cells}] {name}: complete (from an earlier run)")
+
+
+@dataclasses.dataclass
+class Study:
+    """A study config and what runs it: ``Study.from_file(path).run(out_dir)``."""
+
+    config: StudyConfig = dataclasses.field(default_factory=default_config)
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike) -> Study:
+        return cls(StudyConfig.from_file(path))
+
+    @classmethod
+    def resume(cls, run_dir: str | os.PathLike, **kwargs):
+        """Finish an interrupted run (its finished cells are kept, the others computed)."""
+        return cls(RunDir.open(run_dir).config).run(run_dir, resume=True, **kwargs)
+
+    def run(
+        self,
+        out_dir: str | os.PathLike,
+        *,
+        resume: bool = False,
+        reporter: Reporter | None = None,
+        progress: bool = True,
+        report: bool = True,
+    ):
+        """Run every cell not yet complete in ``out_dir``, then the study-level analysis and (with
+        ``report``) the report. Returns the analysis (``mivar_jax.study.analysis.StudyResults``).
+        With several processes (``jax.distributed``), each computes and process 0 writes."""
+        from mivar_jax.study import analysis
+
+        reporter = reporter or Reporter(sys.stderr if progress else None)
+        if jax.process_index() != 0:  # identical SPMD work; only process 0 keeps files
+            out_dir, resume = tempfile.mkdtemp(prefix="mivar-worker-"), False
+        if resume:
+            rd = RunDir.open(out_dir)
+            if rd.config != self.config:
+                raise RunDirError(f"{rd.path} holds a run of another config; resume it without a study file")
+            rd.lock()
+            rd.set_status("running")
+        else:
+            rd = RunDir.create(out_dir, self.config)
+        try:
+            self._run(rd, reporter, progress)
+            results = analysis.analyse(rd)
+            if report:
+                from mivar_jax.report import write_report
+
+                write_report(rd, results)
+            rd.set_status("complete")
+            rd.discard_partial()
+            return results
+        finally:
+            rd.unlock()
+
+    # ------------------------------------------------------------------ cells
+    def _run(self, rd: RunDir, reporter: Reporter, progress: bool) -> None:
+        cfg = self.config
+        cells = cfg.cells()
+        names = [c.id for c in cells] + ([REFERENCE] if cfg.reference.level != "none" else [])
+        todo = [n for n in names if not rd.is_done(n)]
+        reporter.start(len(names), len(names) - len(todo))
+        if not todo:
+            return
+        with Stopwatch() as t:
+            model = load_model(cfg.model.source, dtype=cfg.model.dtype)
+        reporter.say(f"loaded {model} in {t.seconds:.1f} s")
+        self._check_against_model(model)
+        datasets: dict[tuple, TaskData] = {}
+        for i, cell in enumerate(cells):
+            if rd.is_done(cell.id):
+                reporter.cell_cached(i, len(names), cell.id)
+                continue
+            data = self._dataset(rd, model, cell, datasets)
+            self._commit(rd, reporter, i, names, lambda work, d=data, c=cell: self._cell(model, d, c, work, progress))
+        if cfg.reference.level != "none" and not rd.is_done(REFERENCE):
+            data = self._dataset(rd, model, cells[0], datasets)[: cfg.reference.inputs]
+            self._commit(rd, reporter, len(cells), names, lambda work: self._reference(model, data, work, progress))
+
+    @staticmethod
+    def _commit(rd: RunDir, reporter: Reporter, index: int, names: list[str], compute) -> None:
+        """Compute one cell into its partial directory and commit it, with its timings, atomically."""
+        reporter.cell_start(index, len(names), names[index])
+        with Stopwatch() as t, rd.cell(names[index]) as work:
+            info = compute(work)
+            info.update(seconds=round(t.elapsed, 3), compile_seconds=round(t.compile_seconds, 3))
+            write_json(os.path.join(work, "cell.json"), info)
+        reporter.cell_end(index, len(names), names[index], info)
+
+    def _check_against_model(self, model) -> None:
+        E = model.graph.n_edges
+        too_big = [n for n in self.config.circuits.sizes if n > E]
+        if too_big:
+            raise ConfigError(f"circuits.sizes {too_big} exceed the {E} edges of {model.config.name}")
+        if self.config.reference.edges > E:
+            raise ConfigError(f"reference.edges = {self.config.reference.edges} exceeds the model's {E} edges")
+
+    def _dataset(self, rd: RunDir, model, cell: Cell, cache: dict) -> TaskData:
+        d = self.config.data
+        key = (cell.seed, cell.family, cell.counterfactual, cell.noise)
+        if key not in cache:
+            data = make(
+                d.task, model, d.n, cell.seed,
+                templates=None if cell.family == "all" else cell.family,
+                counterfactual=cell.counterfactual, noise=cell.noise, prepend_bos=d.prepend_bos,
+            )  # fmt: skip
+            path = rd.file("data", f"s{cell.seed}-{cell.family}-{cell.counterfactual}-n{cell.noise:g}.npz")
+            if not os.path.exists(path):
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                data.save(path)
+            cache[key] = data
+        return cache[key]
+
+    def _attribute(self, model, data, method: str, steps: int | None, level: str, progress: bool, subset=None):
+        e = self.config.estimator
+        return attribute(
+            model, data, method, level=level, steps=steps or 1, ablation=e.ablation,
+            ig_convention=e.ig_convention, batch_size=e.batch_size or None,
+            memory_budget=e.memory_budget_mib * 2**20, progress=progress, subset=subset,
+        )  # fmt: skip
+
+    def _cell(self, model, data: TaskData, cell: Cell, work: str, progress: bool) -> dict:
+        cfg = self.config
+        g = model.graph
+        path = os.path.join(work, "scores.safetensors")
+        scores = _load_scores(path, data)
+        if scores is None:
+            scores = self._attribute(model, data, cell.method, cell.steps, "edge", progress)
+            scores.save(path)
+        aggs, sizes, head = cfg.circuits.aggregations, cfg.circuits.sizes, cfg.bootstrap.size
+        key = jax.random.key(cfg.seed)
+        full = np.zeros((len(aggs), len(sizes), g.n_edges), bool)
+        majority = np.zeros_like(full)
+        aggregated = np.zeros((len(aggs), g.n_edges), np.float32)
+        boot_rows, arrays = [], {}
+        for a, how in enumerate(aggs):
+            for s, n in enumerate(sizes):
+                b = stats.bootstrap(
+                    scores, cfg.bootstrap.replicates, n, aggregation=how, key=key, method=cfg.bootstrap.method,
+                    fraction=cfg.bootstrap.fraction, confidence=cfg.bootstrap.confidence,
+                )  # fmt: skip
+                full[a, s], majority[a, s], aggregated[a] = b.full_circuit, b.majority_circuit, b.full_aggregate
+                boot_rows.append({"aggregation": how, "size": n, **b.summary()})
+                tag = f"{how}-n{n}"
+                arrays.update(
+                    {
+                        f"{tag}/jaccard": b.jaccard.astype(np.float32),
+                        f"{tag}/node_jaccard": b.node_jaccard.astype(np.float32),
+                        f"{tag}/jaccard_to_full": b.jaccard_to_full,
+                        f"{tag}/jaccard_to_majority": b.jaccard_to_majority,
+                        f"{tag}/sizes": b.sizes,
+                        f"{tag}/inclusion_frequency": b.inclusion_frequency.astype(np.float32),
+                    }
+                )
+                if n == head:
+                    arrays[f"{tag}/circuits_packed"] = np.packbits(b.circuits, axis=1)
+        write_json(os.path.join(work, "bootstrap.json"), boot_rows)
+        _save_npz(os.path.join(work, "bootstrap.npz"), arrays)
+        _save_npz(
+            os.path.join(work, "circuits.npz"),
+            {"full_packed": np.packbits(full, axis=-1), "majority_packed": np.packbits(majority, axis=-1),
+             "aggregated": aggregated, "n_edges": np.array(g.n_edges)},
+        )  # fmt: skip
+        from mivar_jax.circuits import Circuit
+
+        os.makedirs(os.path.join(work, "circuits"), exist_ok=True)
+        s_head = sizes.index(head)
+        for a, how in enumerate(aggs):
+            Circuit(g, full[a, s_head], scores=aggregated[a]).to_graph_json(
+                os.path.join(work, "circuits", f"{how}-n{head}.json")
+            )
+        variability = stats.edge_variability(scores)
+        freq = {how: arrays[f"{how}-n{head}/inclusion_frequency"] for how in aggs}
+        _write_edges_csv(os.path.join(work, "edges.csv"), g.edge_names, variability, aggs, aggregated, freq, head)
+
+        evaluation = None
+        if cfg.circuits.evaluate:
+            k = cfg.circuits.eval_inputs or len(data)
+            masks = np.concatenate([full.reshape(-1, g.n_edges), majority[:, s_head]])
+            ev = evaluate(model, data[: min(k, len(data))], masks, ablation=cfg.estimator.ablation, progress=progress)
+            rows = ev.summary()
+            labels = [(how, n, "full") for how in aggs for n in sizes] + [(how, head, "majority") for how in aggs]
+            evaluation = [
+                {"aggregation": h, "size": n, "circuit": kind, **r}
+                for (h, n, kind), r in zip(labels, rows, strict=True)
+            ]
+            write_json(os.path.join(work, "evaluation.json"), evaluation)
+
+        headline = next(r for r in boot_rows if r["size"] == head and r["aggregation"] == aggs[0])
+        faith = None
+        if evaluation is not None:
+            faith = next(r["faithfulness"] for r in evaluation if r["size"] == head and r["aggregation"] == aggs[0])
+        return {
+            "cell": cell.id,
+            "levels": cell.levels,
+            "n_inputs": len(data),
+            "n_positions": data.n_positions,
+            "clean_metric_mean": float(np.mean(scores.clean_metric)),
+            "estimator_seconds": scores.params.get("seconds"),
+            "mean_jaccard": headline["mean_jaccard"],
+            "faithfulness": faith,
+            "verdict": headline["verdict"],
+            "headline": f"n={head}: {headline['verdict']}" + ("" if faith is None else f"; faithfulness {faith:.3f}"),
+        }
+
+    def _reference(self, model, data: TaskData, work: str, progress: bool) -> dict:
+        """Exact node scores (and exact scores of ``reference.edges`` random edges) on ``data``,
+        and every estimator's scores of the same inputs at node level."""
+        cfg = self.config
+        files = {}
+        exact = _cached(os.path.join(work, "exact-node.safetensors"), data,
+                        lambda: self._attribute(model, data, "exact", None, "node", progress))  # fmt: skip
+        files["exact-node"] = exact
+        for method, steps in cfg.estimators:
+            name = f"{method if steps is None else f'{method}-m{steps}'}-node"
+            files[name] = _cached(os.path.join(work, f"{name}.safetensors"), data,
+                                  lambda m=method, s=steps: self._attribute(model, data, m, s, "node", progress))  # fmt: skip
+        if cfg.reference.edges:
+            rng = np.random.default_rng(cfg.seed)
+            subset = np.sort(rng.choice(model.graph.n_edges, cfg.reference.edges, replace=False))
+            files["exact-edge"] = _cached(os.path.join(work, "exact-edge.safetensors"), data,
+                                          lambda: self._attribute(model, data, "exact", None, "edge", progress, subset))  # fmt: skip
+            np.save(os.path.join(work, "edge-subset.npy"), subset)
+        return {
+            "cell": REFERENCE,
+            "n_inputs": len(data),
+            "level": cfg.reference.level,
+            "edges": cfg.reference.edges,
+            "files": sorted(files),
+            "headline": f"exact node scores of {len(data)} inputs"
+            + (f" and {cfg.reference.edges} edges" if cfg.reference.edges else ""),
+        }
+
+
+def _load_scores(path: str, data: TaskData) -> Scores | None:
+    """Scores saved by an interrupted run of this cell, if they are whole and of these inputs."""
+    if not os.path.exists(path):
+        return None
+    try:
+        scores = Scores.load(path)
+    except ValueError:
+        return None
+    if scores.uid is None or not np.array_equal(scores.uid, data.uid):
+        return None
+    return scores
+
+
+def _cached(path: str, data: TaskData, compute) -> Scores:
+    scores = _load_scores(path, data)
+    if scores is None:
+        scores = compute()
+        scores.save(path)
+    return scores
+
+
+def _save_npz(path: str, arrays: dict) -> None:
+    import io
+
+    from mivar_jax._io import atomic_write_bytes
+
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def _write_edges_csv(path, names, var, aggs, aggregated, freq, head) -> None:
+    from mivar_jax._io import atomic_write_text
+
+    cols = ["edge", "mean", "std", "cv", "sign_agreement", "n_needed"]
+    cols += [f"score_{h}" for h in aggs] + [f"frequency_{h}_n{head}" for h in aggs]
+    numeric = [var.mean, var.std, var.cv, var.sign_agreement, var.n_needed, *aggregated, *(freq[h] for h in aggs)]
+    table = np.stack([np.asarray(c, np.float64) for c in numeric], 1)
+    lines = [",".join(cols)]
+    lines += [n + "," + ",".join(f"{v:.6g}" for v in row) for n, row in zip(names, table, strict=True)]
+    atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def cell_info(rd: RunDir, cell_id: str) -> dict:
+    return read_json(os.path.join(rd.cell_dir(cell_id), "cell.json"))
