@@ -29,10 +29,9 @@ import numpy as np
 from mivar_jax import stats
 from mivar_jax._io import atomic_write_text
 from mivar_jax.estimators import Scores
-from mivar_jax.study.config import StudyConfig
+from mivar_jax.study.config import REFERENCE, StudyConfig
 from mivar_jax.study.rundir import RunDir, read_json, write_json
 
-REFERENCE = "reference"
 OUTCOMES = ("mean_jaccard", "faithfulness", "circuit_error_task")
 SUMMARY_COLUMNS = (
     "cell", "label", "seed", "family", "counterfactual", "noise", "estimator", "aggregation", "size", "n_edges_mean",

@@ -31,6 +31,7 @@ from mivar_jax.stats.bootstrap import BOOTSTRAP_METHODS
 from mivar_jax.tasks.registry import TASKS
 
 REFERENCE_LEVELS = ("node", "none")
+REFERENCE = "reference"  # the name of the reference cell (exact scores) in a run directory
 
 
 class ConfigError(ValueError):

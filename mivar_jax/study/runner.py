@@ -28,6 +28,7 @@ cells are compared replicate by replicate), the estimators are deterministic.
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
 import sys
 import tempfile
@@ -36,16 +37,16 @@ import jax
 import numpy as np
 
 from mivar_jax import stats
+from mivar_jax._io import atomic_write_bytes, atomic_write_text
 from mivar_jax._timing import Stopwatch
+from mivar_jax.circuits import Circuit
 from mivar_jax.estimators import Scores, attribute
 from mivar_jax.evaluation import evaluate
 from mivar_jax.models import load_model
-from mivar_jax.study.config import Cell, ConfigError, StudyConfig, default_config
-from mivar_jax.study.rundir import RunDir, RunDirError, read_json, write_json
+from mivar_jax.study.config import REFERENCE, Cell, ConfigError, StudyConfig, default_config
+from mivar_jax.study.rundir import RunDir, RunDirError, write_json
 from mivar_jax.tasks import TaskData
 from mivar_jax.tasks.registry import make
-
-REFERENCE = "reference"
 
 
 class Reporter:
@@ -235,8 +236,6 @@ class Study:
             {"full_packed": np.packbits(full, axis=-1), "majority_packed": np.packbits(majority, axis=-1),
              "aggregated": aggregated, "n_edges": np.array(g.n_edges)},
         )  # fmt: skip
-        from mivar_jax.circuits import Circuit
-
         os.makedirs(os.path.join(work, "circuits"), exist_ok=True)
         s_head = sizes.index(head)
         for a, how in enumerate(aggs):
@@ -328,18 +327,12 @@ def _cached(path: str, data: TaskData, compute) -> Scores:
 
 
 def _save_npz(path: str, arrays: dict) -> None:
-    import io
-
-    from mivar_jax._io import atomic_write_bytes
-
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)
     atomic_write_bytes(path, buf.getvalue())
 
 
 def _write_edges_csv(path, names, var, aggs, aggregated, freq, head) -> None:
-    from mivar_jax._io import atomic_write_text
-
     cols = ["edge", "mean", "std", "cv", "sign_agreement", "n_needed"]
     cols += [f"score_{h}" for h in aggs] + [f"frequency_{h}_n{head}" for h in aggs]
     numeric = [var.mean, var.std, var.cv, var.sign_agreement, var.n_needed, *aggregated, *(freq[h] for h in aggs)]
@@ -347,7 +340,3 @@ def _write_edges_csv(path, names, var, aggs, aggregated, freq, head) -> None:
     lines = [",".join(cols)]
     lines += [n + "," + ",".join(f"{v:.6g}" for v in row) for n, row in zip(names, table, strict=True)]
     atomic_write_text(path, "\n".join(lines) + "\n")
-
-
-def cell_info(rd: RunDir, cell_id: str) -> dict:
-    return read_json(os.path.join(rd.cell_dir(cell_id), "cell.json"))
