@@ -66,7 +66,7 @@ def test_config_errors_name_the_key_and_the_allowed_values():
         ({"estimator": {"methods": ["exact"]}}, "estimator.methods: 'exact'.*\\[reference\\]"),
         ({"estimator": {"steps": [0]}}, "estimator.steps = 0 is impossible; it must be ≥ 1"),
         ({"bootstrap": {"replicates": 1}}, "bootstrap.replicates = 1 is impossible"),
-        ({"bootstrap": {"size": 7}}, "bootstrap.size = 7 is not allowed; choose from \\[25, 50, 100, 200, 400\\]"),
+        ({"bootstrap": {"size": 7}}, "bootstrap.size = 7 is not allowed; choose from \\[25, 50, 100, 200\\]"),
         ({"bootstrap": {"confidence": 1.5}}, "bootstrap.confidence = 1.5 is impossible"),
         ({"circuits": {"aggregations": ["mode"]}}, "circuits.aggregations = 'mode'.*'median'"),
         ({"data": {"n": 4}, "reference": {"inputs": 5}}, "reference.inputs = 5 is impossible"),
