@@ -258,13 +258,13 @@ def test_decomposition_bad_input():
         mv.stats.decompose(np.full((3, 4), np.nan), ["a", "b"])
 
 
-@pytest.mark.parametrize("levels", [(0.025, 0.975), (0.001, 0.999), (0.3, 0.6)])
+@pytest.mark.parametrize("levels", [(0.025, 0.975), (0.001, 0.999), (0.3, 0.6), (0.025, 0.975, 0.93, 0.04)])
 def test_tail_quantiles_equal_numpy(levels):
     from mivar_jax.stats.intervals import column_quantiles_tails
 
     v = np.random.default_rng(9).normal(size=(500, 40)).astype(np.float32)
-    lv = np.broadcast_to(np.asarray(levels, np.float32)[:, None], (2, 40)).copy()
-    lv[:, 3] = [0.0, 1.0]  # the extremes
+    lv = np.broadcast_to(np.asarray(levels, np.float32)[:, None], (len(levels), 40)).copy()
+    lv[:2, 3] = [0.0, 1.0]  # the extremes
     got = np.asarray(column_quantiles_tails(jax.numpy.asarray(v), lv))
-    expected = np.stack([[np.quantile(v[:, k], lv[i, k]) for k in range(40)] for i in range(2)])
+    expected = np.stack([[np.quantile(v[:, k], lv[i, k]) for k in range(40)] for i in range(len(levels))])
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)

@@ -189,6 +189,11 @@ def _jaccard_intervals(key, j_edges, j_nodes, n_resamples: int = 1000, confidenc
     return theta, percentile_interval(star, confidence), bca_interval(star, theta, jack, confidence)
 
 
+@functools.partial(jax.jit, static_argnames=("how", "confidence"))
+def _bca_levels(agg_BxE, full_E, s_NxE, how: str, confidence: float):
+    return bca_levels(agg_BxE, full_E, _jackknife_aggregate(s_NxE, how), confidence)
+
+
 def jaccard_matrix(masks_BxE) -> jax.Array:
     """[B, B] Jaccard indices of boolean masks (1 where both are empty): one matmul."""
     k = jnp.asarray(masks_BxE, jnp.float32)
@@ -294,11 +299,13 @@ def bootstrap(
     majority = freq >= 0.5
     to_ref = jaccard_matrix(jnp.concatenate([kept_BxE, full_kept, majority[None]]))[:B, B:]
 
-    pct = column_quantiles_tails(agg_BxE, percentile_levels(confidence, E))
-    bca = None
-    if method == "multinomial":
-        levels = bca_levels(agg_BxE, full_agg, _jackknife_aggregate(s_dev, aggregation), confidence)
-        bca = np.asarray(column_quantiles_tails(agg_BxE, levels))
+    levels = percentile_levels(confidence, E)
+    if method == "multinomial":  # BCa too: both level pairs read off one pass over the tails
+        levels = jnp.concatenate(
+            [levels, bca_levels(agg_BxE, full_agg, _jackknife_aggregate(s_dev, aggregation), confidence)]
+        )
+    quantiles = np.asarray(column_quantiles_tails(agg_BxE, levels))
+    pct, bca = quantiles[:2], (quantiles[2:] if method == "multinomial" else None)
     theta, j_pct, j_bca = _jaccard_intervals(jax.random.fold_in(key, 2**30), j_edges, j_nodes, confidence=confidence)
     theta, j_pct, j_bca = np.asarray(theta), np.asarray(j_pct), np.asarray(j_bca)
     ci = lambda arr: {name: [float(arr[0, i]), float(arr[1, i])] for i, name in enumerate(JACCARD_STATS)}

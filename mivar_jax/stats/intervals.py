@@ -57,17 +57,18 @@ def column_quantiles(values_BxK: Float[Array, "B K"], levels_2xK: Float[Array, "
     return _interpolate(lambda i: jnp.take_along_axis(srt, i, axis=0), levels_2xK, values_BxK.shape[0])
 
 
-def column_quantiles_tails(values_BxK, levels_2xK) -> jax.Array:
+def column_quantiles_tails(values_BxK, levels_LxK) -> jax.Array:
     """``column_quantiles`` for many columns, from the two tails only: the k smallest and k
     largest values of each column (``lax.top_k``; k the smallest power of two that covers every
-    level, found with one host read) instead of a full sort, which XLA's CPU sort makes slow."""
+    level, found with one host read) instead of a full sort, which XLA's CPU sort makes slow.
+    ``levels_LxK`` may stack several level pairs (e.g. percentile and BCa: one pass for both)."""
     n = values_BxK.shape[0]
-    pos = np.asarray(levels_2xK) * (n - 1)
-    need = int(max(np.floor(pos[0]).max() + 2, n - np.floor(pos[1]).min() + 1))
+    lo = np.floor(np.asarray(levels_LxK, np.float64) * (n - 1))
+    need = int(np.minimum(lo + 2, n - lo + 1).max())  # each level from its nearer tail
     k = 1 << max(need - 1, 1).bit_length()
     if 2 * k >= n:
-        return column_quantiles(values_BxK, levels_2xK)
-    return _tails(values_BxK, jnp.asarray(levels_2xK), k)
+        return column_quantiles(values_BxK, levels_LxK)
+    return _tails(values_BxK, jnp.asarray(levels_LxK), k)
 
 
 @functools.partial(jax.jit, static_argnums=2)
