@@ -301,9 +301,7 @@ def bootstrap(
 
     levels = percentile_levels(confidence, E)
     if method == "multinomial":  # BCa too: both level pairs read off one pass over the tails
-        levels = jnp.concatenate(
-            [levels, bca_levels(agg_BxE, full_agg, _jackknife_aggregate(s_dev, aggregation), confidence)]
-        )
+        levels = jnp.concatenate([levels, _bca_levels(agg_BxE, full_agg, s_dev, aggregation, confidence)])
     quantiles = np.asarray(column_quantiles_tails(agg_BxE, levels))
     pct, bca = quantiles[:2], (quantiles[2:] if method == "multinomial" else None)
     theta, j_pct, j_bca = _jaccard_intervals(jax.random.fold_in(key, 2**30), j_edges, j_nodes, confidence=confidence)
