@@ -337,3 +337,12 @@ def test_cli(tiny_study, tmp_path):
     r = cli.invoke(app, ["run", "--resume", out, "--no-report"])  # complete: nothing recomputed
     assert r.exit_code == 0, r.output
     assert "3 cells, 3 already complete" in r.stdout and "Verdict:" in r.stdout
+
+
+def test_run_files_are_strict_json(tmp_path):
+    from mivar_jax.study.rundir import write_json
+
+    write_json(tmp_path / "x.json", {"faithfulness": float("nan"), "rows": [1.5, float("-inf")], "pair": (2, "a")})
+    text = (tmp_path / "x.json").read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    assert json.loads(text) == {"faithfulness": None, "rows": [1.5, None], "pair": [2, "a"]}

@@ -25,6 +25,7 @@ import datetime
 import fcntl
 import importlib.metadata
 import json
+import math
 import os
 import platform
 import shutil
@@ -50,7 +51,19 @@ def _now() -> str:
 
 
 def write_json(path: str, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=1, allow_nan=False) + "\n")
+    """Atomically, as strict JSON: NaN and ±inf (e.g. a faithfulness whose full and empty metrics
+    coincide) are written as null."""
+    atomic_write_text(path, json.dumps(_finite(obj), indent=1, allow_nan=False) + "\n")
+
+
+def _finite(v: Any) -> Any:
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if isinstance(v, dict):
+        return {k: _finite(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [_finite(x) for x in v]
+    return v
 
 
 def read_json(path: str) -> Any:
