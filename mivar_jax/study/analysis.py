@@ -29,7 +29,7 @@ import numpy as np
 from mivar_jax import stats
 from mivar_jax._io import atomic_write_text
 from mivar_jax.estimators import Scores
-from mivar_jax.study.config import REFERENCE, StudyConfig
+from mivar_jax.study.config import REFERENCE, StudyConfig, estimator_label
 from mivar_jax.study.rundir import RunDir, read_json, write_json
 
 OUTCOMES = ("mean_jaccard", "faithfulness", "circuit_error_task")
@@ -242,7 +242,7 @@ def _estimator_noise(rd: RunDir, cfg: StudyConfig, cells) -> dict:
     node_sizes = tuple(n for n in (5, 10, 20, 50) if n <= n_src)
     out = {"node": {}, "edge": {}}
     for method, steps in cfg.estimators:
-        label = method if steps is None else f"{method}-m{steps}"
+        label = estimator_label(method, steps)
         approx = Scores.load(os.path.join(ref, f"{label}-node.safetensors"))
         out["node"][label] = stats.estimator_noise(approx, exact, n_edges=node_sizes).summary()
     edge_path = os.path.join(ref, "exact-edge.safetensors")

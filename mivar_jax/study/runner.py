@@ -43,7 +43,7 @@ from mivar_jax.circuits import Circuit
 from mivar_jax.estimators import Scores, attribute
 from mivar_jax.evaluation import evaluate
 from mivar_jax.models import load_model
-from mivar_jax.study.config import REFERENCE, Cell, ConfigError, StudyConfig, default_config
+from mivar_jax.study.config import REFERENCE, Cell, ConfigError, StudyConfig, default_config, estimator_label
 from mivar_jax.study.rundir import RunDir, RunDirError, write_json
 from mivar_jax.tasks import TaskData
 from mivar_jax.tasks.registry import make
@@ -281,11 +281,10 @@ class Study:
         and every estimator's scores of the same inputs at node level."""
         cfg = self.config
         files = {}
-        exact = _cached(os.path.join(work, "exact-node.safetensors"), data,
-                        lambda: self._attribute(model, data, "exact", None, "node", progress))  # fmt: skip
-        files["exact-node"] = exact
+        files["exact-node"] = _cached(os.path.join(work, "exact-node.safetensors"), data,
+                                      lambda: self._attribute(model, data, "exact", None, "node", progress))  # fmt: skip
         for method, steps in cfg.estimators:
-            name = f"{method if steps is None else f'{method}-m{steps}'}-node"
+            name = f"{estimator_label(method, steps)}-node"
             files[name] = _cached(os.path.join(work, f"{name}.safetensors"), data,
                                   lambda m=method, s=steps: self._attribute(model, data, m, s, "node", progress))  # fmt: skip
         if cfg.reference.edges:
