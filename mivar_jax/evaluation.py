@@ -14,6 +14,12 @@ means. Per input n:
   or over the whole vocabulary (``answers="vocab"``).
 - KL(full ‖ C) of the next-token distributions at the answer position, in nats.
 
+With counterfactual patching a circuit changes nothing before the first position where the
+clean and corrupted prompts differ (the corrupted run equals the clean run there), and nothing
+after the answer position reaches the metrics: each input runs on its window of positions only
+(``estimators.exact.windows``), earlier keys and values read from the clean run's caches. Zero and
+mean ablation change every position and run on the whole prompt.
+
 ``evaluate_curve`` evaluates the pruned top-n circuits at MIB's edge fractions (n = ⌊f·E⌋) and
 integrates with the trapezoidal rule over the fraction axis: CPR = ∫ f, CMD = ∫ |1 − f|.
 """
@@ -32,7 +38,10 @@ from mivar_jax.circuits.circuit import Circuit
 from mivar_jax.circuits.pruning import prune
 from mivar_jax.circuits.selection import aggregate, ranking
 from mivar_jax.estimators.common import check_ablation, dataset_means, reference_values
+from mivar_jax.estimators.exact import window_start, windows
 from mivar_jax.estimators.scores import Scores
+from mivar_jax.models.layers import position_ids, take_window
+from mivar_jax.models.patching import kv_caches, residual_states
 from mivar_jax.models.transformer import forward, graph_forward
 from mivar_jax.sharding import EDGES, INPUTS, P, make_mesh, spmd
 from mivar_jax.tasks.data import TaskBatch, TaskData
@@ -138,26 +147,40 @@ def _top_answer(logits_NxV, b: TaskBatch):
 
 
 @functools.lru_cache(maxsize=16)
-def _kernels(cfg, metric_name, ablation, mesh):
+def _kernels(cfg, metric_name, ablation, mesh, width: int | None):
+    """The jitted baseline and circuit kernels; with ``width`` (counterfactual patching) circuits
+    run on each input's window of ``width`` positions only (``windows``), earlier positions being
+    the clean run's."""
     metric = get_metric(metric_name)
     rows = P((EDGES, INPUTS))
     batch = TaskBatch(*(rows for _ in TaskBatch._fields))
 
     def baseline(params, b, noise, noise_seed, means):
-        full = forward(cfg, params, b.clean, b.attention_mask, logit_positions=b.answer_pos)
         z_ref, _ = reference_values(cfg, params, b, ablation, noise, noise_seed, means)
+        window = None
+        if width is None:
+            full = forward(cfg, params, b.clean, b.attention_mask, logit_positions=b.answer_pos)
+        else:
+            full, nodes = graph_forward(cfg, params, b.clean, b.attention_mask, logit_positions=b.answer_pos)
+            pre, _, _ = residual_states(cfg, params, nodes)
+            keys, values = kv_caches(cfg, params, pre, position_ids(b.attention_mask))
+            start = window_start(b, width)
+            z_ref = take_window(z_ref, start, width, axis=2)
+            window = (start, keys, values)
         empty, _ = graph_forward(
-            cfg, params, b.clean, b.attention_mask, corrupted=z_ref,
+            cfg, params, b.clean, b.attention_mask, corrupted=z_ref, window=window,
             edge_mask=jnp.zeros(cfg.graph.n_edges, full.dtype), logit_positions=b.answer_pos,
         )  # fmt: skip
-        return full, z_ref, metric(full, b.correct, b.incorrect), metric(empty, b.correct, b.incorrect)
+        caches = () if window is None else window[1:]
+        return full, z_ref, caches, metric(full, b.correct, b.incorrect), metric(empty, b.correct, b.incorrect)
 
-    def circuits(params, b, z_ref, full_NxV, masks_CxE):
+    def circuits(params, b, z_ref, caches, full_NxV, masks_CxE):
         full_top_task, full_top_vocab = _top_answer(full_NxV, b), jnp.argmax(full_NxV, -1)
+        window = None if width is None else (window_start(b, width), *caches)
 
         def one(mask_E):
             logits, _ = graph_forward(
-                cfg, params, b.clean, b.attention_mask, corrupted=z_ref,
+                cfg, params, b.clean, b.attention_mask, corrupted=z_ref, window=window,
                 edge_mask=mask_E.astype(full_NxV.dtype), logit_positions=b.answer_pos,
             )  # fmt: skip
             return (
@@ -171,10 +194,11 @@ def _kernels(cfg, metric_name, ablation, mesh):
 
     rep = P()
     z_spec = P(None, (EDGES, INPUTS))
+    cache_spec = () if width is None else (P(None, None, (EDGES, INPUTS)),) * 2
     out_c = P(None, (EDGES, INPUTS))
     return (
-        jax.jit(spmd(baseline, mesh, (rep, batch, rep, rep, rep), (rows, z_spec, rows, rows))),
-        jax.jit(spmd(circuits, mesh, (rep, batch, z_spec, rows, rep), (out_c,) * 4)),
+        jax.jit(spmd(baseline, mesh, (rep, batch, rep, rep, rep), (rows, z_spec, cache_spec, rows, rows))),
+        jax.jit(spmd(circuits, mesh, (rep, batch, z_spec, cache_spec, rows, rep), (out_c,) * 4)),
     )
 
 
@@ -224,33 +248,38 @@ def evaluate(
     local = min(batch_size or 8, len(data))
     chunk = circuit_chunk(cfg, local, data.n_positions, memory_budget or DEFAULT_MEMORY_BUDGET)
     means = dataset_means(model, data, local) if ablation == "mean" else jnp.zeros(())
-    baseline, run = _kernels(cfg, data.metric, ablation, mesh)
 
     C = masks.shape[0]
     n_chunks = -(-C // chunk)
     padded = np.zeros((n_chunks * chunk, graph.n_edges), bool)
     padded[:C] = masks
-    full_m, empty_m, outs = [], [], [[] for _ in range(4)]
+    full_m, empty_m = np.zeros(len(data), np.float32), np.zeros(len(data), np.float32)
+    outs = [np.zeros((C, len(data)), dtype) for dtype in (np.float32, bool, bool, np.float32)]
+    # Counterfactual patching changes nothing before the first position where the prompts
+    # differ: inputs are grouped by the window of trailing positions a circuit can change.
+    widths = windows(data, ablation, local)
     with progress_bar(progress, len(data) * C, "evaluate") as bar:
-        for b, rows in data.batches(local, devices=n_dev):
-            full, z_ref, m_full, m_empty = baseline(model.params, b, data.noise, data.noise_seed, means)
-            full_m.append(np.asarray(m_full)[: len(rows)])
-            empty_m.append(np.asarray(m_empty)[: len(rows)])
-            parts = [[] for _ in range(4)]
-            for k in range(n_chunks):
-                res = run(model.params, b, z_ref, full, jnp.asarray(padded[k * chunk : (k + 1) * chunk]))
-                for part, r in zip(parts, res, strict=True):
-                    part.append(np.asarray(r)[:, : len(rows)])
-                if bar is not None:
-                    bar(len(rows) * min(chunk, C - k * chunk))
-            for out, part in zip(outs, parts, strict=True):
-                out.append(np.concatenate(part)[:C])
-    metric, agree_task, agree_vocab, kl = (np.concatenate(o, axis=1) for o in outs)
+        for width in np.unique(widths):
+            windowed = int(width) < data.n_positions
+            baseline, run = _kernels(cfg, data.metric, ablation, mesh, int(width) if windowed else None)
+            for b, rows in data.batches(local, devices=n_dev, rows=np.nonzero(widths == width)[0]):
+                n_real = len(rows)
+                full, z_ref, caches, m_full, m_empty = baseline(model.params, b, data.noise, data.noise_seed, means)
+                full_m[rows] = np.asarray(m_full)[:n_real]
+                empty_m[rows] = np.asarray(m_empty)[:n_real]
+                for k in range(n_chunks):
+                    res = run(model.params, b, z_ref, caches, full, jnp.asarray(padded[k * chunk : (k + 1) * chunk]))
+                    n_c = min(chunk, C - k * chunk)
+                    for out, r in zip(outs, res, strict=True):
+                        out[k * chunk : k * chunk + n_c, rows] = np.asarray(r)[:n_c, :n_real]
+                    if bar is not None:
+                        bar(n_real * n_c)
+    metric, agree_task, agree_vocab, kl = outs
     squeeze = (lambda a: a[0]) if single else (lambda a: a)
     return CircuitEvaluation(
         metric=squeeze(metric),
-        full_metric=np.concatenate(full_m),
-        empty_metric=np.concatenate(empty_m),
+        full_metric=full_m,
+        empty_metric=empty_m,
         agree_task=squeeze(agree_task),
         agree_vocab=squeeze(agree_vocab),
         kl=squeeze(kl),

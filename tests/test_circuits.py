@@ -12,6 +12,7 @@ from hypothesis import given, settings
 
 import mivar_jax as mv
 from mivar_jax.circuits.pruning import slot_owner
+from mivar_jax.estimators.exact import windows
 from tests import reference
 
 # ----------------------------------------------------------------------------- pruning
@@ -262,11 +263,19 @@ def test_full_and_empty_circuits(tiny):
 def test_a_stack_equals_one_by_one_and_the_numpy_oracle(tiny):
     model, data = tiny
     g = model.graph
+    # counterfactual patching runs each input on its window of positions, grouped by width: with 2
+    # inputs per call the stack runs several widths, one by one (8 per call) runs one, all shorter
+    # than the prompts, so the oracle below checks the windowed path
+    widths = windows(data, "patch", 2)
+    assert len(np.unique(widths)) > 1 and widths.max() < data.n_positions
+    assert len(np.unique(windows(data, "patch", 8))) == 1
     rng = np.random.default_rng(5)
     per_input = rng.normal(size=(3, g.n_edges)).astype(np.float32)
     circuits = [mv.circuits.select(per_input[i], n, graph=g) for i, n in enumerate((10, 30, 80))]
     circuits.append(mv.Circuit(g, rng.random(g.n_edges) < 0.5))  # unpruned, dense
-    stack = mv.evaluate(model, data, circuits, memory_budget=40 * 2**20, progress=False)  # several chunks
+    budget = 2 * 2**20
+    assert mv.evaluation.circuit_chunk(model.config, 2, data.n_positions, budget) < len(circuits)  # several chunks
+    stack = mv.evaluate(model, data, circuits, batch_size=2, memory_budget=budget, progress=False)
     for i, c in enumerate(circuits):
         one = mv.evaluate(model, data, c, progress=False)
         assert isinstance(one.faithfulness, float)

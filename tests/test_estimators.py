@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import mivar_jax as mv
+from mivar_jax.estimators.exact import first_changes, windows
 from mivar_jax.models import Model, ModelConfig
 from mivar_jax.tasks.data import TaskData
 from tests import reference
@@ -19,7 +20,11 @@ from tests import reference
 
 def _tiny(hf_dirs, name):
     model = mv.load_model(hf_dirs[name][0])
-    return model, mv.tasks.make("ioi", model, n=3, seed=0)
+    data = mv.tasks.make("ioi", model, n=3, seed=1)
+    # right-padded prompts whose windows (first change … answer) start at different positions
+    first = first_changes(data.clean, data.corrupted, data.attention_mask, data.answer_pos)
+    assert len(np.unique(first)) > 1 and (windows(data, "patch") < data.n_positions).all()
+    return model, data
 
 
 @pytest.fixture(scope="module", params=["gpt2", "llama-gqa-llama3"])
@@ -311,3 +316,30 @@ def test_identical_scores_on_one_and_eight_devices(hf_dirs, tmp_path):
         timeout=600,
     )
     assert "IDENTICAL" in out.stdout, out.stderr[-3000:]
+
+
+def test_window_widths_are_the_cheapest_grouping():
+    """The dynamic programme against every choice of at most k widths (brute force)."""
+    import itertools
+
+    from mivar_jax.estimators.exact import _cheapest_widths
+
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        n = int(rng.integers(1, 7))
+        values = np.sort(rng.choice(np.arange(1, 30), n, replace=False))
+        counts = rng.integers(1, 20, n)
+        k, batch, per_call = int(rng.integers(1, 4)), int(rng.integers(1, 10)), float(rng.uniform(0, 60))
+
+        def total(widths, values=values, counts=counts, batch=batch, per_call=per_call):
+            widths = np.sort(np.asarray(widths))
+            assigned = widths[np.searchsorted(widths, values)]
+            sizes = [counts[assigned == w].sum() for w in widths]
+            return sum(c * w + -(-c // batch) * per_call for c, w in zip(sizes, widths, strict=True) if c)
+
+        got = _cheapest_widths(values, counts, k, batch, per_call)
+        best = min(
+            total(c) for r in range(1, min(k, n) + 1) for c in itertools.combinations(values, r) if c[-1] == values[-1]
+        )
+        assert len(got) <= k and got[-1] == values[-1] and set(got) <= set(values)
+        assert total(got) == pytest.approx(best)

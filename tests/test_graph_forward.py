@@ -6,7 +6,11 @@ import numpy as np
 import pytest
 
 import mivar_jax as mv
+from mivar_jax.estimators.exact import first_changes
 from mivar_jax.models import graph_forward, pad_batch
+from mivar_jax.models.layers import position_ids
+from mivar_jax.models.patching import kv_caches, residual_states
+from mivar_jax.models.transformer import slot_gradients
 from tests import reference
 
 CLEAN = ["When Mary and John went to the store, John gave a drink to", "The keys to the cabinet"]
@@ -174,6 +178,48 @@ def test_vmap_over_masks_and_over_inputs(setup):
     np.testing.assert_allclose(per_input, run(masks[0]), atol=1e-5)
 
 
+@pytest.mark.parametrize("padding_side", ["left", "right"])
+def test_window_reproduces_the_full_mixing_forward(setup, padding_side):
+    """Counterfactual patching computed on each input's window of positions (from its first
+    difference to its answer; one start per input), earlier keys and values read from the clean
+    run's caches: the same logits and, inside the windows, the same node outputs."""
+    model, *_ = setup
+    cfg, params, g = model.config, model.params, model.graph
+    tok = model.tokenizer
+    clean = pad_batch([tok.encode(t) for t in CLEAN], padding_side=padding_side)
+    corrupt = pad_batch([tok.encode(t) for t in CORRUPT], padding_side=padding_side)
+    tokens, attn, last = jnp.asarray(clean.tokens), jnp.asarray(clean.attention_mask), jnp.asarray(clean.last)
+    corrupted = model.node_outputs(corrupt.tokens, corrupt.attention_mask)
+    P = tokens.shape[1]
+    first = first_changes(clean.tokens, corrupt.tokens, clean.attention_mask, clean.last)
+    width = int((clean.last - first + 1).max())
+    starts = np.minimum(first, P - width)
+    assert 0 < width < P
+    if padding_side == "right":
+        assert len(set(starts.tolist())) == 2  # one start per input
+    _, clean_nodes = graph_forward(cfg, params, tokens, attn)
+    pre, _, _ = residual_states(cfg, params, clean_nodes)
+    keys, values = kv_caches(cfg, params, pre, position_ids(attn))
+    window_of = jax.vmap(lambda a, s: jax.lax.dynamic_slice_in_dim(a, s, width, axis=1), in_axes=(1, 0), out_axes=1)
+    real = np.asarray(window_of(attn[None, :, :, None], jnp.asarray(starts)))[0, :, :, 0] > 0
+    masks = (np.random.default_rng(8).random((2, g.n_edges)) < 0.6).astype(np.float32)
+    run = jax.jit(
+        lambda m, s, z: graph_forward(
+            cfg, params, tokens, attn, corrupted=z, edge_mask=m, logit_positions=last, window=(s, keys, values)
+        )
+    )
+    for mask in masks:
+        full, nodes_full = graph_forward(
+            cfg, params, tokens, attn, corrupted=corrupted, edge_mask=mask, logit_positions=last
+        )
+        windowed, nodes_win = run(mask, jnp.asarray(starts, jnp.int32), window_of(corrupted, jnp.asarray(starts)))
+        np.testing.assert_allclose(windowed, full, atol=1e-4, rtol=1e-4)
+        expected = np.asarray(window_of(nodes_full, jnp.asarray(starts)))
+        np.testing.assert_allclose(np.asarray(nodes_win)[:, real], expected[:, real], atol=1e-4)
+    plain = np.asarray(graph_forward(cfg, params, tokens, attn)[0])[np.arange(2), clean.last]
+    assert np.abs(np.asarray(full) - plain).max() > 1e-3  # the patches matter
+
+
 def test_mask_gradient_is_the_eap_product_of_tap_gradients(setup):
     """∂m/∂M[u,v] at M = 1 equals Σ (z_u − z̃_u)·∂m/∂in_v, with ∂m/∂in_v from the taps — two code paths."""
     model, clean, _, corrupted = setup
@@ -208,6 +254,43 @@ def test_mask_gradient_is_the_eap_product_of_tap_gradients(setup):
     dip = jnp.ones(g.n_edges).at[e].add(-eps)
     fd = (by_mask(bump) - by_mask(dip)) / (2 * eps)
     np.testing.assert_allclose(fd, grad_mask[e], rtol=2e-2)
+
+
+@pytest.mark.parametrize("with_replace", [False, True])
+def test_slot_gradients_equal_the_input_taps_gradients(setup, with_replace):
+    """The fast path (taps on the q/k/v projections, pulled back through W and the input norm)
+    gives every slot the gradient a tap at its input gets in the per-slot graph form."""
+    model, clean, _, corrupted = setup
+    cfg, params, g = model.config, model.params, model.graph
+    tokens, attn, last = jnp.asarray(clean.tokens), jnp.asarray(clean.attention_mask), jnp.asarray(clean.last)
+    N, P, D = tokens.shape[0], tokens.shape[1], cfg.d_model
+    target = jnp.asarray([3, 7])[:N]
+    replace = None
+    if with_replace:  # blend two nodes of layer 1 half-way to the corrupted values, fix the input node
+        w = np.zeros(g.n_src, np.float32)
+        w[[0, 1 + (cfg.n_heads + 1), 1 + (cfg.n_heads + 1) + cfg.n_heads]] = [1.0, 0.5, 0.5]
+        replace = (corrupted, jnp.asarray(w))
+
+    def objective(logits):
+        return (jnp.take_along_axis(logits, target[:, None], 1) * jnp.asarray([1.0, -2.0])[:N, None]).sum()
+
+    def by_taps(taps):
+        logits, nodes = graph_forward(cfg, params, tokens, attn, taps=taps, logit_positions=last, replace=replace)
+        return objective(logits), nodes
+
+    expected, nodes_expected = jax.jit(jax.grad(by_taps, has_aux=True))(jnp.zeros((g.n_dst, N, P, D)))
+    fast = jax.jit(lambda: slot_gradients(cfg, params, tokens, attn, objective, logit_positions=last, replace=replace))
+    grads, nodes = fast()
+    scale = float(jnp.abs(expected).max())
+    assert scale > 0
+    np.testing.assert_allclose(grads, expected, atol=1e-5 * scale, rtol=1e-4)
+    np.testing.assert_allclose(nodes, nodes_expected, atol=1e-5)
+    if not with_replace:
+        summed, none = jax.jit(
+            lambda: slot_gradients(cfg, params, tokens, attn, objective, logit_positions=last, with_nodes=False)
+        )()
+        assert none is None
+        np.testing.assert_allclose(summed, expected, atol=1e-5 * scale, rtol=1e-4)
 
 
 def test_bad_inputs_are_clear_errors(setup):

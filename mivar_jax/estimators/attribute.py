@@ -151,8 +151,9 @@ def _gradient_kernel(cfg, method, metric, steps, convention, pooling, ablation, 
         ref_nodes, ref_input = reference_values(cfg, params, b, ablation, noise, noise_seed, means)
         clean_nodes, clean_metric = run_nodes(cfg, params, b, metric)
         dense = gradient_scores(
-            cfg, method, metric, steps, convention, pooling, params, b, clean_nodes, ref_nodes, ref_input
-        )
+            cfg, method, metric, steps, convention, pooling, params, b, clean_nodes, ref_nodes, ref_input,
+            ref_is_run=ablation == "patch",
+        )  # fmt: skip
         items = dense[:, edge_src, edge_dst] if level == "edge" else jnp.where(valid, dense, 0).sum(-1)
         return items, clean_metric
 

@@ -11,8 +11,9 @@ Score = metric(patched) − metric(clean), per input, read at the answer positio
 differences only the answers' logits are computed).
 
 Counterfactual patching changes nothing before the first position where the two prompts differ
-(attention is causal), so patched runs compute only the trailing window of positions, reading
-earlier keys and values from the clean run's caches: for IOI that is a few of ~17 positions.
+(attention is causal), and nothing after the answer position reaches the metric, so patched runs
+compute only the window of positions between the two (``windows``), reading earlier keys and values
+from the clean run's caches: for IOI that is a few of ~17 positions.
 Chunks of edges are vmapped; each kernel takes the layer as a traced integer, so a few compiled
 kernels (per window width) serve the whole graph. With a mesh, edges are split over the ``edges`` axis and inputs
 over ``inputs``, every device running the single-device kernel on a block of the same shape.
@@ -27,10 +28,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
+from jaxtyping import Array, Int
 
 from mivar_jax.estimators.common import answer_metric, dataset_means, reference_values, run_nodes
 from mivar_jax.models.config import ModelConfig
-from mivar_jax.models.layers import at_positions, mlp, position_ids
+from mivar_jax.models.layers import at_positions, mlp, position_ids, take_window
 from mivar_jax.models.patching import head_output, kv_caches, layer_params, residual_states, run_to_answer
 from mivar_jax.sharding import EDGES, INPUTS, P, axis_size, spmd
 from mivar_jax.tasks.data import TaskBatch, TaskData
@@ -77,14 +79,18 @@ def _metric_at(cfg, metric, params, b: TaskBatch, x_NxD) -> jax.Array:
 class _Window(NamedTuple):
     """The positions a patch can change, [start, start + W): slicers for [..., P, D] and [N, P]."""
 
-    start: jax.Array
+    start: jax.Array  # [N]
     width: int
 
     def __call__(self, a):  # [..., N, P, D] → [..., N, W, D]
-        return jax.lax.dynamic_slice_in_dim(a, self.start, self.width, axis=a.ndim - 2)
+        return take_window(a, self.start, self.width, axis=a.ndim - 2)
 
     def positions(self, b: TaskBatch):
-        return jax.lax.dynamic_slice_in_dim(position_ids(b.attention_mask), self.start, self.width, axis=1)
+        return take_window(position_ids(b.attention_mask), self.start, self.width, axis=1)
+
+    @classmethod
+    def of(cls, b: TaskBatch, width: int) -> _Window:
+        return cls(window_start(b, width), width)
 
 
 def _finish(cfg, metric, params, b, st, win: _Window, x_post, layer):
@@ -95,10 +101,10 @@ def _finish(cfg, metric, params, b, st, win: _Window, x_post, layer):
     return _metric_at(cfg, metric, params, b, final) - st.metric
 
 
-def _head_edges(cfg, metric, width, params, b, st: PatchState, start, layer, src, head, kind):
+def _head_edges(cfg, metric, width, params, b, st: PatchState, layer, src, head, kind):
     """Edges into a head's q (kind 0), k (1) or v (2) slot in ``layer``: [C, N]."""
     H = cfg.n_heads
-    win = _Window(start, width)
+    win = _Window.of(b, width)
     p = layer_params(params, layer)
     pre, mid = win(st.pre[layer]), win(st.mid[layer])
     clean_heads = win(jax.lax.dynamic_slice_in_dim(st.nodes, 1 + layer * (H + 1), H))
@@ -107,16 +113,16 @@ def _head_edges(cfg, metric, width, params, b, st: PatchState, start, layer, src
     def one(src_e, head_e, kind_e):
         d = win(st.delta[src_e])
         x_q, x_k, x_v = (pre + d * (kind_e == i).astype(d.dtype) for i in range(3))
-        new = head_output(cfg, p, head_e, x_q, x_k, x_v, cache, win.positions(b), b.attention_mask, start)
+        new = head_output(cfg, p, head_e, x_q, x_k, x_v, cache, win.positions(b), b.attention_mask, win.start)
         x_mid = mid + new - clean_heads[head_e]
         return _finish(cfg, metric, params, b, st, win, x_mid + mlp(cfg, p, x_mid), layer)
 
     return jax.vmap(one)(src, head, kind)
 
 
-def _mlp_edges(cfg, metric, width, params, b, st: PatchState, start, layer, src):
+def _mlp_edges(cfg, metric, width, params, b, st: PatchState, layer, src):
     """Edges into ``m{layer}``: [C, N]."""
-    win = _Window(start, width)
+    win = _Window.of(b, width)
     p = layer_params(params, layer)
     mid = win(st.mid[layer])
 
@@ -126,16 +132,16 @@ def _mlp_edges(cfg, metric, width, params, b, st: PatchState, start, layer, src)
     return jax.vmap(one)(src)
 
 
-def _logit_edges(cfg, metric, width, params, b, st: PatchState, start, src):
+def _logit_edges(cfg, metric, width, params, b, st: PatchState, src):
     """Edges into ``logits``: [C, N]."""
     return jax.vmap(lambda s: _metric(cfg, metric, params, b, st.final + st.delta[s], 0) - st.metric)(src)
 
 
-def _nodes(cfg, metric, width, params, b, st: PatchState, start, layer, src, is_head):
+def _nodes(cfg, metric, width, params, b, st: PatchState, layer, src, is_head):
     """Nodes patched in all their outgoing edges: Δz_u added to the stream after u: [C, N].
     ``layer`` -1 is the input node."""
     H = cfg.n_heads
-    win = _Window(start, width)
+    win = _Window.of(b, width)
     at = jnp.maximum(layer, 0)
     p = layer_params(params, at)
 
@@ -156,7 +162,7 @@ def _kernels(cfg: ModelConfig, metric: str, ablation: str, width: int, mesh: Mes
     """The jitted (and, with a mesh, SPMD) kernels for one model / metric / ablation / window."""
     rep = P()
     prepare = spmd(functools.partial(_prepare, cfg, metric, ablation), mesh, (rep, _BATCH, rep, rep, rep), _STATE)
-    common = (rep, _BATCH, _STATE, rep)  # params, batch, state, window start
+    common = (rep, _BATCH, _STATE)  # params, batch, state
     kernels = {
         "head": (_head_edges, common + (rep, P(EDGES), P(EDGES), P(EDGES))),
         "mlp": (_mlp_edges, common + (rep, P(EDGES))),
@@ -231,16 +237,61 @@ def plan_chunks(
     return int(min(chunk, largest_group, 4096))
 
 
-def windows(data: TaskData, ablation: str, granularity: int = 4) -> np.ndarray:
-    """Per input, the number of trailing positions a patch can change: counterfactual patching
-    leaves everything before the first position where the prompts differ as in the clean run.
-    Rounded up to ``granularity`` (fewer compilations); zero/mean ablation change every position."""
-    width = data.n_positions
+def first_changes(clean, corrupted, attention_mask, answer_pos, xp=np):
+    """Per input, the first real position where the clean and corrupted prompts differ (the
+    answer position where none does, or where it comes later). numpy or jax.numpy (``xp``)."""
+    differs = (clean != corrupted) & (attention_mask > 0)
+    first = xp.where(differs.any(1), differs.argmax(1), answer_pos)
+    return xp.minimum(first, answer_pos)
+
+
+def windows(data: TaskData, ablation: str, batch_size: int = 8, max_widths: int = 3) -> np.ndarray:
+    """Per input, how many positions a patch computes (a window of the prompt).
+
+    Counterfactual patching leaves everything before the first position where the prompts differ
+    as in the clean run, and nothing after the answer position reaches the metric (attention is
+    causal): an input needs answer − first + 1 positions. Inputs are grouped by window width
+    (a compilation and at least one call each, of up to ``batch_size`` inputs); at most
+    ``max_widths`` widths are chosen to minimise the positions computed plus, per call, half a
+    call of full-width prompts (the per-call cost that favours fewer, fuller groups). Zero or
+    mean ablation change every position. Where a window starts: ``window_start``."""
     if ablation != "patch":
-        return np.full(len(data), width)
-    differs = (data.clean != data.corrupted) & (data.attention_mask > 0)
-    first = differs.argmax(1)
-    return np.minimum(width, -(-(width - first) // granularity) * granularity)
+        return np.full(len(data), data.n_positions)
+    first = first_changes(data.clean, data.corrupted, data.attention_mask, data.answer_pos)
+    need = np.minimum(data.answer_pos - first + 1, data.n_positions)
+    values, counts = np.unique(need, return_counts=True)
+    per_call = batch_size * data.n_positions / 2
+    widths = _cheapest_widths(values, counts, max_widths, batch_size, per_call)
+    return widths[np.searchsorted(widths, need)]
+
+
+def _cheapest_widths(values, counts, k: int, batch_size: int, per_call: float) -> np.ndarray:
+    """At most ``k`` widths for inputs needing sorted ``values`` (``counts`` of each), each the
+    largest need of a run of consecutive values, minimising Σ_groups count × width + calls ×
+    ``per_call`` (calls = ⌈count / batch_size⌉): dynamic programming over the split points."""
+    n = len(values)
+    prefix = np.concatenate([[0], np.cumsum(counts)])
+    group = lambda h, i: (prefix[i] - prefix[h]) * values[i - 1] + -(-(prefix[i] - prefix[h]) // batch_size) * per_call
+    cost = np.full((k + 1, n + 1), np.inf)  # cost[j, i]: values[:i] in j groups
+    cut = np.zeros((k + 1, n + 1), int)
+    cost[0, 0] = 0.0
+    for j in range(1, k + 1):
+        for i in range(1, n + 1):
+            options = [cost[j - 1, h] + group(h, i) for h in range(i)]
+            cut[j, i] = int(np.argmin(options))
+            cost[j, i] = options[cut[j, i]]
+    j, i, ends = int(np.argmin(cost[1:, n])) + 1, n, []
+    while i > 0:
+        ends.append(values[i - 1])
+        i, j = cut[j, i], j - 1
+    return np.array(sorted(ends))
+
+
+def window_start(b: TaskBatch, width: int) -> Int[Array, " N"]:
+    """Per input of a batch, the first position of its window of ``width`` positions (see
+    ``windows``): the first change, moved left where the window would pass the prompts' end."""
+    first = first_changes(b.clean, b.corrupted, b.attention_mask, b.answer_pos, jnp)
+    return jnp.minimum(first, b.clean.shape[1] - width).astype(jnp.int32)
 
 
 def exact_scores(
@@ -280,11 +331,10 @@ def exact_scores(
 
     per_input = np.full((len(data), n_items), np.nan if subset is not None else 0.0, np.float32)
     clean_metric = np.zeros(len(data), np.float32)
-    widths = windows(data, ablation)
+    widths = windows(data, ablation, local_batch)
     for width in np.unique(widths):
         chunk = plan_chunks(cfg, P_, int(width), local_batch, budget, max(len(x.items) for x in groups))
         kernels = _kernels(cfg, data.metric, ablation, int(width), spmd_mesh)
-        start = jnp.int32(P_ - width)
         for b, rows in data.batches(local_batch, devices=n_input_dev, rows=np.nonzero(widths == width)[0]):
             n_real = len(rows)
             st = kernels["prepare"](params, b, data.noise, data.noise_seed, means)
@@ -299,7 +349,7 @@ def exact_scores(
                     take = np.concatenate([take, np.full(step - n_take, take[-1])])
                     args = [jnp.asarray(a[take]) for a in group.args]
                     layer = () if group.kernel == "logits" else (jnp.int32(group.layer),)
-                    out = np.asarray(kernels[group.kernel](params, b, st, start, *layer, *args))  # [step, batch]
+                    out = np.asarray(kernels[group.kernel](params, b, st, *layer, *args))  # [step, batch]
                     per_input[np.ix_(rows, group.items[take[:n_take]])] = out[:n_take, :n_real].T
                     if progress is not None:
                         progress(n_take * n_real)

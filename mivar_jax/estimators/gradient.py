@@ -31,7 +31,7 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from mivar_jax.models.config import ModelConfig
-from mivar_jax.models.transformer import graph_forward
+from mivar_jax.models.transformer import graph_forward, slot_gradients
 from mivar_jax.tasks.data import TaskBatch
 from mivar_jax.tasks.metrics import get_metric
 
@@ -49,25 +49,24 @@ def ig_alphas(steps: int, convention: str) -> np.ndarray:
     return ((k + offsets[convention]) / steps).astype(np.float32)
 
 
-def _taps_grad(cfg, params, b: TaskBatch, metric: str, input_embeds, replace=None):
-    """(∂Σmetric/∂taps [T, N, P, D], node outputs [S, N, P, D]) of one run on the clean tokens."""
-    N, P = b.clean.shape
-    zeros = jnp.zeros((cfg.graph.n_dst, N, P, cfg.d_model), params["tok_embed"].dtype)
+def _taps_grad(cfg, params, b: TaskBatch, metric: str, input_embeds, replace=None, with_nodes=True):
+    """(∂Σmetric/∂in_v for every slot [T, N, P, D], node outputs [S, N, P, D] or None) of one run
+    on the clean tokens (``slot_gradients``: one forward+backward)."""
 
-    def total(taps):
-        logits, nodes = graph_forward(
-            cfg,
-            params,
-            b.clean,
-            b.attention_mask,
-            taps=taps,
-            input_embeds=input_embeds,
-            logit_positions=b.answer_pos,
-            replace=replace,
-        )
-        return get_metric(metric)(logits, b.correct, b.incorrect).sum(), nodes
+    def objective(logits):
+        return get_metric(metric)(logits, b.correct, b.incorrect).sum()
 
-    return jax.grad(total, has_aux=True)(zeros)
+    return slot_gradients(
+        cfg,
+        params,
+        b.clean,
+        b.attention_mask,
+        objective,
+        input_embeds=input_embeds,
+        logit_positions=b.answer_pos,
+        replace=replace,
+        with_nodes=with_nodes,
+    )
 
 
 def _product(delta_SxNxPxD, grad_TxNxPxD) -> Float[Array, "N S T"]:
@@ -75,7 +74,7 @@ def _product(delta_SxNxPxD, grad_TxNxPxD) -> Float[Array, "N S T"]:
     return jnp.einsum("snpd,tnpd->nst", delta_SxNxPxD, grad_TxNxPxD, preferred_element_type=jnp.float32)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4, 5))
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4, 5), static_argnames=("ref_is_run",))
 def gradient_scores(
     cfg: ModelConfig,
     method: str,
@@ -88,26 +87,38 @@ def gradient_scores(
     clean_nodes: Float[Array, "S N P D"],
     ref_nodes: Float[Array, "S N P D"],
     ref_input: Float[Array, "N P D"],
+    *,
+    ref_is_run: bool = False,
 ) -> Float[Array, "N S T"]:
-    """Dense per-input scores [N, S, T] of one batch (invalid pairs hold meaningless values)."""
+    """Dense per-input scores [N, S, T] of one batch (invalid pairs hold meaningless values).
+
+    ``ref_is_run``: ``ref_nodes`` are the node outputs of a run on ``ref_input`` (counterfactual
+    patching), so a step at α = 0 may supply them (and the caller's run is then dead code)."""
     x = clean_nodes[0]
     delta = ref_nodes - clean_nodes
     grad = functools.partial(_taps_grad, cfg, params, b, metric)
 
     if method == "eap":
-        return _product(delta, grad(x)[0])
+        return _product(delta, grad(x, with_nodes=False)[0])
 
     if method == "clean-corrupted":
-        return _product(delta, (grad(x)[0] + grad(ref_input)[0]) / 2)
+        return _product(delta, (grad(x, with_nodes=False)[0] + grad(ref_input, with_nodes=False)[0]) / 2)
 
     if method == "eap-ig-inputs":
-        alphas = jnp.asarray(ig_alphas(steps, convention))
+        alphas = ig_alphas(steps, convention)
+        path = lambda alpha: ref_input + alpha * (x - ref_input)
 
         def step(acc, alpha):
-            return acc + grad(ref_input + alpha * (x - ref_input))[0], None
+            return acc + grad(path(alpha), with_nodes=False)[0], None
 
-        total, _ = jax.lax.scan(step, jnp.zeros((cfg.graph.n_dst,) + x.shape, x.dtype), alphas)
-        return _product(delta, total / steps)
+        # the first step starts the sum (no zero-filled start); at α = 0 it is the reference run
+        if ref_is_run and alphas[0] == 0:
+            first, ref_run_nodes = grad(ref_input)
+            delta = ref_run_nodes - clean_nodes
+        else:
+            first = grad(path(alphas[0]), with_nodes=False)[0]
+        total, _ = jax.lax.scan(step, first, jnp.asarray(alphas[1:]))
+        return _product(delta, total) / steps
 
     if method == "ceap":
         path = lambda k: x + (k / steps) * (ref_input - x)

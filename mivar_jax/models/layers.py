@@ -29,6 +29,31 @@ def norm(cfg: ModelConfig, p: Params, x: Float[Array, "... D"]) -> Float[Array, 
     return y.astype(x.dtype)
 
 
+def norm_pullback(cfg: ModelConfig, p: Params, x: Float[Array, "N P D"], g: Float[Array, "... N P D"]) -> jax.Array:
+    """Cotangents ``g`` of ``norm(x)`` (any leading axes, one per cotangent) pulled back to ``x``:
+    Jᵀg, written out so every reduction runs over the width (the vmapped autodiff form reduces
+    over leading axes, which XLA:CPU does slowly). With r = 1/√(var + ε) (LayerNorm) or
+    1/√(mean x² + ε) (RMSNorm), x̂ the normalised x and ĝ = g ⊙ scale:
+    LayerNorm r (ĝ − mean ĝ − x̂ mean(ĝ x̂)); RMSNorm r (ĝ − x̂ mean(ĝ x̂))."""
+    x32 = x.astype(jnp.float32)
+    if cfg.norm == "layernorm":
+        centred = x32 - x32.mean(-1, keepdims=True)
+        r = jax.lax.rsqrt(jnp.square(centred).mean(-1, keepdims=True) + cfg.norm_eps)
+        x_hat = centred * r
+    else:
+        r = jax.lax.rsqrt(jnp.square(x32).mean(-1, keepdims=True) + cfg.norm_eps)
+        x_hat = x32 * r
+    scale = p["scale"].astype(jnp.float32)
+    g32 = g.astype(jnp.float32)
+    # the width reductions as contractions (XLA:CPU fuses plain reductions over these shapes poorly)
+    lead = "abcdefgh"[: g.ndim - 3]
+    g_dot_xhat = jnp.einsum(f"{lead}npd,npd->{lead}np", g32, x_hat * scale)[..., None] / x.shape[-1]
+    out = g32 * scale - x_hat * g_dot_xhat
+    if cfg.norm == "layernorm":
+        out = out - jnp.einsum(f"{lead}npd,d->{lead}np", g32, scale)[..., None] / x.shape[-1]
+    return (out * r).astype(g.dtype)
+
+
 def activation(cfg: ModelConfig, x: jax.Array) -> jax.Array:
     if cfg.activation == "gelu_tanh":
         return jax.nn.gelu(x, approximate=True)
@@ -95,25 +120,41 @@ def attend(
     return jnp.einsum("hnqk,hnke->hnqe", probs, v_GxNxPxE)
 
 
-def qkv(cfg: ModelConfig, p: Params, x: jax.Array, positions: Int[Array, "N P"]):
+def slot_weights(cfg: ModelConfig, p: Params) -> Float[Array, "3H D E"]:
+    """The q, k, v projections of every query head's slots, stacked in slot order (GQA ungrouped)."""
+    return jnp.concatenate([p["w_q"], expand_kv(cfg, p["w_k"]), expand_kv(cfg, p["w_v"])])
+
+
+def qkv(
+    cfg: ModelConfig,
+    p: Params,
+    x: jax.Array,
+    positions: Int[Array, "N P"],
+    taps: Float[Array, "3H N P E"] | None = None,
+):
     """Queries, keys, values (head-major [heads, N, P, E]) from the attention inputs, normalised here.
 
     ``x`` is one shared input [N, P, D] (the plain forward: keys/values stay grouped as K heads) or
     the stacked per-slot inputs [3H, N, P, D] of the graph form (q inputs of heads 0…H-1, then the
-    k inputs, then the v inputs): every query head gets its own key and value (GQA ungrouped)."""
+    k inputs, then the v inputs): every query head gets its own key and value (GQA ungrouped).
+    ``taps`` (shared input only) are added to the projections before RoPE, keys and values
+    ungrouped to one per query head: their gradients are ∂/∂(h W) of every q/k/v slot."""
     h = norm(cfg, p["ln1"], x)
     if x.ndim == 3:
         q = project(h, p["w_q"], p.get("b_q"))
         k = project(h, p["w_k"], p.get("b_k"))
         v = project(h, p["w_v"], p.get("b_v"))
+        if taps is not None:
+            n_heads = cfg.n_heads
+            k, v = (jnp.repeat(a, n_heads // a.shape[0], axis=0) for a in (k, v))
+            q, k, v = q + taps[:n_heads], k + taps[n_heads : 2 * n_heads], v + taps[2 * n_heads :]
     else:
-        w = jnp.concatenate([p["w_q"], expand_kv(cfg, p["w_k"]), expand_kv(cfg, p["w_v"])])
         b = (
             None
             if not cfg.qkv_bias
             else jnp.concatenate([p["b_q"], expand_kv(cfg, p["b_k"]), expand_kv(cfg, p["b_v"])])
         )
-        q, k, v = jnp.split(project(h, w, b), 3)
+        q, k, v = jnp.split(project(h, slot_weights(cfg, p), b), 3)
     if cfg.positional == "rope":
         q, k = rope(cfg, q, positions), rope(cfg, k, positions)
     return q, k, v
@@ -143,17 +184,17 @@ def block(
     positions: Int[Array, "N W"],
     attention_mask: Int[Array, "N P"],
     cache: tuple[jax.Array, jax.Array] | None = None,
-    start: Int[Array, ""] | int = 0,
+    start: Int[Array, ""] | Int[Array, " N"] | int = 0,
 ) -> Float[Array, "N W D"]:
     """One layer on a shared residual stream: x + attention(x) (+ b_O), then + MLP.
 
     With ``cache = (keys, values)`` [K, N, P, E] (another run's, all positions), ``x`` is a window
-    of W positions from ``start`` on: its keys and values replace the cached ones there, and the
+    of W positions from ``start`` (one for all inputs, or one per input) on: its keys and values replace the cached ones there, and the
     earlier positions attend as in the cached run (exact when that run agrees before ``start``)."""
     q, k, v = qkv(cfg, p, x, positions)
     if cache is not None:
-        k = jax.lax.dynamic_update_slice_in_dim(cache[0], k, start, axis=2)
-        v = jax.lax.dynamic_update_slice_in_dim(cache[1], v, start, axis=2)
+        k = put_window(cache[0], k, start, axis=2)
+        v = put_window(cache[1], v, start, axis=2)
     o = attend(cfg, q, k, v, attention_mask, q_offset=start)
     x = x + jnp.einsum("hnqe,hed->nqd", o, p["w_o"])
     if cfg.o_bias:
@@ -200,6 +241,25 @@ def prepare(cfg, params, tokens, attention_mask, input_embeds):
     else:
         x = input_embeds.astype(params["tok_embed"].dtype)
     return attention_mask, positions, x
+
+
+def take_window(a: jax.Array, start: Int[Array, ""] | Int[Array, " N"], width: int, axis: int) -> jax.Array:
+    """Positions [start, start + width) of ``a`` along ``axis`` (its positions axis; the inputs axis
+    is the one before): ``start`` one for all inputs, or one per input [N]."""
+    axis = axis % a.ndim
+    if jnp.ndim(start) == 0:
+        return jax.lax.dynamic_slice_in_dim(a, start, width, axis=axis)
+    one = lambda a_n, s: jax.lax.dynamic_slice_in_dim(a_n, s, width, axis=axis - 1)
+    return jax.vmap(one, in_axes=(axis - 1, 0), out_axes=axis - 1)(a, start)
+
+
+def put_window(a: jax.Array, new: jax.Array, start: Int[Array, ""] | Int[Array, " N"], axis: int) -> jax.Array:
+    """``a`` with positions [start, start + W) along ``axis`` replaced by ``new`` (see ``take_window``)."""
+    axis = axis % a.ndim
+    if jnp.ndim(start) == 0:
+        return jax.lax.dynamic_update_slice_in_dim(a, new, start, axis=axis)
+    one = lambda a_n, new_n, s: jax.lax.dynamic_update_slice_in_dim(a_n, new_n, s, axis=axis - 1)
+    return jax.vmap(one, in_axes=(axis - 1, axis - 1, 0), out_axes=axis - 1)(a, new, start)
 
 
 def sum_first_axis(x: jax.Array) -> jax.Array:

@@ -15,7 +15,18 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
 from mivar_jax.models.config import ModelConfig
-from mivar_jax.models.layers import at_positions, attend, block, mlp, norm, output_bias, qkv, rope, sum_first_axis
+from mivar_jax.models.layers import (
+    at_positions,
+    attend,
+    block,
+    mlp,
+    norm,
+    output_bias,
+    put_window,
+    qkv,
+    rope,
+    sum_first_axis,
+)
 from mivar_jax.models.params import Params
 
 
@@ -64,7 +75,7 @@ def head_output(
     cache: tuple[Float[Array, "K N P E"], Float[Array, "K N P E"]],
     positions: Int[Array, "N W"],
     attention_mask: Int[Array, "N P"],
-    start: Int[Array, ""],
+    start: Int[Array, ""] | Int[Array, " N"],
 ) -> Float[Array, "N W D"]:
     """One head's residual write (no b_O) on the window from ``start``, when its query, key and
     value read their own inputs there (the layer's cached keys/values before ``start``)."""
@@ -79,8 +90,8 @@ def head_output(
     v = proj(x_v, p["w_v"], p.get("b_v"), group)
     if cfg.positional == "rope":
         q, k = rope(cfg, q, positions), rope(cfg, k, positions)
-    k = jax.lax.dynamic_update_slice_in_dim(cache[0][group][None], k, start, axis=2)
-    v = jax.lax.dynamic_update_slice_in_dim(cache[1][group][None], v, start, axis=2)
+    k = put_window(cache[0][group][None], k, start, axis=2)
+    v = put_window(cache[1][group][None], v, start, axis=2)
     o = attend(cfg, q, k, v, attention_mask, q_offset=start)[0]
     return jnp.einsum("npe,ed->npd", o, p["w_o"][head])
 
@@ -93,7 +104,7 @@ def run_to_answer(
     positions: Int[Array, "N W"],
     attention_mask: Int[Array, "N P"],
     layer: Int[Array, ""],
-    start: Int[Array, ""],
+    start: Int[Array, ""] | Int[Array, " N"],
     answer: Int[Array, " N"],
 ) -> Float[Array, "N D"]:
     """The final stream at each input's answer position (``answer``: index within the window),
@@ -108,8 +119,8 @@ def run_to_answer(
         h = jax.lax.fori_loop(layer, cfg.n_layers - 1, body, h)
         p = layer_params(params, jnp.int32(cfg.n_layers - 1))
         q, k, v = qkv(cfg, p, h, positions)
-        k = jax.lax.dynamic_update_slice_in_dim(caches[0][-1], k, start, axis=2)
-        v = jax.lax.dynamic_update_slice_in_dim(caches[1][-1], v, start, axis=2)
+        k = put_window(caches[0][-1], k, start, axis=2)
+        v = put_window(caches[1][-1], v, start, axis=2)
         q = jnp.take_along_axis(q, answer[None, :, None, None], axis=2)  # [H, N, 1, E]
         o = attend(cfg, q, k, v, attention_mask, q_offset=start + answer)
         x_ans = at_positions(h, answer) + jnp.einsum("hnqe,hed->nd", o, p["w_o"])

@@ -15,6 +15,8 @@ Input-independent constants (the b_O of each layer) are not nodes: every destina
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -25,11 +27,16 @@ from mivar_jax.models.layers import (
     at_positions,
     attend,
     block,
+    expand_kv,
     mlp,
+    norm_pullback,
     output_bias,
     prepare,
+    put_window,
     qkv,
+    slot_weights,
     sum_first_axis,
+    take_window,
     unembed,
 )
 from mivar_jax.models.params import Params
@@ -74,6 +81,7 @@ def graph_forward(
     input_embeds: Float[Array, "N P D"] | None = None,
     logit_positions: Int[Array, " N"] | None = None,
     replace: tuple[Float[Array, "S N P D"], Float[Array, " S"]] | None = None,
+    window: tuple[Int[Array, " N"], Float[Array, "L K N P E"], Float[Array, "L K N P E"]] | None = None,
 ) -> tuple[jax.Array, Float[Array, "S N P D"]]:
     """The graph-form forward: every destination slot reads its own input.
 
@@ -87,6 +95,13 @@ def graph_forward(
     stream (plus its tap) and ``corrupted`` is unused; there, ``replace = (values, weights)``
     blends node outputs, z_u ← z_u + w_u (values_u − z_u) (w_u = 1 fixes a node's output, and no
     gradient flows through its own computation: used by EAP-IG on activations).
+
+    ``window = (start, keys, values)`` (mixing mode) computes only the W positions from ``start``
+    on (one start for all inputs, or one per input), W = ``corrupted.shape[2]``, reading the earlier positions' keys and values from another
+    run's caches [L, K, N, P, E] (after RoPE): exact when every slot's input before ``start`` is
+    that run's residual stream, as with counterfactual patching of prompts that agree before
+    ``start`` and the clean run's caches. Node outputs and ``corrupted`` then cover the window;
+    ``logit_positions`` stay absolute (they must lie in the window).
 
     Returns ``(logits, node_outputs)``: logits [N, P, V] (or [N, V] at ``logit_positions``) and
     node outputs [S, N, P, D]. Jit-able (cfg static), vmap-able over masks, taps and inputs,
@@ -106,40 +121,36 @@ def graph_forward(
     taps_LxSlotsxNxPxD = None if taps is None else taps[: L * slots].reshape(L, slots, N, P, D)
     tap_logits = None if taps is None else taps[-1]
 
-    def attention_layer(qkv_in, p):
+    window_start = 0
+    if window is not None:
+        if edge_mask is None or taps is not None:
+            raise ValueError("`window` applies to the mixing mode (edge_mask given, no taps) only")
+        if corrupted is None or corrupted.ndim != 4:
+            raise ValueError("`window` needs `corrupted` node outputs [S, N, W, D] over the window")
+        window_start, keys_LxKxNxPxE, values_LxKxNxPxE = window
+        P = corrupted.shape[2]  # the window's width from here on
+        positions = take_window(positions, window_start, P, axis=1)
+        x_NxPxD = take_window(x_NxPxD, window_start, P, axis=1)
+        if logit_positions is not None:
+            logit_positions = logit_positions - window_start
+
+    def attention_layer(qkv_in, p, layer):
         """``qkv_in``: shared [N, P, D] or stacked per-slot inputs [3H, N, P, D]."""
         q, k, v = qkv(cfg, p, qkv_in, positions)
-        o = attend(cfg, q, k, v, attention_mask)
+        if window is not None:  # this window's keys and values over the cached run's
+            k, v = (
+                put_window(expand_kv(cfg, cache[layer]), new, window_start, axis=2)
+                for cache, new in ((keys_LxKxNxPxE, k), (values_LxKxNxPxE, v))
+            )
+        o = attend(cfg, q, k, v, attention_mask, q_offset=window_start)
         return jnp.einsum("hnqe,hed->hnqd", o, p["w_o"])  # per-head residual writes, no b_O
 
     if edge_mask is None:
         # Residual mode: every slot reads the clean residual stream plus its own tap.
-        def blend(z, xs, rows):
-            if "replace_w" not in xs:
-                return z
-            w = xs["replace_w"][rows].reshape((-1,) + (1,) * (z.ndim - 1))
-            return z + w.astype(z.dtype) * (xs["replace_v"][rows] - z)
-
-        def layer(x, xs):
-            p, taps_l = xs["p"], xs.get("taps")
-            z_heads = attention_layer(x if taps_l is None else x[None] + taps_l[: 3 * H], p)
-            z_heads = blend(z_heads, xs, slice(0, H))
-            x = x + sum_first_axis(z_heads) + xs["b_o"]
-            mlp_in = x if taps_l is None else x + taps_l[3 * H]
-            z_mlp = blend(mlp(cfg, p, mlp_in)[None], xs, slice(H, H + 1))[0]
-            return x + z_mlp, jnp.concatenate([z_heads, z_mlp[None]], 0)
-
-        xs = {"p": blocks, "b_o": b_o_LxD}
-        if taps_LxSlotsxNxPxD is not None:
-            xs["taps"] = taps_LxSlotsxNxPxD
-        if replace is not None:
-            values_SxNxPxD, weights_S = replace
-            values_SxNxPxD = jnp.broadcast_to(values_SxNxPxD.astype(dtype), (S, N, P, D))
-            x_NxPxD = x_NxPxD + weights_S[0].astype(dtype) * (values_SxNxPxD[0] - x_NxPxD)
-            xs["replace_v"] = values_SxNxPxD[1:].reshape(L, H + 1, N, P, D)
-            xs["replace_w"] = jnp.asarray(weights_S)[1:].reshape(L, H + 1)
-        x_final, z_LxH1xNxPxD = jax.lax.scan(layer, x_NxPxD, xs)
-        nodes_SxNxPxD = jnp.concatenate([x_NxPxD[None], z_LxH1xNxPxD.reshape(L * (H + 1), N, P, D)], 0)
+        slot_taps = None if taps_LxSlotsxNxPxD is None else {"slots": taps_LxSlotsxNxPxD}
+        x_final, nodes_SxNxPxD, _ = _residual_run(
+            cfg, params, x_NxPxD, positions, attention_mask, taps=slot_taps, replace=replace
+        )
         logits_in = x_final if tap_logits is None else x_final + tap_logits
         return unembed(cfg, params, at_positions(logits_in, logit_positions)), nodes_SxNxPxD
 
@@ -175,7 +186,7 @@ def graph_forward(
         attn_in = read_SlotsxNxPxD[: 3 * H] + corr_resid_NxPxD
         if "taps" in xs:
             attn_in = attn_in + xs["taps"][: 3 * H]
-        z_heads = attention_layer(attn_in, p)
+        z_heads = attention_layer(attn_in, p, xs["layer"])
         corr_heads = jax.lax.dynamic_slice_in_dim(corrupted, first, H, axis=0)
         corr_resid_NxPxD = corr_resid_NxPxD + sum_first_axis(corr_heads) + xs["b_o"]
         d_heads = z_heads - corr_heads
@@ -200,10 +211,10 @@ def graph_forward(
     # group's end: the mixing products skip most of the not-yet-computed (zero) rows.
     delta_SxNxPxD, corr_resid = (x_NxPxD - corrupted[0])[None], corrupted[0]
     bounds = np.linspace(0, L, min(L, _MIX_GROUPS) + 1).round().astype(int)
-    for start, stop in zip(bounds[:-1], bounds[1:], strict=True):
+    for first_layer, stop in zip(bounds[:-1], bounds[1:], strict=True):
         rows = 1 + int(stop) * (H + 1)
         delta_SxNxPxD = jnp.concatenate([delta_SxNxPxD, jnp.zeros((rows - delta_SxNxPxD.shape[0], N, P, D), dtype)])
-        xs_group = jax.tree.map(lambda a, start=start, stop=stop: a[start:stop], xs)
+        xs_group = jax.tree.map(lambda a, first_layer=first_layer, stop=stop: a[first_layer:stop], xs)
         xs_group["clean_w"] = xs_group["clean_w"][:, :rows]
         (delta_SxNxPxD, corr_resid), _ = jax.lax.scan(layer, (delta_SxNxPxD, corr_resid), xs_group)
 
@@ -215,6 +226,123 @@ def graph_forward(
     if tap_logits is not None:
         logits_in = logits_in + (tap_logits if logit_positions is None else at_positions(tap_logits, logit_positions))
     return unembed(cfg, params, logits_in), delta_SxNxPxD + corrupted
+
+
+def _residual_run(
+    cfg: ModelConfig,
+    params: Params,
+    x_NxPxD: Float[Array, "N P D"],
+    positions: Int[Array, "N P"],
+    attention_mask: Int[Array, "N P"],
+    *,
+    taps: dict | None = None,
+    replace: tuple[Float[Array, "S N P D"], Float[Array, " S"]] | None = None,
+    per_head: bool = True,
+) -> tuple[Float[Array, "N P D"], Float[Array, "S N P D"] | None, Float[Array, "L N P D"]]:
+    """The residual-mode layers: every slot reads the one residual stream (plus its tap).
+
+    ``taps`` holds either ``slots`` [L, slots, N, P, D] (added to each slot's input: the q/k/v
+    slots then run as 3H separate inputs) or ``proj`` [L, 3H, N, P, E] (added to the q/k/v
+    projections, the input shared) with ``mlp`` [L, N, P, D] (added to the MLP's input).
+    ``replace`` blends node outputs (see ``graph_forward``). Returns the final stream, the node
+    outputs (None with ``per_head=False``: heads' writes are then summed inside one contraction)
+    and the stream before each layer."""
+    L, H, D = cfg.n_layers, cfg.n_heads, cfg.d_model
+    N, P = x_NxPxD.shape[:2]
+    dtype = x_NxPxD.dtype
+    blocks = params["blocks"]
+    if replace is not None and not per_head:
+        raise ValueError("`replace` needs per-head outputs")
+
+    def blend(z, xs, rows):
+        if "replace_w" not in xs:
+            return z
+        w = xs["replace_w"][rows].reshape((-1,) + (1,) * (z.ndim - 1))
+        return z + w.astype(z.dtype) * (xs["replace_v"][rows] - z)
+
+    def layer(x, xs):
+        p, t = xs["p"], xs.get("taps", {})
+        attn_in = x[None] + t["slots"][: 3 * H] if "slots" in t else x
+        q, k, v = qkv(cfg, p, attn_in, positions, t.get("proj"))
+        o = attend(cfg, q, k, v, attention_mask)
+        if per_head:
+            z_heads = blend(jnp.einsum("hnqe,hed->hnqd", o, p["w_o"]), xs, slice(0, H))
+            x_mid = x + sum_first_axis(z_heads) + xs["b_o"]
+        else:
+            x_mid = x + jnp.einsum("hnqe,hed->nqd", o, p["w_o"]) + xs["b_o"]
+        mlp_in = x_mid + t["slots"][3 * H] if "slots" in t else x_mid + t["mlp"] if "mlp" in t else x_mid
+        z_mlp = blend(mlp(cfg, p, mlp_in)[None], xs, slice(H, H + 1))[0]
+        nodes = jnp.concatenate([z_heads, z_mlp[None]], 0) if per_head else None
+        return x_mid + z_mlp, (nodes, x)
+
+    xs = {"p": blocks, "b_o": output_bias(cfg, blocks, dtype)}
+    if taps is not None:
+        xs["taps"] = taps
+    if replace is not None:
+        S = cfg.graph.n_src
+        values_SxNxPxD, weights_S = replace
+        values_SxNxPxD = jnp.broadcast_to(values_SxNxPxD.astype(dtype), (S, N, P, D))
+        x_NxPxD = x_NxPxD + weights_S[0].astype(dtype) * (values_SxNxPxD[0] - x_NxPxD)
+        xs["replace_v"] = values_SxNxPxD[1:].reshape(L, H + 1, N, P, D)
+        xs["replace_w"] = jnp.asarray(weights_S)[1:].reshape(L, H + 1)
+    x_final, (z_LxH1xNxPxD, pre_LxNxPxD) = jax.lax.scan(layer, x_NxPxD, xs)
+    nodes_SxNxPxD = None
+    if per_head:
+        nodes_SxNxPxD = jnp.concatenate([x_NxPxD[None], z_LxH1xNxPxD.reshape(L * (H + 1), N, P, D)], 0)
+    return x_final, nodes_SxNxPxD, pre_LxNxPxD
+
+
+# ================================================================================ slot gradients
+def slot_gradients(
+    cfg: ModelConfig,
+    params: Params,
+    tokens: Int[Array, "N P"],
+    attention_mask: Int[Array, "N P"] | None,
+    objective: Callable[[jax.Array], Float[Array, ""]],
+    *,
+    input_embeds: Float[Array, "N P D"] | None = None,
+    logit_positions: Int[Array, " N"] | None = None,
+    replace: tuple[Float[Array, "S N P D"], Float[Array, " S"]] | None = None,
+    with_nodes: bool = True,
+) -> tuple[Float[Array, "T N P D"], Float[Array, "S N P D"] | None]:
+    """∂objective/∂in_v at every destination slot v of one residual-mode run: what a zero tap at
+    v's input (``graph_forward(taps=…)``) would receive, for the cost of about one plain
+    forward+backward. ``objective`` maps the logits ([N, P, V], or [N, V] at ``logit_positions``)
+    to a scalar.
+
+    The run keeps one shared q/k/v input per layer and taps the projections instead (keys and
+    values ungrouped per query head); a q/k/v slot's gradient is then pulled back through its
+    projection and the layer's input norm, which is linear in the cotangent:
+    ∂/∂in_v = J_norm(x_l)ᵀ (∂/∂(h W_v) W_vᵀ). MLP and logits slots read their taps directly.
+    Returns the gradients [T, N, P, D] and the run's node outputs (None with ``with_nodes=False``,
+    which sums heads inside one contraction)."""
+    L, H, D, E = cfg.n_layers, cfg.n_heads, cfg.d_model, cfg.d_head
+    attention_mask, positions, x_NxPxD = prepare(cfg, params, tokens, attention_mask, input_embeds)
+    N, P = x_NxPxD.shape[:2]
+    dtype = x_NxPxD.dtype
+    zeros = {
+        "proj": jnp.zeros((L, 3 * H, N, P, E), dtype),
+        "mlp": jnp.zeros((L, N, P, D), dtype),
+        "logits": jnp.zeros((N, P, D), dtype),
+    }
+
+    def total(taps):
+        layer_taps = {"proj": taps["proj"], "mlp": taps["mlp"]}
+        x_final, nodes, pre = _residual_run(
+            cfg, params, x_NxPxD, positions, attention_mask, taps=layer_taps, replace=replace, per_head=with_nodes
+        )
+        logits = unembed(cfg, params, at_positions(x_final + taps["logits"], logit_positions))
+        return objective(logits), (nodes, pre)
+
+    grad, (nodes, pre_LxNxPxD) = jax.grad(total, has_aux=True)(zeros)
+
+    def attention_slots(p, pre_NxPxD, g_proj_3HxNxPxE):
+        g_normed = jnp.einsum("snpe,sde->snpd", g_proj_3HxNxPxE, slot_weights(cfg, p))
+        return norm_pullback(cfg, p["ln1"], pre_NxPxD, g_normed)
+
+    g_attn_Lx3HxNxPxD = jax.vmap(attention_slots)(params["blocks"], pre_LxNxPxD, grad["proj"])
+    per_layer = jnp.concatenate([g_attn_Lx3HxNxPxD, grad["mlp"][:, None]], 1)
+    return jnp.concatenate([per_layer.reshape(-1, N, P, D), grad["logits"][None]], 0), nodes
 
 
 def _dense_mask(graph, edge_mask, dtype) -> jax.Array:
