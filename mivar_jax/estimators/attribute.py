@@ -125,7 +125,8 @@ def attribute(
 
 
 def gradient_batch_size(cfg: ModelConfig, n_positions: int, method: str, memory_budget: int) -> int:
-    """Inputs per gradient call that fit ``memory_budget`` (forward + backward with per-slot taps)."""
+    """Inputs per gradient call that fit ``memory_budget`` (forward + backward, every slot's gradient
+    [T, N, P, D]; a conservative count that still assumes per-slot attention inputs)."""
     g = cfg.graph
     D, H, F, L = cfg.d_model, cfg.n_heads, cfg.d_mlp, cfg.n_layers
     per_layer = 3 * H * D * 4 + 3 * H * n_positions * 2 + F * 4 + D * 12
