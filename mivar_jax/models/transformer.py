@@ -81,7 +81,8 @@ def graph_forward(
     input_embeds: Float[Array, "N P D"] | None = None,
     logit_positions: Int[Array, " N"] | None = None,
     replace: tuple[Float[Array, "S N P D"], Float[Array, " S"]] | None = None,
-    window: tuple[Int[Array, " N"], Float[Array, "L K N P E"], Float[Array, "L K N P E"]] | None = None,
+    window: tuple[Int[Array, ""] | Int[Array, " N"], Float[Array, "L K N P E"], Float[Array, "L K N P E"]]
+    | None = None,
 ) -> tuple[jax.Array, Float[Array, "S N P D"]]:
     """The graph-form forward: every destination slot reads its own input.
 
@@ -96,12 +97,13 @@ def graph_forward(
     blends node outputs, z_u ← z_u + w_u (values_u − z_u) (w_u = 1 fixes a node's output, and no
     gradient flows through its own computation: used by EAP-IG on activations).
 
-    ``window = (start, keys, values)`` (mixing mode) computes only the W positions from ``start``
-    on (one start for all inputs, or one per input), W = ``corrupted.shape[2]``, reading the earlier positions' keys and values from another
-    run's caches [L, K, N, P, E] (after RoPE): exact when every slot's input before ``start`` is
-    that run's residual stream, as with counterfactual patching of prompts that agree before
-    ``start`` and the clean run's caches. Node outputs and ``corrupted`` then cover the window;
-    ``logit_positions`` stay absolute (they must lie in the window).
+    ``window = (start, keys, values)`` (mixing mode) computes only the W = ``corrupted.shape[2]``
+    positions from ``start`` on (one start for all inputs, or one per input [N]), reading the
+    earlier positions' keys and values from another run's caches [L, K, N, P, E] (after RoPE):
+    exact when every slot's input before ``start`` is that run's residual stream, as with
+    counterfactual patching of prompts that agree before ``start`` and the clean run's caches.
+    Node outputs and ``corrupted`` then cover the window; ``logit_positions`` stay absolute
+    (they must lie in the window).
 
     Returns ``(logits, node_outputs)``: logits [N, P, V] (or [N, V] at ``logit_positions``) and
     node outputs [S, N, P, D]. Jit-able (cfg static), vmap-able over masks, taps and inputs,
