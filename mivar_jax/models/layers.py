@@ -46,11 +46,10 @@ def norm_pullback(cfg: ModelConfig, p: Params, x: Float[Array, "N P D"], g: Floa
     scale = p["scale"].astype(jnp.float32)
     g32 = g.astype(jnp.float32)
     # the width reductions as contractions (XLA:CPU fuses plain reductions over these shapes poorly)
-    lead = "abcdefgh"[: g.ndim - 3]
-    g_dot_xhat = jnp.einsum(f"{lead}npd,npd->{lead}np", g32, x_hat * scale)[..., None] / x.shape[-1]
+    g_dot_xhat = jnp.einsum("...npd,npd->...np", g32, x_hat * scale)[..., None] / x.shape[-1]
     out = g32 * scale - x_hat * g_dot_xhat
     if cfg.norm == "layernorm":
-        out = out - jnp.einsum(f"{lead}npd,d->{lead}np", g32, scale)[..., None] / x.shape[-1]
+        out = out - jnp.einsum("...npd,d->...np", g32, scale)[..., None] / x.shape[-1]
     return (out * r).astype(g.dtype)
 
 
@@ -81,7 +80,7 @@ def rope(cfg: ModelConfig, x: Float[Array, "H N P E"], positions: Int[Array, "N 
 
 
 def expand_kv(cfg: ModelConfig, w: jax.Array) -> jax.Array:
-    """Ungroup grouped-query weights: [K, ...] → [H, ...] (query head h reads group h // (H/K))."""
+    """Ungroup grouped-query weights or keys/values: [K, ...] → [H, ...] (query head h reads group h // (H/K))."""
     if cfg.n_kv_heads == cfg.n_heads:
         return w
     return jnp.repeat(w, cfg.n_heads // cfg.n_kv_heads, axis=0)
@@ -145,9 +144,8 @@ def qkv(
         k = project(h, p["w_k"], p.get("b_k"))
         v = project(h, p["w_v"], p.get("b_v"))
         if taps is not None:
-            n_heads = cfg.n_heads
-            k, v = (jnp.repeat(a, n_heads // a.shape[0], axis=0) for a in (k, v))
-            q, k, v = q + taps[:n_heads], k + taps[n_heads : 2 * n_heads], v + taps[2 * n_heads :]
+            H = cfg.n_heads
+            q, k, v = q + taps[:H], expand_kv(cfg, k) + taps[H : 2 * H], expand_kv(cfg, v) + taps[2 * H :]
     else:
         b = (
             None
@@ -189,8 +187,9 @@ def block(
     """One layer on a shared residual stream: x + attention(x) (+ b_O), then + MLP.
 
     With ``cache = (keys, values)`` [K, N, P, E] (another run's, all positions), ``x`` is a window
-    of W positions from ``start`` (one for all inputs, or one per input) on: its keys and values replace the cached ones there, and the
-    earlier positions attend as in the cached run (exact when that run agrees before ``start``)."""
+    of W positions from ``start`` (one for all inputs, or one per input) on: its keys and values
+    replace the cached ones there, and the earlier positions attend as in the cached run (exact
+    when that run agrees before ``start``)."""
     q, k, v = qkv(cfg, p, x, positions)
     if cache is not None:
         k = put_window(cache[0], k, start, axis=2)

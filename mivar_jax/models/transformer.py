@@ -272,7 +272,11 @@ def _residual_run(
             x_mid = x + sum_first_axis(z_heads) + xs["b_o"]
         else:
             x_mid = x + jnp.einsum("hnqe,hed->nqd", o, p["w_o"]) + xs["b_o"]
-        mlp_in = x_mid + t["slots"][3 * H] if "slots" in t else x_mid + t["mlp"] if "mlp" in t else x_mid
+        mlp_in = x_mid
+        if "slots" in t:
+            mlp_in = x_mid + t["slots"][3 * H]
+        elif "mlp" in t:
+            mlp_in = x_mid + t["mlp"]
         z_mlp = blend(mlp(cfg, p, mlp_in)[None], xs, slice(H, H + 1))[0]
         nodes = jnp.concatenate([z_heads, z_mlp[None]], 0) if per_head else None
         return x_mid + z_mlp, (nodes, x)
