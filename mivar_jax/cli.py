@@ -27,10 +27,11 @@ err = Console(stderr=True, soft_wrap=True)  # messages stay whole lines
 
 
 class RichReporter(Reporter):
-    """The study's progress lines on the rich console (one per cell, compile time apart)."""
+    """The study's progress lines on the rich console (one per cell, compile time apart), each a
+    whole line: never wrapped, so logs and pipes (``| tee``) keep one line per event."""
 
     def say(self, text: str) -> None:
-        console.print(text, markup=False, highlight=False)
+        console.print(text, markup=False, highlight=False, soft_wrap=True)
 
 
 def _fail(message: str) -> None:
@@ -39,24 +40,41 @@ def _fail(message: str) -> None:
 
 
 def _summary(results, run_dir: str) -> None:
-    table = Table(title=f"top-{results.config.bootstrap.size} circuits ({results.config.circuits.aggregations[0]})")
-    for col in ("cell", "edges", "mean Jaccard [CI]", "Jaccard CV", "faithfulness", "circuit error", "stable"):
+    from mivar_jax.study.analysis import plus_minus
+
+    cfg = results.config
+    table = Table(title=f"top-{cfg.bootstrap.size} circuits ({cfg.circuits.aggregations[0]})")
+    columns = ("cell", "edges", "mean Jaccard [MC interval]", "Jaccard CV", "empty", "ties", "median SNR",
+               "faithfulness", "circuit error", "stable")  # fmt: skip
+    for col in columns:
         table.add_column(col, justify="left" if col == "cell" else "right")
-    fmt = lambda v: "–" if v is None else f"{v:.3f}"
+    fmt = lambda v, spec=".3f": "–" if v is None else f"{v:{spec}}"
     for r in results.headline_rows():
         table.add_row(
             r["label"],
             f"{r['n_edges_mean']:.0f}",
-            f"{r['mean_jaccard']:.3f} [{r['jaccard_ci_low']:.3f}, {r['jaccard_ci_high']:.3f}]",
+            f"{r['mean_jaccard']:.3f} [{r['jaccard_mc_low']:.3f}, {r['jaccard_mc_high']:.3f}]",
             fmt(r["jaccard_cv"]),
-            fmt(r["faithfulness"]),
-            fmt(r["circuit_error_task"]),
+            fmt(r.get("n_empty"), "d"),
+            fmt(r.get("replicates_with_cut_ties"), "d"),
+            fmt(r.get("snr_median"), ".2f"),
+            plus_minus(r["faithfulness"], r.get("faithfulness_se")),
+            plus_minus(r["circuit_error_task"], r.get("circuit_error_task_se")),
             "[green]yes[/green]" if r["stable"] else "[red]no[/red]",
         )
     console.print(table)
-    console.print(f"[bold]Verdict:[/bold] {results.verdict}", highlight=False)
+    console.print(
+        f"MC interval: Monte-Carlo {cfg.bootstrap.confidence:.0%} interval of the mean pairwise Jaccard over the "
+        f"B = {cfg.bootstrap.replicates} replicates (shrinks as B grows; not data uncertainty). empty: replicate "
+        "circuits empty after pruning; ties: replicates with edges tied at the top-n cut; SNR: |mean|/std of the "
+        "circuit's edges; ±: standard error over the evaluation inputs.",
+        highlight=False,
+        soft_wrap=True,
+    )
+    console.print(f"[bold]Verdict:[/bold] {results.verdict}", highlight=False, soft_wrap=True)
     report = os.path.join(run_dir, "report.html")
-    console.print(f"run directory: {run_dir}" + (f"\nreport: {report}" if os.path.exists(report) else ""))
+    lines = f"run directory: {run_dir}" + (f"\nreport: {report}" if os.path.exists(report) else "")
+    console.print(lines, highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -72,6 +90,7 @@ def run(
     progress: Annotated[bool, typer.Option(help="progress bars inside long cells")] = True,
 ):
     """Run a study (or resume one) and print its stability verdict."""
+    from mivar_jax.models import CheckpointError
     from mivar_jax.sharding import initialize_distributed
     from mivar_jax.study import ConfigError, RunDirError, Study
 
@@ -91,9 +110,8 @@ def run(
             s = Study.from_file(study) if study is not None else Study()
             stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
             run_dir = str(out or Path("runs") / f"{s.config.name}-{stamp}")
-            console.print(f"study [bold]{s.config.name}[/bold] → {run_dir}", highlight=False)
             results = s.run(run_dir, reporter=RichReporter(), progress=progress, report=report)
-    except (ConfigError, RunDirError) as e:
+    except (ConfigError, RunDirError, CheckpointError) as e:
         _fail(str(e))
     except KeyboardInterrupt:
         err.print(f"\ninterrupted; finished cells are kept. Resume with: mivar run --resume {run_dir}")
@@ -110,9 +128,9 @@ def report_cmd(run_dir: Annotated[Path, typer.Argument(help="a run directory")])
     try:
         rd = RunDir.open(run_dir)
         results = analyse(rd)
+        write_report(rd, results)
     except (RunDirError, RuntimeError) as e:
         _fail(str(e))
-    write_report(rd, results)
     _summary(results, str(run_dir))
 
 

@@ -13,6 +13,9 @@ means. Per input n:
   either among the task's answer tokens (``answers="task"``, default: correct ∪ incorrect ids)
   or over the whole vocabulary (``answers="vocab"``).
 - KL(full ‖ C) of the next-token distributions at the answer position, in nats.
+- standard errors over inputs (ddof 1): ``circuit_error_se`` = std(disagree)/√N;
+  ``faithfulness_se`` by the delta method for a ratio of means, std(a − f·b) / (√N |b̄|) with
+  a = m(C) − m(∅) and b = m(full) − m(∅) per input (NaN for N < 2).
 
 With counterfactual patching a circuit changes nothing before the first position where the
 clean and corrupted prompts differ (the corrupted run equals the clean run there), and nothing
@@ -33,23 +36,23 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mivar_jax._checks import check_int, mib
 from mivar_jax._progress import progress_bar
 from mivar_jax.circuits.circuit import Circuit
 from mivar_jax.circuits.pruning import prune
-from mivar_jax.circuits.selection import aggregate, ranking
+from mivar_jax.circuits.selection import aggregated, ranking
 from mivar_jax.estimators.common import check_ablation, dataset_means, reference_values
-from mivar_jax.estimators.exact import window_start, windows
+from mivar_jax.estimators.exact import DEFAULT_MEMORY_BUDGET, window_start, windows
 from mivar_jax.estimators.scores import Scores
 from mivar_jax.models.layers import position_ids, take_window
 from mivar_jax.models.patching import kv_caches, residual_states
 from mivar_jax.models.transformer import forward, graph_forward
 from mivar_jax.sharding import EDGES, INPUTS, P, make_mesh, spmd
-from mivar_jax.tasks.data import TaskBatch, TaskData
+from mivar_jax.tasks.data import TaskBatch, TaskData, check_for_model
 from mivar_jax.tasks.metrics import get_metric, kl_divergence
 
 ANSWER_SETS = ("task", "vocab")
 MIB_FRACTIONS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
-DEFAULT_MEMORY_BUDGET = 2 * 2**30
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,6 +84,19 @@ class CircuitEvaluation:
         return _scalar(1.0 - agree.mean(-1))
 
     @property
+    def faithfulness_se(self) -> np.ndarray | float:
+        """Standard error over inputs of ``faithfulness`` (delta method; module docstring)."""
+        a, b = self.metric - self.empty_metric, self.full_metric - self.empty_metric
+        f = np.asarray(self.faithfulness)[..., None]
+        return _scalar(_standard_error(a - f * b) / abs(b.mean()))
+
+    def circuit_error_se(self, answers: str = "task") -> np.ndarray | float:
+        """Standard error over inputs of ``circuit_error(answers)``: std(disagree) / √N."""
+        self.circuit_error(answers)  # checks ``answers``
+        agree = self.agree_task if answers == "task" else self.agree_vocab
+        return _scalar(_standard_error(1.0 - agree))
+
+    @property
     def kl_mean(self) -> np.ndarray | float:
         return _scalar(self.kl.mean(-1))
 
@@ -95,13 +111,18 @@ class CircuitEvaluation:
                 "n_edges": int(n),
                 "metric": float(m),
                 "faithfulness": float(f),
+                "faithfulness_se": float(fs),
                 "circuit_error_task": float(et),
+                "circuit_error_task_se": float(ets),
                 "circuit_error_vocab": float(ev),
+                "circuit_error_vocab_se": float(evs),
                 "kl": float(k),
             }
-            for n, m, f, et, ev, k in zip(
-                *(np.atleast_1d(v) for v in (self.n_edges, self.metric_mean, self.faithfulness,
-                                              self.circuit_error("task"), self.circuit_error("vocab"), self.kl_mean)),
+            for n, m, f, fs, et, ets, ev, evs, k in zip(
+                *(np.atleast_1d(v) for v in (self.n_edges, self.metric_mean, self.faithfulness, self.faithfulness_se,
+                                              self.circuit_error("task"), self.circuit_error_se("task"),
+                                              self.circuit_error("vocab"), self.circuit_error_se("vocab"),
+                                              self.kl_mean)),
                 strict=True,
             )
         ]  # fmt: skip
@@ -113,6 +134,14 @@ class CircuitEvaluation:
 def _scalar(x):
     x = np.asarray(x)
     return float(x) if x.ndim == 0 else x
+
+
+def _standard_error(x_CxN: np.ndarray) -> np.ndarray:
+    """std (ddof 1) / √N over the last axis; NaN with fewer than two inputs."""
+    n = x_CxN.shape[-1]
+    if n < 2:
+        return np.full(x_CxN.shape[:-1], np.nan)
+    return np.asarray(x_CxN, np.float64).std(-1, ddof=1) / np.sqrt(n)
 
 
 def _masks(circuits, graph) -> tuple[np.ndarray, bool]:
@@ -211,8 +240,8 @@ def circuit_chunk(cfg, n_inputs: int, n_positions: int, memory_budget: int) -> i
     fit = memory_budget // per
     if fit < 1:
         raise MemoryError(
-            f"a memory budget of {memory_budget / 2**20:.0f} MiB is too small for one circuit on {n_inputs} inputs "
-            f"(about {per / 2**20:.0f} MiB); lower batch_size"
+            f"a memory budget of {mib(memory_budget)} is too small for one circuit on {n_inputs} inputs "
+            f"(about {mib(per)}); lower batch_size"
         )
     return int(min(fit, 64))
 
@@ -235,11 +264,11 @@ def evaluate(
     graph = model.graph
     masks, single = _masks(circuits, graph)
     check_ablation(ablation)
-    if len(data) == 0:
-        raise ValueError("empty dataset")
-    if batch_size is not None and batch_size < 1:
-        raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
-    model.check_batch(data.clean, data.attention_mask)
+    if batch_size is not None:
+        batch_size = check_int(batch_size, "batch_size")
+    if memory_budget is not None:
+        memory_budget = check_int(memory_budget, "memory_budget (bytes per device)")
+    check_for_model(data, model)
     if mesh is None and jax.device_count() > 1:
         mesh = make_mesh()
     mesh = mesh if mesh is not None and mesh.size > 1 else None
@@ -337,11 +366,9 @@ def evaluate_curve(
     """MIB's faithfulness curve of ``scores`` (a Scores, or aggregated [E] scores of the model's
     graph) on ``data``, with CPR and CMD; one vmapped evaluation of all the circuits."""
     graph = model.graph
-    values = aggregate(scores, aggregation) if isinstance(scores, Scores) else np.asarray(scores, np.float32)
     if isinstance(scores, Scores) and scores.graph != graph:
         raise ValueError(f"scores are for {scores.graph}, the model's graph is {graph}")
-    if values.shape != (graph.n_edges,):
-        raise ValueError(f"aggregated scores must have shape ({graph.n_edges},), got {values.shape}")
+    values, _ = aggregated(scores, aggregation, graph)
     fractions = np.asarray(fractions, np.float64)
     if (
         fractions.ndim != 1

@@ -331,5 +331,72 @@ def test_evaluate_bad_input(tiny):
         mv.evaluate(model, data, [])
     with pytest.raises(ValueError, match="unknown ablation"):
         mv.evaluate(model, data, np.ones(model.graph.n_edges, bool), ablation="resample")
-    with pytest.raises(MemoryError, match="too small for one circuit"):
+    with pytest.raises(MemoryError, match=r"budget of 0.000954 MiB is too small for one circuit .*about \d"):
         mv.evaluate(model, data, np.ones(model.graph.n_edges, bool), memory_budget=1000)
+    for name, bad in (("batch_size", 2.5), ("batch_size", 0), ("memory_budget", 0), ("memory_budget", 1e9)):
+        with pytest.raises(ValueError, match=f"{name}.* must be an integer ≥ 1"):
+            mv.evaluate(model, data, np.ones(model.graph.n_edges, bool), **{name: bad})
+
+
+def test_nonfinite_scores_are_refused_by_every_entry_point(tiny):
+    """One NaN among finite per-input scores, or an inf, is an error everywhere (it used to drop an
+    edge silently, or rank an inf first); edges unscored for every input (an exact subset run)
+    are accepted by the selection, which never picks them, and refused by the statistics."""
+    model, data = tiny
+    g = model.graph
+    per_input = np.random.default_rng(7).normal(size=(4, g.n_edges)).astype(np.float32)
+    for bad_value in (np.nan, np.inf, -np.inf):
+        bad = per_input.copy()
+        bad[2, 9] = bad_value
+        scores = mv.Scores(bad, g, "edge", "exact")
+        for call in (
+            lambda s=scores: mv.circuits.select(s, 5),
+            lambda s=scores: mv.evaluate_curve(model, data, s, (0.1, 1.0), progress=False),
+            lambda s=scores: mv.stats.bootstrap(s, 4, 5, key=jax.random.key(0)),
+            lambda s=scores: mv.stats.edge_variability(s),
+        ):
+            with pytest.raises(ValueError, match=r"NaN/inf values \(e\.g\. input 2, edge 9"):
+                call()
+    agg = per_input.mean(0)
+    agg[3] = np.inf
+    with pytest.raises(ValueError, match=r"NaN/inf values \(e\.g\. edge 3"):
+        mv.circuits.select(agg, 5, graph=g)
+    unscored = per_input.copy()
+    unscored[:, :50] = np.nan
+    c = mv.circuits.select(mv.Scores(unscored, g, "edge", "exact"), g.n_edges - 50, prune_circuit=False)
+    assert not c.edges[:50].any() and c.edges[50:].all()
+    with pytest.raises(ValueError, match="NaN/inf values"):
+        mv.stats.bootstrap(mv.Scores(unscored, g, "edge", "exact"), 4, 5, key=jax.random.key(0))
+
+
+def test_standard_errors_match_the_sampling_spread():
+    """Planted per-input metrics: the delta-method SE of faithfulness and the SE of the circuit
+    error equal the spread of the statistic over many independent datasets (the oracle)."""
+    rng = np.random.default_rng(8)
+    N, reps = 200, 4000
+
+    def draw(size):
+        full = rng.normal(3.0, 1.0, size)
+        empty = rng.normal(0.5, 0.8, size)
+        metric = empty + 0.6 * (full - empty) + rng.normal(0.0, 0.7, size)
+        agree = rng.random(size) < 0.85
+        return full, empty, metric, agree
+
+    def evaluation(full, empty, metric, agree):
+        n = full.shape[-1]
+        return mv.CircuitEvaluation(
+            metric=metric, full_metric=full, empty_metric=empty, agree_task=agree, agree_vocab=agree,
+            kl=np.zeros(n), n_edges=np.array(10),
+        )  # fmt: skip
+
+    one = evaluation(*draw(N))
+    many = [evaluation(*draw(N)) for _ in range(reps)]
+    faith = np.array([e.faithfulness for e in many])
+    error = np.array([e.circuit_error() for e in many])
+    assert one.faithfulness_se == pytest.approx(faith.std(), rel=0.1)
+    assert one.circuit_error_se("task") == pytest.approx(error.std(), rel=0.1)
+    p = one.circuit_error("vocab")
+    assert one.circuit_error_se("vocab") == pytest.approx(np.sqrt(p * (1 - p) / (N - 1)), rel=1e-9)
+    row = one.summary()
+    assert row["faithfulness_se"] == pytest.approx(one.faithfulness_se) and "circuit_error_task_se" in row
+    assert np.isnan(evaluation(*draw(1)).faithfulness_se)  # one input: no spread to measure

@@ -195,7 +195,9 @@ def test_ig_on_activations_integrates_each_groups_patch(tiny_llama):
     steps) gives the exact effect of patching the group's outputs."""
     model, data = tiny_llama
     cfg, g = model.config, model.graph
-    nodes = mv.attribute(model, data, method="eap-ig-activations", steps=64, level="node", progress=False).per_input
+    nodes = mv.attribute(
+        model, data, method="eap-ig-activations", steps=64, pooling="source", level="node", progress=False
+    ).per_input  # source pooling: each group's own integrated gradients
     b = data.batch()
     embeds = mv.tasks.corrupted_embeddings(model, data)
     _, corrupted = model.graph_forward(b.corrupted, b.attention_mask, input_embeds=embeds)
@@ -212,6 +214,61 @@ def test_ig_on_activations_integrates_each_groups_patch(tiny_llama):
         )
         exact = np.asarray(mv.tasks.logit_diff(logits, b.correct, b.incorrect)) - base
         np.testing.assert_allclose(nodes[:, rows].sum(1), exact, rtol=0.05, atol=0.02 * np.abs(exact).max() + 1e-5)
+
+
+def _input_run_gradients(model, data, steps):
+    """Hand-written loop: Σ_k of every slot's gradient [T, N, P, D] in the runs of EAP-IG on
+    activations that interpolate the input group, z̃ + (k/m)(z − z̃), k = 1 … m."""
+    cfg, params, g = model.config, model.params, model.graph
+    b = data.batch()
+    embeds = mv.tasks.corrupted_embeddings(model, data)
+    _, corrupted = mv.models.graph_forward(cfg, params, b.corrupted, b.attention_mask, input_embeds=embeds)
+    _, clean = mv.models.graph_forward(cfg, params, b.clean, b.attention_mask)
+    N, P = b.clean.shape
+    weights = jnp.zeros(g.n_src).at[0].set(1.0)
+    total = 0.0
+    for k in range(1, steps + 1):
+        values = corrupted + (k / steps) * (clean - corrupted)
+
+        def metric(taps, values=values):
+            logits, _ = mv.models.graph_forward(
+                cfg, params, b.clean, b.attention_mask, taps=taps, replace=(values, weights),
+                logit_positions=b.answer_pos,
+            )  # fmt: skip
+            return mv.tasks.logit_diff(logits, b.correct, b.incorrect).sum()
+
+        total = total + jax.grad(metric)(jnp.zeros((g.n_dst, N, P, cfg.d_model)))
+    return total, np.asarray(corrupted - clean)
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama-gqa-llama3"])
+def test_reference_tl_pooling_reproduces_the_librarys_missing_layer0_gradient(hf_dirs, name):
+    """The reference library, run through TransformerLens, gets no gradient at layer 0's q/k/v
+    inputs in the run that interpolates the input on models without learned position embeddings
+    (docs/statistics.md). ``reference-tl`` = ``reference`` minus exactly that run's contribution to
+    the edges input → a0.h·<q|k|v> on Llama, and = ``reference`` on GPT-2."""
+    model, data = _tiny(hf_dirs, name)
+    g, H, steps = model.graph, model.config.n_heads, 2
+    run = lambda pooling: (
+        mv.attribute(model, data, method="eap-ig-activations", steps=steps, pooling=pooling, progress=False).per_input
+    )
+    ref, tl = run("reference"), run("reference-tl")
+    default = mv.attribute(model, data, method="eap-ig-activations", steps=steps, progress=False)
+    assert default.params["pooling"] == "reference"  # the reference library's pooling by default
+    np.testing.assert_array_equal(default.per_input, ref)
+    if name == "gpt2":
+        np.testing.assert_array_equal(tl, ref)
+        return
+    grads, delta = _input_run_gradients(model, data, steps)
+    n_groups = 1 + 2 * model.config.n_layers
+    layer0_qkv = np.nonzero((g.edge_src == 0) & (g.edge_dst < 3 * H))[0]
+    assert len(layer0_qkv) == 3 * H
+    dropped = np.einsum("npd,tnpd->nt", delta[0], np.asarray(grads))[:, g.edge_dst[layer0_qkv]] / (steps * n_groups)
+    others = np.setdiff1d(np.arange(g.n_edges), layer0_qkv)
+    np.testing.assert_array_equal(tl[:, others], ref[:, others])
+    scale = np.abs(ref[:, layer0_qkv]).max()
+    np.testing.assert_allclose(tl[:, layer0_qkv], ref[:, layer0_qkv] - dropped, rtol=1e-4, atol=1e-5 * scale)
+    assert np.abs(dropped).max() > 0.05 * scale  # the artefact is visible, not a rounding difference
 
 
 def _hand_model():
@@ -260,8 +317,16 @@ def test_bad_requests_are_clear_errors(tiny_llama):
         mv.attribute(model, data, method="eap-ig-inputs", steps=0)
     with pytest.raises(ValueError, match="unknown ablation"):
         mv.attribute(model, data, ablation="resample")
-    with pytest.raises(MemoryError, match="too small for one edge"):
+    with pytest.raises(MemoryError, match=r"budget of 0.000954 MiB is too small for one edge: .* about \d\.\d+ MiB"):
         mv.attribute(model, data, method="exact", memory_budget=1000, progress=False)
+    for bad in (2.5, 0, True):
+        with pytest.raises(ValueError, match="batch_size must be an integer ≥ 1"):
+            mv.attribute(model, data, batch_size=bad)
+    for bad in (0, -5, 1.5e9):
+        with pytest.raises(ValueError, match="memory_budget .* must be an integer ≥ 1"):
+            mv.attribute(model, data, memory_budget=bad)
+    with pytest.raises(ValueError, match="unknown pooling"):
+        mv.attribute(model, data, method="eap-ig-activations", pooling="mean")
     broken = Model(model.config, jax.tree.map(lambda a: a, model.params), model.tokenizer)
     broken.params["blocks"] = dict(
         broken.params["blocks"], w_out=broken.params["blocks"]["w_out"].at[-1, 0, 0].set(jnp.nan)

@@ -1,6 +1,7 @@
 """GGUF loading against transformers' own GGUF loader, on files written in llama.cpp's conventions."""
 
 import os
+import re
 
 import numpy as np
 import pytest
@@ -109,3 +110,36 @@ def test_unsupported_gguf_architecture_is_refused(tmp_path):
     w.close()
     with pytest.raises(mv.CheckpointError, match="unsupported GGUF architecture 'bert'"):
         mv.load_model(path)
+
+
+@pytest.mark.parametrize(("shift", "message"), [(-1, "blocks_unused"), (+1, "block_missing")])
+def test_gguf_block_count_must_match_the_tensors(hf_dirs, tmp_path, monkeypatch, shift, message):
+    """A GGUF whose metadata declares fewer blocks than its tensors is refused (naming the unused
+    tensors), one that declares more names the missing tensor by its GGUF name."""
+    import gguf
+
+    add_block_count = gguf.GGUFWriter.add_block_count
+    monkeypatch.setattr(gguf.GGUFWriter, "add_block_count", lambda self, n: add_block_count(self, n + shift))
+    path = str(tmp_path / "blocks.gguf")
+    write_gguf(hf_dirs["llama-gqa-llama3"][1], path, "F32", rope_freqs=np.ones(4, np.float32), vocab=False)
+    with pytest.raises(mv.CheckpointError) as err:
+        mv.load_model(path, tokenizer=False)
+    text = str(err.value)
+    assert "\n" not in text
+    if message == "blocks_unused":
+        assert "9 tensors are not used by the model that the GGUF metadata describes (1 blocks)" in text
+        assert "['blk.1.attn_k.weight', 'blk.1.attn_norm.weight'" in text and "and 4 more" in text
+        assert "rope_freqs" not in text  # read by the config, not unused
+    else:
+        assert re.search(r"tensor 'blk\.2\.\w+\.weight' \(read as 'model\.layers\.2\.[\w.]+'\) is missing$", text)
+
+
+def test_gguf_tokenizer_has_the_official_fingerprint_and_a_name(hf_dirs, tmp_path):
+    from mivar_jax.models.model import tokenizer_fingerprint
+
+    path = str(tmp_path / "tok.gguf")
+    write_gguf(hf_dirs["gpt2"][1], path, "F32")
+    fp = mv.load_model(path).tokenizer_fingerprint
+    assert fp["name"] == path and fp["sha256"] == tokenizer_fingerprint(gpt2_tokenizer())["sha256"]
+    data = mv.tasks.make("ioi", mv.load_model(path), n=4)
+    assert data.info["tokenizer"] == fp

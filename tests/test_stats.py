@@ -31,7 +31,13 @@ def test_edge_variability_matches_numpy():
     np.testing.assert_allclose(v.mean, mean, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(v.std, std, rtol=1e-4)
     np.testing.assert_allclose(v.cv[1:], std[1:] / np.abs(mean[1:]), rtol=1e-4)
-    assert np.isinf(v.cv[0]) and np.isinf(v.n_needed[0]) and v.sign_agreement[0] == 0
+    np.testing.assert_allclose(v.snr[1:], np.abs(mean[1:]) / std[1:], rtol=1e-4)
+    assert np.isinf(v.cv[0]) and np.isinf(v.n_needed[0]) and v.sign_agreement[0] == 0 and v.snr[0] == 0
+    constant = mv.stats.edge_variability(np.full((5, 2), [0.0, 3.0], np.float32))
+    np.testing.assert_array_equal(constant.snr, [0.0, np.inf])  # no spread: no signal / all signal
+    mostly_zero = np.zeros((10, 1), np.float32)
+    mostly_zero[:3] = 1.0
+    assert mv.stats.edge_variability(mostly_zero).sign_agreement[0] == pytest.approx(0.3)  # below ½: range 0…1
     np.testing.assert_allclose(v.sign_agreement[1:], (np.sign(s[:, 1:]) == np.sign(mean[1:])).mean(0))
     np.testing.assert_allclose(v.quantiles, np.quantile(s, mv.stats.intrinsic.QUANTILES, axis=0), rtol=1e-5, atol=1e-5)
     expected_n = np.ceil((1.959964 * std[1:] / np.abs(mean[1:])) ** 2)
@@ -153,10 +159,7 @@ def test_bootstrap_verdict_keys_and_bad_input():
     assert not empty.stable and "empty after pruning" in empty.verdict
     assert mv.stats.bootstrap(s, 20, 8, graph=g, key=jax.random.key(1)).verdict.startswith("undetermined")
     a = mv.stats.bootstrap(s, 10, 8, graph=g, key=jax.random.key(2))
-    b = mv.stats.bootstrap(s, 10, 8, graph=g, key=jax.random.key(2), chunk=3)  # chunking changes nothing
     c = mv.stats.bootstrap(s, 10, 8, graph=g, key=jax.random.key(9))
-    np.testing.assert_array_equal(a.aggregated, b.aggregated)
-    np.testing.assert_array_equal(a.jaccard, b.jaccard)
     assert not np.array_equal(a.aggregated, c.aggregated)
     scores = mv.Scores(s, g, "edge", "eap")
     np.testing.assert_array_equal(mv.stats.bootstrap(scores, 10, 8, key=jax.random.key(2)).aggregated, a.aggregated)
@@ -171,7 +174,7 @@ def test_bootstrap_verdict_keys_and_bad_input():
         mv.stats.bootstrap(nan, 10, 8, graph=g, key=jax.random.key(0))
     with pytest.raises(ValueError, match="scores have"):
         mv.stats.bootstrap(s[:, :-1], 10, 8, graph=g, key=jax.random.key(0))
-    with pytest.raises(ValueError, match="explicit key"):
+    with pytest.raises(ValueError, match="key is required"):
         mv.stats.bootstrap(s, 10, 8, graph=g)
     with pytest.raises(ValueError, match="pass graph="):
         mv.stats.bootstrap(s, 10, 8, key=jax.random.key(0))
@@ -179,6 +182,120 @@ def test_bootstrap_verdict_keys_and_bad_input():
         mv.stats.bootstrap(s, 31, 8, graph=g, key=jax.random.key(0), method="disjoint-splits")
     with pytest.raises(ValueError, match="unknown bootstrap method"):
         mv.stats.bootstrap(s, 10, 8, graph=g, key=jax.random.key(0), method="jackknife")
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="chunk must be an integer ≥ 1"):
+            mv.stats.bootstrap(s, 10, 8, graph=g, key=jax.random.key(0), chunk=bad)
+    for bad in (0, np.uint32(3), "seed"):
+        with pytest.raises(ValueError, match="key must be a PRNG key"):
+            mv.stats.bootstrap(s, 10, 8, graph=g, key=bad)
+    with pytest.raises(ValueError, match="n_edges must be an integer"):
+        mv.stats.bootstrap(s, 10, 2.5, graph=g, key=jax.random.key(0))
+    # a legacy uint32 key works and equals nothing else's
+    assert mv.stats.bootstrap(s, 10, 8, graph=g, key=jax.random.PRNGKey(2)).aggregated.shape == (10, g.n_edges)
+
+
+@pytest.mark.parametrize(
+    ("method", "aggregation", "chunks"),
+    [
+        ("multinomial", "mean", (1, 2, 3, 8, 17, 64, None)),
+        ("multinomial", "mean-abs", (1, 5, None)),
+        ("multinomial", "median", (1, 3, None)),
+        ("subsample", "mean", (1, 3, None)),
+        ("disjoint-splits", "sum", (1, 3, None)),
+    ],
+)
+def test_bootstrap_identical_for_every_chunk(method, aggregation, chunks):
+    """The same bits whatever the chunk (odd sizes, above and below the SIMD width): the
+    aggregates are exact sums on a fixed-point grid, so XLA's shape-dependent kernels cannot
+    change them (a plain float32 W·S differed in the last bit on some CPUs)."""
+    g, s = _synthetic(n=37, noise=4.0)
+    B = 23 if method != "disjoint-splits" else 7
+    runs = [
+        mv.stats.bootstrap(s, B, 9, graph=g, key=jax.random.key(4), method=method, aggregation=aggregation, chunk=c)
+        for c in chunks
+    ]
+    for r in runs[1:]:
+        for name in ("aggregated", "circuits", "nodes", "jaccard", "cut_ties"):
+            np.testing.assert_array_equal(getattr(r, name), getattr(runs[0], name), err_msg=name)
+        assert r.mean_jaccard == runs[0].mean_jaccard and r.verdict == runs[0].verdict
+
+
+def test_bootstrap_verdict_refuses_empty_replicates():
+    """Most replicates pick a lone dangling edge (empty after pruning): two empty circuits have
+    Jaccard 1, so the mean pairwise Jaccard passes 0.8, but the verdict must not say stable."""
+    g = mv.Graph(2, 2)
+    rng = np.random.default_rng(11)
+    s = rng.normal(scale=0.01, size=(40, g.n_edges)).astype(np.float32)
+    dangling, connected = g.edge_index("a0.h0->m1"), g.edge_index("input->logits")
+    s[:, dangling] += 1.0
+    s[:2, connected] += 8.5  # ahead of the dangling edge only in replicates that draw these inputs often
+    r = mv.stats.bootstrap(s, 100, 1, graph=g, key=jax.random.key(0))
+    assert 50 <= r.n_empty < 100 and r.mean_jaccard >= 0.8
+    assert r.n_empty == int((r.sizes == 0).sum()) and r.summary()["n_empty"] == r.n_empty
+    assert not r.stable and r.verdict.startswith("undetermined") and f"{r.n_empty} of 100" in r.verdict
+
+
+def test_bootstrap_verdict_names_the_method_and_the_interval():
+    g, s = _synthetic(n=40)
+    strong = s.copy()
+    path = ["input->logits", "input->m0", "m0->logits"]
+    strong[:, [g.edge_index(e) for e in path]] += 50
+    multi = mv.stats.bootstrap(strong, 100, 3, graph=g, key=jax.random.key(1))
+    assert multi.stable and "the paper's bar" in multi.verdict and "Monte-Carlo 95% interval" in multi.verdict
+    assert multi.summary()["jaccard_interval"] == "Monte-Carlo interval over the B replicates"
+    sub = mv.stats.bootstrap(strong, 100, 3, graph=g, key=jax.random.key(1), method="subsample")
+    assert sub.stable and "subsamples without replacement" in sub.verdict and "paper's bar" not in sub.verdict
+    split = mv.stats.bootstrap(strong, 4, 3, graph=g, key=jax.random.key(1), method="disjoint-splits")
+    assert split.verdict.startswith("undetermined") and "disjoint splits" in split.verdict
+
+
+def test_bootstrap_counts_ties_at_the_cut():
+    g = mv.Graph(2, 2)
+    s = np.zeros((6, g.n_edges), np.float32)
+    named = [g.edge_index(e) for e in ("input->logits", "input->m0", "m0->logits", "input->m1")]
+    s[:, named] = [[4.0, 3.0, 2.0, 1.0]]  # four distinct edges (a connected circuit), then ties at zero
+    r = mv.stats.bootstrap(s, 10, 6, graph=g, key=jax.random.key(0))
+    agg = np.abs(r.aggregated)
+    for b in range(10):  # oracle: the unselected edges equal to the n-th selected value
+        top = np.lexsort((np.arange(g.n_edges), -agg[b]))[:6]
+        nth = agg[b, top].min()
+        assert r.cut_ties[b] == ((agg[b] == nth).sum() - (agg[b, top] == nth).sum())
+    assert (r.cut_ties == g.n_edges - 6).all() and r.full_cut_ties == g.n_edges - 6
+    assert "ties at the top-6 cut" in r.verdict
+    clear = mv.stats.bootstrap(s, 10, 3, graph=g, key=jax.random.key(0))
+    assert not clear.cut_ties.any() and "ties" not in clear.verdict
+
+
+def test_score_intervals_per_method():
+    """Planted normal scores: the percentile interval of the full-data mean has half-width
+    ≈ 1.96 σ/√N for the multinomial bootstrap and, after the √(m/(N − m)) rescaling, for subsamples
+    of a fraction f ≠ ½ too; disjoint splits give none."""
+    g = mv.Graph(1, 2)
+    rng = np.random.default_rng(12)
+    sigma, N = 2.0, 400
+    s = rng.normal(scale=sigma, size=(N, g.n_edges)).astype(np.float32)
+    target = 1.959964 * sigma / np.sqrt(N)
+    for method, kw in (("multinomial", {}), ("subsample", {"fraction": 0.2})):
+        r = mv.stats.bootstrap(s, 2000, 1, graph=g, key=jax.random.key(3), method=method, **kw)
+        half = (r.score_ci_percentile[1] - r.score_ci_percentile[0]) / 2
+        np.testing.assert_allclose(half.mean(), target, rtol=0.08)  # 2000 replicates, many edges
+        assert np.all(r.score_ci_percentile[0] <= r.full_aggregate) and np.all(
+            r.full_aggregate <= r.score_ci_percentile[1]
+        )
+    assert (
+        mv.stats.bootstrap(s, 10, 1, graph=g, key=jax.random.key(3), method="disjoint-splits").score_ci_percentile
+        is None
+    )
+
+
+def test_bca_degenerate_cases():
+    """θ̂ outside every replicate (z₀ = ±∞): NaN, as scipy; constant replicates: that constant."""
+    star = np.random.default_rng(13).normal(size=(200, 2)).astype(np.float32) + [[5.0, 0.0]]
+    jack = np.random.default_rng(14).exponential(size=(20, 2)).astype(np.float32)
+    ci = np.asarray(mv.stats.bca_interval(star, np.array([0.0, 0.0], np.float32), jack))
+    assert np.isnan(ci[:, 0]).all() and np.isfinite(ci[:, 1]).all()
+    const = np.full((50, 1), 0.25, np.float32)
+    np.testing.assert_array_equal(np.asarray(mv.stats.bca_interval(const, np.array([0.25]), const[:10])), 0.25)
 
 
 def test_bootstrap_identical_on_one_and_eight_devices(tmp_path):

@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
 import textwrap
 import tomllib
+import zlib
 from pathlib import Path
 
 import jax
@@ -69,10 +72,14 @@ def test_config_errors_name_the_key_and_the_allowed_values():
         ({"bootstrap": {"size": 7}}, "bootstrap.size = 7 is not allowed; choose from \\[25, 50, 100, 200\\]"),
         ({"bootstrap": {"confidence": 1.5}}, "bootstrap.confidence = 1.5 is impossible"),
         ({"circuits": {"aggregations": ["mode"]}}, "circuits.aggregations = 'mode'.*'median'"),
-        ({"data": {"n": 4}, "reference": {"inputs": 5}}, "reference.inputs = 5 is impossible"),
+        ({"reference": {"inputs": 1}}, "reference.inputs = 1 is impossible"),
         ({"model": {"dtype": "int8"}}, "model.dtype = 'int8' is not allowed"),
         ({"data": 3}, "data must be a table"),
         ({"data": {"prepend_bos": "yes"}}, "data.prepend_bos must be a boolean"),
+        ({"data": {"noise": [0.0, float("nan")]}}, "data.noise\\[1\\] = nan is not a finite number"),
+        ({"data": {"noise": [float("inf")]}}, "data.noise\\[0\\] = inf is not a finite number"),
+        ({"bootstrap": {"confidence": float("nan")}}, "bootstrap.confidence = nan is not a finite number"),
+        ({"estimator": {"pooling": "sum"}}, "estimator.pooling = 'sum' is not allowed; choose from \\[.*'source'"),
     ]
     for d, pattern in cases:
         with pytest.raises(ConfigError, match=pattern):
@@ -82,10 +89,12 @@ def test_config_errors_name_the_key_and_the_allowed_values():
 def test_config_files(tmp_path):
     c = default_config()
     assert StudyConfig.from_dict(tomllib.loads(c.to_toml())) == c
+    assert c.estimator.pooling == "reference" and 'pooling = "reference"' in c.to_toml()
     path = tmp_path / "s.toml"
     path.write_text('name = "x"\n[data]\nn = 12\nfamilies = ["transfer"]\n')
     loaded = StudyConfig.from_file(path)
     assert loaded.data.n == 12 and loaded.data.families == ("transfer",) and loaded.bootstrap == c.bootstrap
+    assert loaded.reference.inputs == 20  # more than data.n: the reference takes every input
     path.write_text("[data\nn = 1")
     with pytest.raises(ConfigError, match="s.toml: not valid TOML"):
         StudyConfig.from_file(path)
@@ -118,6 +127,19 @@ def _load(path):
 
 def _text(path) -> str:
     return Path(path).read_text()
+
+
+def _count_attribute_calls(monkeypatch) -> list:
+    """Spy on the runner's ``attribute``: the returned list fills with (method, level) per call."""
+    calls = []
+    real = runner_module.attribute
+
+    def counting(model, data, method, **kw):
+        calls.append((method, kw.get("level")))
+        return real(model, data, method, **kw)
+
+    monkeypatch.setattr(runner_module, "attribute", counting)
+    return calls
 
 
 def _json(path):
@@ -157,23 +179,62 @@ def test_run_directory_against_direct_library_calls(tiny_study, hf_dirs):
         r20 = mv.stats.bootstrap(want, 16, 20, key=key)
         circ = mv.Circuit.from_graph_json(os.path.join(folder, "circuits", "mean-n20.json"))
         np.testing.assert_array_equal(circ.edges, r20.full_circuit)
+        # circuits are evaluated on 4 random inputs: the study seed's permutation of the dataset
+        info = _json(os.path.join(folder, "cell.json"))
+        rows = np.sort(np.random.default_rng([3, zlib.crc32(c.dataset.encode())]).permutation(8)[:4])
+        assert info["eval_inputs"] == rows.tolist() and c.dataset == f"s{c.seed}-transfer-abc-n0"
+        assert info["estimator_settings"] == {
+            "method": "eap-ig-inputs", "steps": 2, "ablation": "patch", "ig_convention": "reference"
+        }  # fmt: skip
         ev = _json(os.path.join(folder, "evaluation.json"))
         assert [(e["size"], e["circuit"]) for e in ev] == [(6, "full"), (20, "full"), (20, "majority")]
-        direct_ev = mv.evaluate(model, direct[:4], circ, progress=False)
+        direct_ev = mv.evaluate(model, direct[rows], circ, progress=False)
+        assert ev[1]["n_inputs"] == 4
         assert ev[1]["faithfulness"] == pytest.approx(direct_ev.faithfulness, rel=1e-5)
+        assert ev[1]["faithfulness_se"] == pytest.approx(direct_ev.faithfulness_se, rel=1e-5)
+        assert info["faithfulness_se"] == ev[1]["faithfulness_se"] and "±" in info["headline"]
+        assert ev[1]["circuit_error_task_se"] == pytest.approx(direct_ev.circuit_error_se("task"), abs=1e-12)
         assert ev[1]["kl"] == pytest.approx(direct_ev.kl_mean, rel=1e-4, abs=1e-7)
-        header, *rows = _text(os.path.join(folder, "edges.csv")).splitlines()
-        assert header.split(",")[:2] == ["edge", "mean"] and len(rows) == model.graph.n_edges
-        first = rows[int(np.argmax(np.abs(want.per_input.mean(0))))].split(",")
-        assert float(first[1]) == pytest.approx(
-            float(want.per_input.mean(0)[model.graph.edge_index(first[0])]), rel=1e-5
-        )
+        header, *lines = _text(os.path.join(folder, "edges.csv")).splitlines()
+        assert header.split(",")[:5] == ["edge", "mean", "std", "cv", "snr"] and len(lines) == model.graph.n_edges
+        top = int(np.argmax(np.abs(want.per_input.mean(0))))
+        first = lines[top].split(",")
+        mean, std = want.per_input.mean(0)[top], want.per_input.std(0, ddof=1)[top]
+        assert first[0] == model.graph.edge_names[top] and float(first[1]) == pytest.approx(float(mean), rel=1e-5)
+        assert float(first[4]) == pytest.approx(abs(mean) / std, rel=1e-4)  # SNR next to the CV
+        assert float(first[3]) == pytest.approx(std / abs(mean), rel=1e-4)
+        # the median SNR of each full-data circuit's edges
+        m, sd = np.abs(want.per_input.mean(0)), want.per_input.std(0, ddof=1)
+        snr = np.where(sd > 0, m / np.where(sd > 0, sd, 1.0), np.where(m > 0, np.inf, 0.0))
+        for r in info["circuits"]:
+            f = mv.stats.bootstrap(want, 16, r["size"], key=key).full_circuit
+            assert r["edges"] == f.sum()
+            if f.any():
+                assert r["snr_median"] == pytest.approx(float(np.median(snr[f])), rel=1e-4)
+            else:
+                assert r["snr_median"] is None  # an empty circuit has no median
 
     # study-level tables
     summary = _json(rd.file("results", "summary.json"))
     assert len(summary) == len(cells) * len(cfg.circuits.sizes)
     csv_lines = _text(rd.file("results", "summary.csv")).splitlines()
     assert len(csv_lines) == len(summary) + 1 and csv_lines[0].startswith("cell,label,seed")
+    header = csv_lines[0].split(",")
+    for col in ("jaccard_mc_low", "n_empty", "replicates_with_cut_ties", "snr_median", "faithfulness_se",
+                "circuit_error_task_se", "pooling", "eval_inputs"):  # fmt: skip
+        assert col in header, col
+    assert "jaccard_ci_low" not in header  # the interval is Monte-Carlo over replicates, and named so
+    for r in summary:
+        folder = rd.cell_dir(r["cell"])
+        b = next(b for b in _json(os.path.join(folder, "bootstrap.json")) if b["size"] == r["size"])
+        e = next(e for e in _json(os.path.join(folder, "evaluation.json")) if e["size"] == r["size"])
+        info = _json(os.path.join(folder, "cell.json"))
+        assert [r["jaccard_mc_low"], r["jaccard_mc_high"]] == b["jaccard_ci_percentile"]["mean_jaccard"]
+        assert r["jaccard_interval"] == "Monte-Carlo interval over the B replicates"
+        assert (r["n_empty"], r["replicates_with_cut_ties"]) == (b["n_empty"], b["replicates_with_cut_ties"])
+        assert r["faithfulness_se"] == e["faithfulness_se"] and r["circuit_error_task_se"] == e["circuit_error_task_se"]
+        assert r["snr_median"] == next(x["snr_median"] for x in info["circuits"] if x["size"] == r["size"])
+        assert r["eval_inputs"] == 4 and r["pooling"] is None and r["ig_convention"] == "reference"
     pert = _json(rd.file("results", "perturbations.json"))
     a, b = (mv.Circuit.from_graph_json(os.path.join(rd.cell_dir(c.id), "circuits", "mean-n20.json")) for c in cells)
     assert pert["mean_by_factor"]["seed"] == pytest.approx(a.jaccard(b))
@@ -185,12 +246,22 @@ def test_run_directory_against_direct_library_calls(tiny_study, hf_dirs):
     noise = _json(rd.file("results", "estimator_noise.json"))
     ref = rd.cell_dir("reference")
     x = _load(os.path.join(ref, "exact-node.safetensors"))
-    d0 = mv.tasks.make("ioi", model, 8, 0, templates="transfer", counterfactual="abc")[:3]
+    ref_rows = np.sort(np.random.default_rng([3, zlib.crc32(b"s0-transfer-abc-n0")]).permutation(8)[:3])
+    assert _json(os.path.join(ref, "cell.json"))["inputs"] == ref_rows.tolist()
+    assert not np.array_equal(ref_rows, np.arange(3))  # a random subset, not the first inputs
+    d0 = mv.tasks.make("ioi", model, 8, 0, templates="transfer", counterfactual="abc")[ref_rows]
     np.testing.assert_allclose(x.per_input, mv.attribute(model, d0, "exact", level="node", progress=False).per_input)
+    np.testing.assert_array_equal(x.uid, d0.uid)
     approx = _load(os.path.join(ref, "eap-ig-inputs-m2-node.safetensors"))
     want_noise = mv.stats.estimator_noise(approx, x, n_edges=(5, 10)).summary()
     assert noise["node"]["eap-ig-inputs-m2"]["mean_rmse"] == pytest.approx(want_noise["mean_rmse"])
     assert noise["edge"]["eap-ig-inputs-m2"]["edges"] == 8
+    # edge level: the reference's exact edges against the first cell's scores of the same inputs
+    subset = np.load(os.path.join(ref, "edge-subset.npy"))
+    xe = _load(os.path.join(ref, "exact-edge.safetensors")).per_input[:, subset]
+    ae = _load(os.path.join(rd.cell_dir(cells[0].id), "scores.safetensors")).per_input[ref_rows][:, subset]
+    want_edge = mv.stats.estimator_noise(ae, xe, n_edges=(5,)).summary()
+    assert noise["edge"]["eap-ig-inputs-m2"]["mean_rmse"] == pytest.approx(want_edge["mean_rmse"])
     assert results.verdict.startswith("undetermined")  # B = 16 < 100: the paper's bar cannot be met
 
 
@@ -207,6 +278,11 @@ def test_report_has_every_figure(tiny_study):
         assert img.shape[0] > 200 and img.shape[1] > 300, name
         assert img[..., :3].std() > 0.02, f"{name} looks blank"
     assert page.count("<img ") == len(FIGURES)
+    # the Jaccard interval is named for what it is; standard errors sit next to the evaluation
+    assert "<th>MC interval (B replicates)</th>" in page and "Monte-Carlo interval over the B replicates" in page
+    assert "<th>empty replicates</th>" in page and "<th>replicates with cut ties</th>" in page
+    assert "<th>median SNR</th>" in page and "CVs are never averaged" in page
+    assert re.search(r"<td>-?\d\.\d{3} ± \d\.\d{3}</td>", page)  # faithfulness ± its standard error
 
 
 # ------------------------------------------------------------------------------------ resume
@@ -258,14 +334,7 @@ def test_resume_after_kill_between_and_inside_cells_on_eight_devices(tiny_study,
     assert rd.done_cells() == [first]
     assert os.path.exists(os.path.join(rd.partial_dir(second), "scores.safetensors"))
 
-    calls = []
-    real = runner_module.attribute
-
-    def counting(model, data, method, **kw):
-        calls.append((method, kw.get("level")))
-        return real(model, data, method, **kw)
-
-    monkeypatch.setattr(runner_module, "attribute", counting)
+    calls = _count_attribute_calls(monkeypatch)
     with pytest.raises(RunDirError, match="already holds a run"):
         Study(cfg).run(out, progress=False)
     Study.resume(out, progress=False)
@@ -304,7 +373,7 @@ def test_run_directory_refusals(tmp_path, hf_dirs):
     manifest = rd.manifest
     manifest["format_version"] = 0
     (tmp_path / "old" / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(RunDirError, match="run-directory format 0; this mivar_jax .* reads format 1"):
+    with pytest.raises(RunDirError, match=r"run-directory format 0; this mivar_jax .* reads formats \[1, 2\]"):
         Study.resume(tmp_path / "old", progress=False)
     other = RunDir.create(tmp_path / "locked", cfg)  # held by this process
     with pytest.raises(RunDirError, match="in use by another running study"):
@@ -313,6 +382,7 @@ def test_run_directory_refusals(tmp_path, hf_dirs):
     too_big = tiny_config(hf_dirs["gpt2"][0], circuits={"sizes": [20, 10_000]})
     with pytest.raises(ConfigError, match=r"circuits.sizes \[10000\] exceed the 110 edges"):
         Study(too_big).run(tmp_path / "big", progress=False)
+    assert not (tmp_path / "big").exists()  # checked against the model before the directory is made
 
 
 # ------------------------------------------------------------------------------------ CLI
@@ -346,3 +416,146 @@ def test_run_files_are_strict_json(tmp_path):
     text = (tmp_path / "x.json").read_text()
     assert "NaN" not in text and "Infinity" not in text
     assert json.loads(text) == {"faithfulness": None, "rows": [1.5, None], "pair": [2, "a"]}
+
+
+# ------------------------------------------------------------------------------------ settings
+def test_pooling_reaches_the_estimator_and_every_record(hf_dirs, tmp_path):
+    """estimator.pooling (eap-ig-activations) is passed to attribute and recorded in the config,
+    the scores, the cell record and the summary rows."""
+    src = hf_dirs["gpt2"][0]
+    cfg = tiny_config(
+        src,
+        data={"seeds": [0]},
+        estimator={"methods": ["eap-ig-activations", "eap"], "steps": [2], "pooling": "source"},
+        circuits={"evaluate": False},
+        reference={"level": "none"},
+    )
+    out = tmp_path / "run"
+    Study(cfg).run(out, progress=False, report=False)
+    rd = RunDir.open(out)
+    assert rd.config.estimator.pooling == "source" and 'pooling = "source"' in _text(rd.file("config.toml"))
+    act, eap = cfg.cells()
+    scores = _load(os.path.join(rd.cell_dir(act.id), "scores.safetensors"))
+    assert scores.params["pooling"] == "source"
+    model = mv.load_model(src)
+    data = mv.tasks.make("ioi", model, 8, 0, templates="transfer", counterfactual="abc")
+    want = mv.attribute(model, data, "eap-ig-activations", steps=2, batch_size=4, pooling="source", progress=False)
+    np.testing.assert_array_equal(scores.per_input, want.per_input)
+    other = mv.attribute(model, data, "eap-ig-activations", steps=2, batch_size=4, pooling="reference", progress=False)
+    assert not np.allclose(other.per_input, want.per_input)  # the setting matters, so the record does
+    assert _json(os.path.join(rd.cell_dir(act.id), "cell.json"))["estimator_settings"]["pooling"] == "source"
+    assert "pooling" not in _json(os.path.join(rd.cell_dir(eap.id), "cell.json"))["estimator_settings"]
+    rows = _json(rd.file("results", "summary.json"))
+    assert {r["pooling"] for r in rows if r["cell"] == act.id} == {"source"}
+    assert {r["pooling"] for r in rows if r["cell"] == eap.id} == {None}
+
+
+def test_old_configs_without_pooling_read_as_the_old_default(tiny_study, tmp_path):
+    _, out, _ = tiny_study
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    d = _json(copy / "config.json")
+    del d["estimator"]["pooling"]
+    (copy / "config.json").write_text(json.dumps(d))
+    assert RunDir.open(copy).config.estimator.pooling == "source"  # what such runs used
+
+
+# ------------------------------------------------------------------------------------ output
+_CELL_LINE = re.compile(r"^\[\d/3\] \S+: \d+\.\d s \(compile \d+\.\d s\) — n=20: undetermined: .*; faithfulness .+$")
+
+
+def test_cli_run_lines_stay_whole_in_a_log(hf_dirs, tmp_path, monkeypatch):
+    """Through the CLI into a non-terminal (as in CI or ``| tee``): every progress line, cell line
+    and the verdict is one whole line, even when longer than the console, with no carriage return."""
+    from mivar_jax import _progress
+
+    monkeypatch.setattr(_progress, "DELAY_S", 0.0, raising=False)  # progress lines from the first item
+    study = tmp_path / "tiny.json"
+    study.write_text(json.dumps(tiny_config(hf_dirs["gpt2"][0]).to_dict()))
+    out = tmp_path / "run"
+    r = CliRunner().invoke(app, ["run", str(study), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "\r" not in r.output
+    lines = r.output.splitlines()
+    assert lines[0] == f"study tiny → {out}"
+    done = [x for x in lines if _CELL_LINE.match(x)]
+    assert len(done) == 2, lines  # both cells' lines, unbroken (they are longer than 150 characters)
+    assert max(len(x) for x in done) > 150
+    verdict = next(x for x in lines if x.startswith("Verdict:"))
+    results = mv.study.analyse(RunDir.open(out))
+    assert verdict == f"Verdict: {results.verdict}"
+    assert any(x.startswith("MC interval: Monte-Carlo 95% interval") for x in lines)
+    for col in ("mean Jaccard [MC", "empty", "ties", "median SNR"):
+        assert col in r.stdout, col
+    assert re.search(r"\d\.\d{3} ± \d\.\d{3}", r.stdout)  # faithfulness ± its standard error
+
+
+# ------------------------------------------------------------------------------------ damaged runs
+def _copy_run(tiny_study, tmp_path) -> Path:
+    copy = tmp_path / "run"
+    shutil.copytree(tiny_study[1], copy)
+    return copy
+
+
+def _one_line_error(r) -> str:
+    assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+    assert r.stderr.startswith("error: ") and r.stderr.strip().count("\n") == 0, r.stderr
+    return r.stderr
+
+
+def test_damaged_cells_are_named_by_report_and_recomputed_on_resume(tiny_study, tmp_path, monkeypatch):
+    """A truncated scores file, a corrupt bootstrap.json and an unreadable cell.json in a finished
+    run: ``mivar report`` names the file and the fix in one line; ``--resume`` recomputes exactly
+    the damaged cells (reusing their intact files) and the run ends identical to the undamaged one."""
+    cfg, out, _ = tiny_study
+    copy = _copy_run(tiny_study, tmp_path)
+    first, second = (c.id for c in cfg.cells())
+    scores = copy / "cells" / first / "scores.safetensors"
+    scores.write_bytes(scores.read_bytes()[: scores.stat().st_size // 2])
+    (copy / "cells" / second / "bootstrap.json").write_text('[{"aggregation": "mean", "si')
+    cli = CliRunner()
+    err = _one_line_error(cli.invoke(app, ["report", str(copy)]))
+    assert f"{copy}/cells/{first}/scores.safetensors is damaged (checksum mismatch)" in err
+    assert f"recompute it with `mivar run --resume {copy}`" in err
+    (copy / "cells" / "reference" / "cell.json").write_text("{")
+
+    calls = _count_attribute_calls(monkeypatch)
+    r = cli.invoke(app, ["run", "--resume", str(copy), "--no-report"])
+    assert r.exit_code == 0, r.output
+    assert f"cell {first}: scores.safetensors damaged (checksum mismatch): recomputing" in r.output
+    assert f"cell {second}: bootstrap.json damaged (checksum mismatch): recomputing" in r.output
+    assert "cell reference: cell.json damaged (unreadable): recomputing" in r.output
+    assert "3 cells, 0 already complete" in r.output
+    # the second cell's scores were intact and reused; the reference had no trustworthy file left
+    assert sorted(calls) == sorted([("eap-ig-inputs", "edge"), ("exact", "node"), ("eap-ig-inputs", "node"),
+                                    ("exact", "edge")])  # fmt: skip
+    rd = RunDir.open(copy)
+    assert all(rd.check_cell(c) == [] for c in (first, second, "reference"))
+    for name in ("summary.json", "decomposition.json", "estimator_noise.json"):
+        assert _json(rd.file("results", name)) == _json(os.path.join(out, "results", name)), name
+    for c in (first, second):
+        a, b = (_load(os.path.join(d, "cells", c, "scores.safetensors")) for d in (copy, out))
+        np.testing.assert_array_equal(a.per_input, b.per_input)
+        assert _json(copy / "cells" / c / "bootstrap.json") == _json(os.path.join(out, "cells", c, "bootstrap.json"))
+    assert cli.invoke(app, ["report", str(copy)]).exit_code == 0
+
+
+def test_format_1_runs_are_read_unverified_and_not_resumed(tiny_study, tmp_path):
+    """A run directory written before checksums (format 1) still opens for ``mivar report``; a
+    damaged file in it is named in one line; ``--resume`` refuses it in one line."""
+    copy = _copy_run(tiny_study, tmp_path)
+    manifest = _json(copy / "manifest.json")
+    (copy / "manifest.json").write_text(json.dumps({**manifest, "format_version": 1}))
+    for info_path in copy.glob("cells/*/cell.json"):
+        info = _json(info_path)
+        del info["checksums"]
+        info_path.write_text(json.dumps(info))
+    cli = CliRunner()
+    r = cli.invoke(app, ["report", str(copy)])
+    assert r.exit_code == 0, r.output
+    err = _one_line_error(cli.invoke(app, ["run", "--resume", str(copy)]))
+    assert "format 1" in err and f"`mivar report {copy}` still reads it" in err
+    second = tiny_study[0].cells()[1].id
+    (copy / "cells" / second / "bootstrap.json").write_text("[{")
+    err = _one_line_error(cli.invoke(app, ["report", str(copy)]))
+    assert f"{copy}/cells/{second}/bootstrap.json is not valid JSON" in err and "new directory" in err

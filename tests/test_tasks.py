@@ -1,6 +1,10 @@
 """Task generators on two real tokenizers (GPT-2's official files, SmolLM2's GGUF vocabulary)."""
 
+import dataclasses
+import io
+import math
 import re
+import sys
 
 import numpy as np
 import pytest
@@ -9,7 +13,7 @@ import scipy.stats
 
 import mivar_jax as mv
 from mivar_jax.tasks import data as task_data
-from mivar_jax.tasks import greater_than, ioi
+from mivar_jax.tasks import greater_than, ioi, sva
 from tests.factory import gpt2_tokenizer
 
 CASES = [("ioi", "abc"), ("ioi", "abb"), ("sva", "number"), ("greater-than", "01")]
@@ -134,7 +138,10 @@ def test_bad_requests_are_clear_errors(tokenizers):
         mv.tasks.make("ioi", tok, n=5, templates="poetry")
     with pytest.raises(ValueError, match="unknown counterfactual"):
         mv.tasks.make("sva", tok, n=5, counterfactual="abc")
-    with pytest.raises(ValueError, match="exceeds the generator's pool"):
+    cap = mv.tasks.capacity("greater-than", tok, templates=[0])
+    with pytest.raises(
+        ValueError, match=f"greater-than can generate at most {cap:,} distinct pairs .* got n = 100,000"
+    ):
         mv.tasks.make("greater-than", tok, n=100_000, templates=[0])
     with pytest.raises(ValueError, match="positive integer"):
         mv.tasks.make("ioi", tok, n=0)
@@ -278,3 +285,157 @@ def test_smollm2_solves_the_tasks(smollm2):
     assert sva_eval.corrupted.mean() < 0 < sva_eval.clean.mean()
     gt = mv.tasks.evaluate_model(smollm2, mv.tasks.make("greater-than", smollm2, n=60, seed=0))
     assert gt.clean_accuracy >= 0.85 and gt.corrupted.mean() < gt.clean.mean()
+
+
+class _FewWords:
+    """GPT-2's tokenizer, except that the task words outside ``keep`` are two tokens (so the
+    generators drop them): a pool small enough to enumerate."""
+
+    def __init__(self, tok, keep: set[str]):
+        self.tok, self.keep = tok, keep
+        self.excluded = set(ioi.NAMES + ioi.PLACES + ioi.OBJECTS + greater_than.NOUNS)
+        self.excluded |= {w for p in "|".join([sva.SUBJECTS, sva.ATTRACTORS_PLACE, sva.ATTRACTORS_PERSON,
+                          sva.CLAUSE_VERBS]).split("|") for w in p.split()}  # fmt: skip
+        self.excluded -= keep
+        self.eos_token_id = tok.eos_token_id
+
+    def encode(self, text, add_special_tokens=False):
+        if text.startswith(" ") and text[1:] in self.excluded:
+            return [0, 0]
+        return self.tok.encode(text, add_special_tokens=False)
+
+    def decode(self, ids):
+        return self.tok.decode(ids)
+
+
+FEW = {
+    # task, counterfactual, kept words, capacity counted by hand
+    ("ioi", "abc"): ({"Mary", "John", "Tom", "Sarah", "store", "drink"}, 16 * 2 * 4 * 3 * 2),
+    ("ioi", "abb"): ({"Mary", "John", "Tom", "Sarah", "store", "drink"}, 16 * 2 * 4 * 3 * 1),
+    ("sva", "number"): ({"author", "authors", "table", "tables", "guard", "guards", "likes", "like"}, 5 * 4 + 4 * 4),
+    ("greater-than", "01"): ({"war"}, 6 * 97),
+}
+
+
+@pytest.mark.parametrize(("task", "cf"), list(FEW))
+def test_capacity_is_the_exact_number_of_distinct_pairs(tokenizers, task, cf):
+    """make(n = capacity) draws every pair (the union over seeds is no larger), n = capacity + 1 is refused."""
+    keep, expected = FEW[(task, cf)]
+    tok = _FewWords(tokenizers["gpt2"], keep)
+    cap = mv.tasks.capacity(task, tok, counterfactual=cf)
+    assert cap == expected
+    seen = set()
+    for seed in range(3):
+        d = mv.tasks.make(task, tok, n=cap, seed=seed, counterfactual=cf)
+        assert len(d) == cap and d.info["dropped"] == {}
+        seen |= set(zip(d.clean_text, d.corrupted_text, strict=True))
+    assert len(seen) == cap
+    with pytest.raises(ValueError, match=f"{task} can generate at most {cap:,} distinct pairs .*got n = {cap + 1:,}"):
+        mv.tasks.make(task, tok, n=cap + 1, counterfactual=cf)
+
+
+def test_capacity_follows_templates_and_counterfactual(tokenizers):
+    tok = tokenizers["gpt2"]
+    full, abb = mv.tasks.capacity("ioi", tok), mv.tasks.capacity("ioi", tok, counterfactual="abb")
+    names = len(ioi.NAMES)  # every candidate name is one GPT-2 token
+    assert full == abb * (names - 2)
+    parts = [mv.tasks.capacity("ioi", tok, templates=f) for f in ioi.FAMILIES]
+    assert sum(parts) == full and all(p > 0 for p in parts)
+    assert mv.tasks.capacity("greater-than", tok, templates=[0, 1]) == 2 * mv.tasks.capacity(
+        "greater-than", tok, templates=[0]
+    )
+    model_tok = mv.tasks.capacity("sva", tokenizers["smollm2"])
+    assert model_tok == mv.tasks.make("sva", tokenizers["smollm2"], n=5).info["pool_size"]
+    with pytest.raises(ValueError, match="unknown counterfactual"):
+        mv.tasks.capacity("ioi", tok, counterfactual="number")
+    with pytest.raises(ValueError, match="unknown template family"):
+        mv.tasks.capacity("ioi", tok, templates="poetry")
+
+
+def test_huge_n_is_refused_at_once(tokenizers, monkeypatch):
+    tok = tokenizers["gpt2"]
+    cap = mv.tasks.capacity("ioi", tok)
+
+    def no_sampling(*args, **kwargs):
+        raise AssertionError("sampling started")
+
+    registry = mv.tasks.registry
+    monkeypatch.setitem(registry.TASKS, "ioi", dataclasses.replace(registry.TASKS["ioi"], sample=no_sampling))
+    with pytest.raises(ValueError, match=f"ioi can generate at most {cap:,} distinct pairs .*got n = {10 * cap:,}"):
+        mv.tasks.make("ioi", tok, n=10 * cap)
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf, -0.5, "0.1", None])
+def test_noise_must_be_finite_and_non_negative(tokenizers, bad):
+    tok = tokenizers["gpt2"]
+    with pytest.raises(ValueError, match="must be a finite number ≥ 0"):
+        mv.tasks.make("ioi", tok, n=4, noise=bad)
+    d = mv.tasks.make("ioi", tok, n=4)
+    with pytest.raises(ValueError, match="must be a finite number ≥ 0"):
+        d.with_noise(bad)
+    with pytest.raises(ValueError, match="must be a finite number ≥ 0"):
+        dataclasses.replace(d, noise=bad)
+
+
+def test_large_n_shows_plain_progress_lines(tokenizers, capsys, monkeypatch):
+    from mivar_jax import _progress
+
+    monkeypatch.setattr(_progress, "DELAY_S", 0.0)
+    tok = tokenizers["gpt2"]
+    mv.tasks.make("ioi", tok, n=mv.tasks.registry.PROGRESS_FROM - 1)
+    assert capsys.readouterr().err == ""
+    mv.tasks.make("ioi", tok, n=mv.tasks.registry.PROGRESS_FROM)
+    err = capsys.readouterr().err
+    assert "ioi: drawing pairs: 100% (5,000/5,000 items" in err
+    assert "ioi: tokenizing: 100% (5,000/5,000 items" in err
+    assert "\r" not in err and len(err.splitlines()) <= 10
+
+
+class _Stream(io.StringIO):
+    def __init__(self, tty: bool):
+        super().__init__()
+        self.tty = tty
+
+    def isatty(self):
+        return self.tty
+
+
+def _run_progress(monkeypatch, tty: bool, steps, total=1000):
+    """Feed ``progress_bar`` ``(time, items)`` steps on a fake clock; returns what it wrote."""
+    from mivar_jax import _progress
+
+    stream, now = _Stream(tty), [0.0]
+    monkeypatch.setattr(sys, "stderr", stream)
+    monkeypatch.setattr(_progress, "_clock", lambda: now[0])
+    with _progress.progress_bar(True, total, "evaluate") as update:
+        for t, k in steps:
+            now[0] = t
+            update(k)
+    return stream.getvalue()
+
+
+def test_progress_off_a_terminal_is_a_few_plain_lines(monkeypatch):
+    steps = [(1, 100), (6, 100), (10, 100), (20, 100), (45, 50), (46, 550)]
+    out = _run_progress(monkeypatch, False, steps)
+    assert out.splitlines() == [
+        "evaluate: 20% (200/1,000 items, 6 s)",  # the first line once past the delay
+        "evaluate: 30% (300/1,000 items, 10 s)",  # a quarter crossed
+        "evaluate: 45% (450/1,000 items, 45 s)",  # 30 s since the last line
+        "evaluate: 100% (1,000/1,000 items, 46 s)",
+    ]
+    assert "\r" not in out
+    many = _run_progress(monkeypatch, False, [(6 + t, 1) for t in range(1000)])  # 1000 updates over 1000 s
+    assert len(many.splitlines()) <= 4 + 1000 // 30 + 1 and "\r" not in many
+    assert _run_progress(monkeypatch, False, [(1, 500), (2, 500)]) == ""  # quick work shows nothing
+    stopped = _run_progress(monkeypatch, False, [(6, 100), (7, 100)])  # ends short of the total: its last state
+    assert stopped.splitlines() == ["evaluate: 10% (100/1,000 items, 6 s)", "evaluate: 20% (200/1,000 items, 7 s)"]
+
+
+def test_progress_on_a_terminal_is_a_tqdm_bar(monkeypatch):
+    from mivar_jax import _progress
+
+    monkeypatch.setattr(_progress, "DELAY_S", 0.0)
+    out = _run_progress(monkeypatch, True, [(0, 300), (1, 700)])
+    assert "\r" in out and "evaluate" in out
+    with _progress.progress_bar(False, 10, "evaluate") as update:
+        assert update is None

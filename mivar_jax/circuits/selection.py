@@ -1,9 +1,11 @@
 """Selection: from aggregated edge scores to a pruned circuit.
 
 Ranking value: |score| (``absolute=True``, the reference default) or the signed score.
-Unscored edges (NaN, e.g. an exact run on a subset) are never selected.
+Unscored edges (NaN for every input, e.g. an exact run on a subset) are never selected; a NaN
+among finite per-input scores, or ±inf anywhere, is an error (as in ``mv.stats``).
 
-- ``topn``: the n best-ranked edges; ties go to the lower edge index (the Graph's order).
+- ``topn``: the n best-ranked edges; ties go to the lower edge index (the Graph's order);
+  ``topn`` also counts the edges left out that tie with the n-th.
 - ``threshold``: every edge whose ranking value is ≥ the threshold.
 - ``greedy`` (the reference library's): grow the circuit backwards from ``logits``, each time
   adding the best-ranked edge into a node already in the circuit, until n edges.
@@ -22,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float
 
+from mivar_jax._checks import check_int, check_scores_finite
 from mivar_jax.aggregation import aggregate as _aggregate
 from mivar_jax.circuits.circuit import Circuit
 from mivar_jax.circuits.pruning import bottleneck_rank, prune, slot_owner
@@ -47,11 +50,22 @@ def ranking(values: Float[Array, "*B E"], absolute: bool = True) -> jax.Array:
 
 
 @functools.partial(jax.jit, static_argnames=("n", "absolute"))
+def topn(values_BxE: Float[Array, "B E"], n: int, absolute: bool = True) -> tuple[Bool[Array, "B E"], jax.Array]:
+    """([B, E] bool: the n best-ranked edges of each row (ties → lower index), [B] int: the edges
+    left out whose ranking value equals the n-th's — those another tie rule could have chosen)."""
+    rank = ranking(values_BxE, absolute)
+    _, idx = jax.lax.top_k(rank, n)
+    rows = jnp.arange(values_BxE.shape[0])[:, None]
+    masks = jnp.zeros(values_BxE.shape, bool).at[rows, idx].set(True)
+    # the n-th value from the masks: reading top_k's values, or its indices twice, makes XLA:CPU
+    # lower top_k to a full sort (~8× slower here)
+    nth = jnp.min(jnp.where(masks, rank, jnp.inf), axis=1, keepdims=True)
+    return masks, ((rank == nth) & ~masks).sum(1)
+
+
 def topn_masks(values_BxE: Float[Array, "B E"], n: int, absolute: bool = True) -> Bool[Array, "B E"]:
     """[B, E] bool: the n best-ranked edges of each row (ties → lower index); jit, vectorised."""
-    _, idx = jax.lax.top_k(ranking(values_BxE, absolute), n)
-    rows = jnp.arange(values_BxE.shape[0])[:, None]
-    return jnp.zeros(values_BxE.shape, bool).at[rows, idx].set(True)
+    return topn(values_BxE, n, absolute)[0]
 
 
 def greedy_mask(graph: Graph, values_E: np.ndarray, n: int, absolute: bool = True) -> np.ndarray:
@@ -82,18 +96,22 @@ def greedy_mask(graph: Graph, values_E: np.ndarray, n: int, absolute: bool = Tru
     return mask
 
 
-def _values(scores, aggregation: str, graph: Graph | None) -> tuple[np.ndarray, Graph]:
+def aggregated(scores, aggregation: str, graph: Graph | None) -> tuple[np.ndarray, Graph]:
+    """The aggregated edge scores [E] to rank and their Graph, from a Scores (aggregated with
+    ``aggregation``) or an [E] array with ``graph=``; NaN/inf refused (unscored edges allowed)."""
     if isinstance(scores, Scores):
         if scores.level != "edge":
             raise ValueError("circuits are selected from edge-level scores; got node-level scores")
         if graph is not None and graph != scores.graph:
             raise ValueError(f"scores are for {scores.graph}, not {graph}")
+        check_scores_finite(scores.per_input, "scores", allow_unscored=True)
         return aggregate(scores, aggregation), scores.graph
     if graph is None:
         raise ValueError("pass graph= with an array of aggregated scores")
     values = np.asarray(scores, np.float32)
     if values.shape != (graph.n_edges,):
         raise ValueError(f"aggregated scores must have shape ({graph.n_edges},) for {graph}, got {values.shape}")
+    check_scores_finite(values, "aggregated scores", allow_unscored=True)
     return values, graph
 
 
@@ -111,7 +129,7 @@ def select(
     """A pruned circuit from ``scores``: a Scores (aggregated with ``aggregation``) or an array
     [E] of aggregated scores with ``graph=``. ``method`` defaults to ``topn`` with ``n_edges``
     and to ``threshold`` with ``threshold``; ``greedy`` takes ``n_edges``."""
-    values, graph = _values(scores, aggregation, graph)
+    values, graph = aggregated(scores, aggregation, graph)
     method = method or ("threshold" if threshold is not None else "topn")
     if method not in SELECTIONS:
         raise ValueError(f"unknown selection method {method!r}; choose from {list(SELECTIONS)}")
@@ -123,8 +141,7 @@ def select(
     else:
         if n_edges is None or threshold is not None:
             raise ValueError(f"method={method!r} takes n_edges= (and no threshold)")
-        if isinstance(n_edges, bool) or not isinstance(n_edges, (int, np.integer)) or not 1 <= n_edges <= n_scored:
-            raise ValueError(f"n_edges must be an integer in [1, {n_scored}] (the scored edges), got {n_edges!r}")
+        n_edges = check_int(n_edges, "n_edges", high=n_scored)  # at most the scored edges
         if method == "topn":
             mask = np.asarray(topn_masks(jnp.asarray(values)[None], int(n_edges), absolute))[0]
         else:
@@ -137,7 +154,7 @@ def select(
 
 def minimal_connected(scores, *, absolute: bool = True, aggregation: str = "mean", graph: Graph | None = None) -> int:
     """The smallest n whose pruned top-n circuit connects ``input`` to ``logits`` (0 if none)."""
-    values, graph = _values(scores, aggregation, graph)
+    values, graph = aggregated(scores, aggregation, graph)
     rank_value = np.asarray(ranking(jnp.asarray(values), absolute))
     order = np.lexsort((np.arange(values.size), -rank_value))  # best first, ties → lower index
     position = np.empty(values.size, np.float64)

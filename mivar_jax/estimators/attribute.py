@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
+from mivar_jax._checks import check_int, mib
 from mivar_jax._progress import progress_bar
 from mivar_jax.estimators.common import check_ablation, dataset_means, finite_or_raise, reference_values, run_nodes
 from mivar_jax.estimators.exact import DEFAULT_MEMORY_BUDGET, exact_scores
@@ -17,7 +18,7 @@ from mivar_jax.estimators.gradient import GRADIENT_METHODS, IG_CONVENTIONS, POOL
 from mivar_jax.estimators.scores import Scores
 from mivar_jax.models.config import ModelConfig
 from mivar_jax.sharding import EDGES, INPUTS, P, make_mesh, spmd
-from mivar_jax.tasks.data import TaskBatch, TaskData
+from mivar_jax.tasks.data import TaskBatch, TaskData, check_for_model
 
 METHODS = ("exact",) + GRADIENT_METHODS
 LEVELS = ("edge", "node")
@@ -35,7 +36,7 @@ def attribute(
     memory_budget: int | None = None,
     mesh: Mesh | None = None,
     ig_convention: str = "reference",
-    pooling: str = "source",
+    pooling: str = "reference",
     subset=None,
     progress: bool = True,
 ) -> Scores:
@@ -49,7 +50,10 @@ def attribute(
     ``batch_size`` (inputs per device) and ``memory_budget`` (bytes per device, default 2 GiB) size
     the work; ``mesh`` (axes ``edges``, ``inputs``; default: every visible device) spreads it, with
     identical results on any number of devices. ``subset`` (edge or node indices; ``exact`` only)
-    computes just those, leaving the others NaN. ``progress`` shows a bar for long runs.
+    computes just those, leaving the others NaN. ``pooling`` (``eap-ig-activations``):
+    ``reference`` (default: the reference EAP-IG library's), ``reference-tl`` (its numbers through
+    TransformerLens, artefact included) or ``source`` (see ``estimators.gradient``).
+    ``progress`` shows a bar for long runs.
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose from {list(METHODS)}")
@@ -61,8 +65,6 @@ def attribute(
         raise ValueError(f"unknown ig_convention {ig_convention!r}; choose from {list(IG_CONVENTIONS)}")
     if pooling not in POOLINGS:
         raise ValueError(f"unknown pooling {pooling!r}; choose from {list(POOLINGS)}")
-    if len(data) == 0:
-        raise ValueError("empty dataset")
     if subset is not None:
         if method != "exact":
             raise ValueError("subset applies to method='exact' (the gradient methods score every edge at once)")
@@ -70,9 +72,11 @@ def attribute(
         limit = model.graph.n_edges if level == "edge" else model.graph.n_src
         if subset.size == 0 or subset.min() < 0 or subset.max() >= limit:
             raise ValueError(f"subset must be non-empty indices in [0, {limit})")
-    if batch_size is not None and batch_size < 1:
-        raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
-    model.check_batch(data.clean, data.attention_mask)
+    if batch_size is not None:
+        batch_size = check_int(batch_size, "batch_size")
+    if memory_budget is not None:
+        memory_budget = check_int(memory_budget, "memory_budget (bytes per device)")
+    check_for_model(data, model)
     if mesh is None and jax.device_count() > 1:
         mesh = make_mesh()
 
@@ -136,8 +140,8 @@ def gradient_batch_size(cfg: ModelConfig, n_positions: int, method: str, memory_
     fit = memory_budget // per_input
     if fit < 1:
         raise MemoryError(
-            f"a memory budget of {memory_budget / 2**20:.0f} MiB is too small for one input "
-            f"(about {per_input / 2**20:.0f} MiB for {n_positions} positions)"
+            f"a memory budget of {mib(memory_budget)} is too small for one input "
+            f"(about {mib(per_input)} for {n_positions} positions)"
         )
     return int(min(fit, 32))
 

@@ -30,6 +30,7 @@ import numpy as np
 from jax.sharding import Mesh
 from jaxtyping import Array, Int
 
+from mivar_jax._checks import mib
 from mivar_jax.estimators.common import answer_metric, dataset_means, reference_values, run_nodes
 from mivar_jax.models.config import ModelConfig
 from mivar_jax.models.layers import at_positions, mlp, position_ids, take_window
@@ -231,8 +232,8 @@ def plan_chunks(
     chunk = (memory_budget - state) // per_edge
     if chunk < 1:
         raise MemoryError(
-            f"a memory budget of {memory_budget / 2**20:.0f} MiB is too small for one edge: {batch_size} inputs of "
-            f"{n_positions} positions need about {(state + per_edge) / 2**20:.0f} MiB (lower batch_size or raise the budget)"
+            f"a memory budget of {mib(memory_budget)} is too small for one edge: {batch_size} inputs of "
+            f"{n_positions} positions need about {mib(state + per_edge)} (lower batch_size or raise the budget)"
         )
     return int(min(chunk, largest_group, 4096))
 

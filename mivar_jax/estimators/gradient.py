@@ -11,9 +11,16 @@ a sum over positions and width of Δz_u ⊙ (some average of g_v):
   corrupted input, omits the clean one), ``right`` (k+1)/m, ``midpoint`` (k+½)/m.
 - ``eap-ig-activations`` (m steps): node outputs are interpolated instead, one group at a time
   (the input; each layer's heads; each MLP), z̃ + α (z − z̃) with α = k/m, k = 1…m (EAP-IG's
-  convention). ``pooling="source"`` (default) gives edge u→v the gradients of the runs that
-  interpolated u's own group: integrated gradients along u's activation; ``pooling="reference"``
-  averages every run's gradient into every edge, as the reference implementation accumulates.
+  convention). ``pooling="reference"`` (default) averages every run's gradient into every edge,
+  as the reference EAP-IG library accumulates: score = Δz_u · Σ_runs Σ_k g_v / (m · groups).
+  ``pooling="source"`` gives edge u→v only the gradients of the runs that interpolated u's own
+  group: integrated gradients along u's activation. ``pooling="reference-tl"`` reproduces the
+  library's numbers as computed through TransformerLens, artefact included: its run that
+  interpolates the input replaces ``hook_embed`` by a tensor without a gradient path, so on models
+  that add nothing learned before layer 0 (no learned position embeddings: Llama, Qwen2, …) the
+  backward hooks at layer 0's q/k/v inputs never fire and that run contributes zero there (edges
+  input → a0.h·<q|k|v> score lower, e.g. ×0.75 at m = 1 on a tiny Llama). The engine's default
+  computes the true gradient there; on GPT-2 the three poolings "reference"/"reference-tl" agree.
 - ``clean-corrupted``: g_v averaged over the clean run and the run on the reference input x̃.
 - ``ceap`` (conductance, Wu, Tonin & Cevher): along inputs x_k = x + (k/m)(x̃ − x), k = 0…m (clean
   to corrupted), Σ_k (z_u^(k+1) − z_u^(k)) · g_v(x_k). The differences telescope to the run on x̃;
@@ -38,7 +45,7 @@ from mivar_jax.tasks.metrics import get_metric
 GRADIENT_METHODS = ("eap", "eap-ig-inputs", "eap-ig-activations", "clean-corrupted", "ceap")
 STEP_METHODS = ("eap-ig-inputs", "eap-ig-activations", "ceap")  # the methods that take integration steps
 IG_CONVENTIONS = ("reference", "right", "midpoint")
-POOLINGS = ("source", "reference")
+POOLINGS = ("reference", "reference-tl", "source")
 
 
 def ig_alphas(steps: int, convention: str) -> np.ndarray:
@@ -153,13 +160,18 @@ def _ig_activations(cfg: ModelConfig, steps: int, pooling: str, grad, clean_node
         starts += [first, first + H]
         masks += [[1] * H + [0], [1] + [0] * H]
     starts_G, masks_GxB = jnp.asarray(starts), jnp.asarray(masks, clean_nodes.dtype)
+    # slots each group's run adds to the pooled gradient (reference-tl: the library's artefact)
+    keep_GxT = np.ones((len(starts), T), np.float32)
+    if pooling == "reference-tl" and cfg.positional != "learned":
+        keep_GxT[0, : 3 * H] = 0.0  # the input run: no gradient reaches layer 0's q/k/v inputs
+    keep_GxT = jnp.asarray(keep_GxT, clean_nodes.dtype)
     delta_padded = jnp.concatenate([delta, jnp.zeros((H,) + delta.shape[1:], delta.dtype)])
     alphas = jnp.arange(1, steps + 1, dtype=clean_nodes.dtype) / steps
     N = clean_nodes.shape[1]
 
     def group(carry, xs):
         scores, pooled = carry
-        start, mask = xs
+        start, mask, keep_T = xs
         weights = jnp.zeros(S + H, clean_nodes.dtype).at[start + jnp.arange(H + 1)].set(mask)[:S]
 
         def step(acc, alpha):
@@ -171,12 +183,12 @@ def _ig_activations(cfg: ModelConfig, steps: int, pooling: str, grad, clean_node
         block = _product(rows, summed / steps)  # [N, H+1, T]
         current = jax.lax.dynamic_slice_in_dim(scores, start, H + 1, axis=1)
         scores = jax.lax.dynamic_update_slice_in_dim(scores, current + block, start, axis=1)
-        return (scores, pooled + summed), None
+        return (scores, pooled + summed * keep_T[:, None, None, None]), None
 
     scores0 = jnp.zeros((N, S + H, T), jnp.float32)
     pooled0 = jnp.zeros((T,) + clean_nodes.shape[1:], clean_nodes.dtype)
-    (scores, pooled), _ = jax.lax.scan(group, (scores0, pooled0), (starts_G, masks_GxB))
-    if pooling == "reference":
+    (scores, pooled), _ = jax.lax.scan(group, (scores0, pooled0), (starts_G, masks_GxB, keep_GxT))
+    if pooling != "source":
         return _product(delta, pooled / (steps * len(starts)))
     return scores[:, :S]
 

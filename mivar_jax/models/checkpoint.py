@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -20,7 +21,11 @@ class CheckpointError(ValueError):
 
 
 class Tensors:
-    """Name → float32 array access with errors that name the checkpoint and the tensor."""
+    """Name → float32 array access with errors that name the checkpoint and the tensor.
+
+    It records the tensors read, so that ``check_all_used`` can refuse a checkpoint holding
+    tensors its config does not account for (e.g. a config declaring fewer layers than the weights).
+    """
 
     source: str
 
@@ -30,12 +35,29 @@ class Tensors:
     def _read(self, name: str) -> np.ndarray:
         raise NotImplementedError
 
+    def _stored_names(self) -> set[str]:
+        """Every tensor the file holds, under the names the file uses."""
+        return self.names()
+
+    def _stored_name(self, name: str) -> str:
+        """The file's name of the tensor read as ``name``."""
+        return name
+
+    def _missing(self, name: str) -> str:
+        return f"{self.source}: tensor {name!r} is missing"
+
+    @property
+    def used(self) -> set[str]:
+        """The tensors read so far (names as passed to ``get``)."""
+        return self.__dict__.setdefault("_used", set())
+
     def __contains__(self, name: str) -> bool:
         return name in self.names()
 
     def get(self, name: str, shape: tuple[int, ...] | None = None) -> np.ndarray:
         if name not in self:
-            raise CheckpointError(f"{self.source}: tensor {name!r} is missing")
+            raise CheckpointError(self._missing(name))
+        self.used.add(name)
         array = np.asarray(self._read(name), dtype=np.float32)
         if shape is not None and tuple(array.shape) != tuple(shape):
             raise CheckpointError(
@@ -46,6 +68,18 @@ class Tensors:
     def stack(self, pattern: str, n_layers: int, shape: tuple[int, ...] | None = None) -> np.ndarray:
         """``pattern`` with ``{i}`` for the layer; returns [n_layers, *shape]."""
         return np.stack([self.get(pattern.format(i=i), shape) for i in range(n_layers)])
+
+    def check_all_used(self, allowed: re.Pattern | None, described_by: str) -> None:
+        """Raise unless every stored tensor was read or fully matches ``allowed`` (the family's
+        legitimately unused tensors, e.g. buffers), naming the first few and the count."""
+        read = {self._stored_name(n) for n in self.used}
+        unused = sorted(n for n in self._stored_names() - read if allowed is None or not allowed.fullmatch(n))
+        if unused:
+            more = f" and {len(unused) - 5} more" if len(unused) > 5 else ""
+            raise CheckpointError(
+                f"{self.source}: {len(unused)} tensors are not used by the model {described_by}: "
+                f"{unused[:5]}{more}; the config and the weights disagree"
+            )
 
 
 class SafetensorsTensors(Tensors):
@@ -93,7 +127,7 @@ class SafetensorsTensors(Tensors):
             missing = sorted(set(weight_map) - set(self._where))
             if missing:
                 raise CheckpointError(
-                    f"{directory}: tensors listed in the index but absent from the shards: {missing[:5]}"
+                    f"{directory}: {len(missing)} tensors listed in the index are absent from the shards: {missing[:5]}"
                 )
 
     def names(self) -> set[str]:
@@ -152,14 +186,35 @@ class GGUFTensors(Tensors):
     def __init__(self, file: GGUFFile, name_map: GGUFNameMap):
         self.source = file.path
         self._file = file
+        self._all = dict(name_map)
         self._map = {hf: v for hf, v in name_map.items() if v[0] in file.tensors}
 
     def names(self) -> set[str]:
         return set(self._map)
 
+    def _stored_names(self) -> set[str]:
+        return set(self._file.tensors)
+
+    def _stored_name(self, name: str) -> str:
+        return self._map[name][0]
+
+    def _missing(self, name: str) -> str:
+        gguf_name = self._all[name][0] if name in self._all else "?"
+        return f"{self.source}: tensor {gguf_name!r} (read as {name!r}) is missing"
+
     def _read(self, name: str) -> np.ndarray:
         gguf_name, transform = self._map[name]
         return transform(self._file.dequantize(gguf_name))
+
+
+def check_tied_head(t: Tensors, embed: np.ndarray, name: str = "lm_head.weight") -> None:
+    """A checkpoint whose config ties the output head to the token embeddings may still store the
+    head (a copy of the embeddings): it must then equal them."""
+    if name in t and not np.array_equal(t.get(name, embed.shape), embed):
+        raise CheckpointError(
+            f"{t.source}: the config ties the output head to the token embeddings (tie_word_embeddings), "
+            f"but the stored {name!r} differs from them; set tie_word_embeddings=false if the head is separate"
+        )
 
 
 def read_json(path: str) -> dict[str, Any]:

@@ -43,8 +43,9 @@ def _byte_alphabet() -> dict[int, str]:
     return dict(zip(printable, map(chr, chars), strict=True))
 
 
-def build_gguf_tokenizer(f: GGUFFile):
-    """The file's tokenizer as a ``PreTrainedTokenizerFast`` (no special tokens added on encode)."""
+def build_gguf_tokenizer(f: GGUFFile, name: str | None = None):
+    """The file's tokenizer as a ``PreTrainedTokenizerFast`` (no special tokens added on encode);
+    its ``name_or_path`` is ``name`` (default: the file's path)."""
     from tokenizers import (
         AddedToken,
         Regex,
@@ -115,4 +116,5 @@ def build_gguf_tokenizer(f: GGUFFile):
         unk_token=token("unknown_token_id"),
         pad_token=token("padding_token_id"),
         clean_up_tokenization_spaces=False,
+        name_or_path=name or f.path,
     )

@@ -6,6 +6,7 @@ each split into heads of width d_head. llama.cpp's GGUF stores them transposed (
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import numpy as np
@@ -15,10 +16,15 @@ from mivar_jax.models.checkpoint import (
     GGUFFile,
     GGUFNameMap,
     Tensors,
+    check_tied_head,
     identity,
     transpose,
 )
 from mivar_jax.models.config import ModelConfig
+
+# Stored but legitimately unused: the causal-mask buffers older transformers versions saved.
+HF_UNUSED = re.compile(r"(transformer\.)?h\.\d+\.attn\.(bias|masked_bias)")
+GGUF_UNUSED = None
 
 _ACTIVATIONS = {
     "gelu_new": "gelu_tanh",
@@ -117,6 +123,8 @@ def params_from_hf(t: Tensors, cfg: ModelConfig) -> dict[str, Any]:
     }
     if not cfg.tied_embeddings:
         params["unembed"] = np.ascontiguousarray(t.get("lm_head.weight", (V, D)).T)
+    else:
+        check_tied_head(t, params["tok_embed"])
     return params
 
 

@@ -9,6 +9,7 @@ grouped-query attention, SwiGLU MLP; Qwen2 adds q/k/v biases. HF Linear weights 
 from __future__ import annotations
 
 import functools
+import re
 from typing import Any
 
 import numpy as np
@@ -18,11 +19,16 @@ from mivar_jax.models.checkpoint import (
     GGUFFile,
     GGUFNameMap,
     Tensors,
+    check_tied_head,
     identity,
 )
 from mivar_jax.models.config import ModelConfig, rope_inv_freq
 
 _FAMILIES = ("llama", "qwen2")
+# Stored but legitimately unused: rotary inv_freq buffers (older transformers versions saved them);
+# in GGUF, llama.cpp's Llama 3 rope factors (read by config_from_gguf, not as a parameter).
+HF_UNUSED = re.compile(r"model\.(layers\.\d+\.self_attn\.)?rotary_emb\.inv_freq")
+GGUF_UNUSED = re.compile(r"rope_freqs\.weight")
 
 
 def config_from_hf(d: dict[str, Any], name: str) -> ModelConfig:
@@ -113,6 +119,8 @@ def params_from_hf(t: Tensors, cfg: ModelConfig) -> dict[str, Any]:
     }
     if not cfg.tied_embeddings:
         params["unembed"] = np.ascontiguousarray(t.get("lm_head.weight", (V, D)).T)
+    else:
+        check_tied_head(t, params["tok_embed"])
     return params
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import logging
 import os
 import re
 from typing import Any
@@ -26,6 +27,26 @@ from mivar_jax.models.checkpoint import (
 from mivar_jax.models.gguf_tokenizer import build_gguf_tokenizer
 from mivar_jax.models.model import Model
 from mivar_jax.models.params import param_shapes
+
+_TORCH_NOTICE = "PyTorch was not found."
+
+
+class _NoTorchNotice(logging.Filter):
+    """Drops exactly transformers' import-time notice that PyTorch is missing: the library uses
+    transformers only for tokenizers, which need no PyTorch."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(_TORCH_NOTICE)
+
+
+def _silence_torch_notice() -> None:
+    """Install the filter on transformers' root logger (before transformers is first imported)."""
+    logger = logging.getLogger("transformers")
+    if not any(isinstance(f, _NoTorchNotice) for f in logger.filters):
+        logger.addFilter(_NoTorchNotice())
+
+
+_silence_torch_notice()
 
 _HF_FAMILIES = {"gpt2": gpt2, "llama": llama, "qwen2": llama}
 _GGUF_FAMILIES = {"gpt2": gpt2, "llama": llama, "qwen2": llama}
@@ -142,8 +163,10 @@ def _load_hf_dir(directory: str, name: str, tokenizer: bool | str) -> Model:
             f"({cfg_dict.get('architectures')}); supported: {sorted(_HF_FAMILIES)}"
         )
     cfg = family.config_from_hf(cfg_dict, name)
-    params = family.params_from_hf(SafetensorsTensors(directory), cfg)
+    tensors = SafetensorsTensors(directory)
+    params = family.params_from_hf(tensors, cfg)
     _check_structure(params, cfg, directory)
+    tensors.check_all_used(family.HF_UNUSED, f"that config.json describes ({cfg.n_layers} layers)")
     tok = None
     if tokenizer:
         tok = _hf_tokenizer(directory if tokenizer is True else tokenizer, name)
@@ -157,11 +180,13 @@ def _load_gguf(path: str, name: str, tokenizer: bool | str) -> Model:
     if family is None:
         raise CheckpointError(f"{path}: unsupported GGUF architecture {arch!r}; supported: {sorted(_GGUF_FAMILIES)}")
     cfg = family.config_from_gguf(f, name)
-    params = family.params_from_hf(GGUFTensors(f, family.gguf_name_map(cfg)), cfg)
+    tensors = GGUFTensors(f, family.gguf_name_map(cfg))
+    params = family.params_from_hf(tensors, cfg)
     _check_structure(params, cfg, path)
+    tensors.check_all_used(family.GGUF_UNUSED, f"that the GGUF metadata describes ({cfg.n_layers} blocks)")
     tok = None
     if tokenizer is True:
-        tok = build_gguf_tokenizer(f)
+        tok = build_gguf_tokenizer(f, name)
     elif tokenizer:
         tok = _hf_tokenizer(tokenizer, name)
     return Model(cfg, params, tok, source=path)

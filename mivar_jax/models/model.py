@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import hashlib
+import json
+import weakref
 from typing import Any, NamedTuple
 
 import jax
@@ -57,33 +61,44 @@ class Model:
         )
 
     # ------------------------------------------------------------------ checked entry points
-    def check_batch(self, tokens: Any, attention_mask: Any = None) -> tuple[jax.Array, jax.Array]:
-        """Validate a token batch on the host; returns device arrays (int32)."""
+    def check_batch(
+        self, tokens: Any, attention_mask: Any = None, *, names: tuple[str, str] = ("tokens", "attention_mask")
+    ) -> tuple[jax.Array, jax.Array]:
+        """Validate a token batch on the host; returns device arrays (int32). Errors name the array
+        (``names``), the first offending row (and column), the value and the allowed range."""
+        tok_name, mask_name = names
         tokens = np.asarray(tokens)
         if tokens.ndim == 1:
             tokens = tokens[None]
         if tokens.ndim != 2 or not np.issubdtype(tokens.dtype, np.integer):
-            raise ValueError(f"tokens must be an integer array [N, P], got {tokens.dtype} {tokens.shape}")
+            raise ValueError(f"{tok_name} must be an integer array [N, P], got {tokens.dtype} {tokens.shape}")
         n, p = tokens.shape
         if n == 0 or p == 0:
-            raise ValueError(f"empty token batch {tokens.shape}")
+            raise ValueError(f"empty token batch: {tok_name} has shape {tokens.shape}")
         if p > self.config.n_ctx:
-            raise ValueError(f"{p} tokens exceed the context length of {self.config.name} ({self.config.n_ctx})")
-        if tokens.min() < 0 or tokens.max() >= self.config.vocab_size:
             raise ValueError(
-                f"token ids must lie in [0, {self.config.vocab_size}); got [{tokens.min()}, {tokens.max()}]"
+                f"{tok_name} has {p} positions, more than the context length of {self.config.name} "
+                f"({self.config.n_ctx})"
             )
+        check_token_ids(tokens, self.config.vocab_size, tok_name, self.config.name)
         if attention_mask is None:
             attention_mask = np.ones_like(tokens)
         attention_mask = np.asarray(attention_mask)
         if attention_mask.ndim == 1:
             attention_mask = attention_mask[None]
         if attention_mask.shape != tokens.shape:
-            raise ValueError(f"attention_mask {attention_mask.shape} does not match tokens {tokens.shape}")
-        if not np.isin(attention_mask, (0, 1)).all():
-            raise ValueError("attention_mask must hold only 0 and 1")
-        if (attention_mask.sum(-1) == 0).any():
-            raise ValueError(f"rows {np.nonzero(attention_mask.sum(-1) == 0)[0].tolist()} have no real token")
+            raise ValueError(
+                f"{mask_name} has shape {attention_mask.shape}, {tok_name} {tokens.shape}: they must match"
+            )
+        bad = ~np.isin(attention_mask, (0, 1))
+        if bad.any():
+            r, c = np.argwhere(bad)[0]
+            raise ValueError(f"{mask_name}[{r}, {c}] = {attention_mask[r, c]}; a mask holds only 0 and 1")
+        empty = np.nonzero(attention_mask.sum(-1) == 0)[0]
+        if empty.size:
+            raise ValueError(
+                f"{mask_name} row {empty[0]} has no real token (all 0); {empty.size} such rows: {empty[:10].tolist()}"
+            )
         return jnp.asarray(tokens, jnp.int32), jnp.asarray(attention_mask, jnp.int32)
 
     def forward(self, tokens, attention_mask=None, *, input_embeds=None, logit_positions=None) -> jax.Array:
@@ -148,6 +163,12 @@ class Model:
             raise ValueError(f"logit_positions must lie in [0, {shape[1]}), got [{pos.min()}, {pos.max()}]")
         return jnp.asarray(pos, jnp.int32)
 
+    @property
+    def tokenizer_fingerprint(self) -> dict[str, Any] | None:
+        """The tokenizer's identity (see ``tokenizer_fingerprint``), or None without a tokenizer.
+        Hashed once per tokenizer object, not per call."""
+        return None if self.tokenizer is None else tokenizer_fingerprint(self.tokenizer)
+
     # ------------------------------------------------------------------ text
     def tokenize(self, texts: str | list[str], *, padding_side: str = "right") -> TokenBatch:
         """Encode prompts (no special tokens added) and pad them into one batch."""
@@ -175,6 +196,54 @@ class Model:
         if len(ids) != 1:
             raise ValueError(f"{text!r} is {len(ids)} tokens for {self.config.name}'s tokenizer, not one: {ids}")
         return int(ids[0])
+
+
+def check_token_ids(ids: np.ndarray, vocab_size: int, name: str, model: str, *, padding: bool = False) -> None:
+    """Raise unless every entry of ``ids`` lies in [0, vocab_size) (or is -1 with ``padding``),
+    naming the array, the first offending row (and column), the value and the allowed range."""
+    ids = np.asarray(ids)
+    bad = (ids < 0) | (ids >= vocab_size)
+    if padding:
+        bad &= ids != -1
+    if bad.any():
+        where = tuple(int(i) for i in np.argwhere(bad)[0])
+        index = ", ".join(map(str, where))
+        allowed = f"[0, {vocab_size})" + (" or -1 (padding)" if padding else "")
+        raise ValueError(
+            f"{name}[{index}] = {ids[where]} is not a token id of {model}: ids must lie in {allowed} "
+            f"({int(bad.sum())} entries out of range)"
+        )
+
+
+_FINGERPRINTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def tokenizer_fingerprint(tokenizer) -> dict[str, Any] | None:
+    """``{"name", "sha256", "size"}`` identifying a tokenizer's vocabulary, or None when it cannot list one.
+
+    ``sha256`` hashes the token → id mapping (added tokens included), so two tokenizers that give
+    the ids the same meaning share it whatever loaded them; ``name`` (``name_or_path``, else the
+    class name) is for messages only. Computed once per tokenizer object while its size is unchanged.
+    """
+    get_vocab = getattr(tokenizer, "get_vocab", None)
+    if not callable(get_vocab):
+        return None
+    try:
+        size = len(tokenizer)
+    except TypeError:
+        size = None
+    try:
+        cached = _FINGERPRINTS.get(tokenizer)
+    except TypeError:  # unhashable or not weak-referenceable: hash every time
+        cached = None
+    if cached is None or cached[0] != size:
+        items = sorted((int(i), str(t)) for t, i in get_vocab().items())
+        digest = hashlib.sha256(json.dumps(items, ensure_ascii=False).encode("utf-8")).hexdigest()
+        cached = (size, digest, len(items))
+        with contextlib.suppress(TypeError):
+            _FINGERPRINTS[tokenizer] = cached
+    name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
+    return {"name": str(name), "sha256": cached[1], "size": cached[2]}
 
 
 def pad_token_id(tokenizer) -> int:

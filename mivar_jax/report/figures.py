@@ -11,6 +11,7 @@ import numpy as np  # noqa: E402
 
 from mivar_jax.circuits import Circuit  # noqa: E402
 from mivar_jax.estimators import Scores  # noqa: E402
+from mivar_jax.stats import edge_variability  # noqa: E402
 
 DPI = 110
 
@@ -24,10 +25,12 @@ def _save(fig, path: str) -> str:
 
 def score_distributions(scores: Scores, path: str, top: int = 12, title: str = "") -> str:
     """Single-input scores of the ``top`` edges with the largest |mean|: one box per edge, with
-    every input drawn as a point, so the spread behind each mean is visible."""
+    every input drawn as a point, so the spread behind each mean is visible; each edge is labelled
+    with its signal-to-noise ratio |mean|/std (``stats.EdgeVariability.snr``)."""
     s = scores.per_input
     mean = s.mean(0)
     order = np.argsort(-np.abs(mean), kind="stable")[:top]
+    snr = np.asarray(edge_variability(scores).snr)[order]
     fig, ax = plt.subplots(figsize=(9, 0.42 * len(order) + 1.4))
     data = [s[:, e] for e in order][::-1]
     ax.boxplot(data, orientation="horizontal", widths=0.6, showfliers=False, medianprops=dict(color="black"))
@@ -36,7 +39,8 @@ def score_distributions(scores: Scores, path: str, top: int = 12, title: str = "
         ax.scatter(col, i + rng.uniform(-0.18, 0.18, col.size), s=6, alpha=0.45, color="tab:blue", lw=0)
         ax.scatter([col.mean()], [i], marker="D", color="tab:red", s=22, zorder=3)
     ax.axvline(0, color="grey", lw=0.8, ls="--")
-    ax.set_yticks(range(1, len(order) + 1), [scores.names[e] for e in order][::-1], fontsize=8)
+    labels = [f"{scores.names[e]}  (SNR {r:.2f})" for e, r in zip(order, snr, strict=True)]
+    ax.set_yticks(range(1, len(order) + 1), labels[::-1], fontsize=8)
     ax.set_xlabel("single-input score: metric(edge patched) − metric(clean)   (◆ mean)")
     ax.set_title(title or f"Per-input scores of the top {len(order)} edges (N = {scores.n_inputs})", fontsize=10)
     return _save(fig, path)

@@ -8,13 +8,11 @@ import html
 import json
 import os
 
-import numpy as np
-
 from mivar_jax._io import atomic_write_text
 from mivar_jax.circuits import Circuit
 from mivar_jax.estimators import Scores
 from mivar_jax.report import figures
-from mivar_jax.study.analysis import cell_labels
+from mivar_jax.study.analysis import JACCARD_INTERVAL, cell_labels, load_npz, plus_minus, read_cell_file
 from mivar_jax.study.rundir import RunDir, read_json
 
 FIGURES = (
@@ -36,6 +34,7 @@ th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}
 .stable{border-color:#2a9d4b}.unstable{border-color:#c0392b}.mixed{border-color:#e0a020}
 figure{margin:1em 0}img{max-width:100%;border:1px solid #eee}figcaption{font-size:.85em;color:#555}
 pre{background:#f7f7f7;padding:.6em;font-size:.8em;overflow-x:auto}
+.glossary{font-size:.82em;color:#444}.glossary dd{margin:0 0 .3em 1.5em}
 """
 
 
@@ -47,14 +46,14 @@ def write_report(rd: RunDir, results) -> str:
     cells = [c.id for c in cfg.cells()]
     head, how = cfg.bootstrap.size, cfg.circuits.aggregations[0]
     tag = f"{how}-n{head}"
-    first = Scores.load(os.path.join(rd.cell_dir(cells[0]), "scores.safetensors"))
+    first = read_cell_file(rd, os.path.join(rd.cell_dir(cells[0]), "scores.safetensors"), Scores.load)
     graph = first.graph
     labels = cell_labels(cfg)
     jaccards, freqs = {}, {}
     for c in cells:
-        with np.load(os.path.join(rd.cell_dir(c), "bootstrap.npz")) as z:
-            jaccards[labels[c]] = z[f"{tag}/jaccard"]
-            freqs[labels[c]] = z[f"{tag}/inclusion_frequency"]
+        z = read_cell_file(rd, os.path.join(rd.cell_dir(c), "bootstrap.npz"), load_npz)
+        jaccards[labels[c]] = z[f"{tag}/jaccard"]
+        freqs[labels[c]] = z[f"{tag}/inclusion_frequency"]
     path = lambda name: os.path.join(fig_dir, f"{name}.png")
     figures.score_distributions(
         first, path("score_distributions"), title=f"{cells[0]}: per-input scores of the top edges"
@@ -98,15 +97,69 @@ def _figure(fig_dir: str, name: str, caption: str) -> str:
     )
 
 
+def _display_row(r: dict) -> dict:
+    """A summary row as the report shows it: interval and ± standard errors folded in."""
+    mc = "–" if r["jaccard_mc_low"] is None else f"[{r['jaccard_mc_low']:.3f}, {r['jaccard_mc_high']:.3f}]"
+    return {
+        "cell": r["label"],
+        "size": r["size"],
+        "edges (mean)": r["n_edges_mean"],
+        "mean Jaccard": r["mean_jaccard"],
+        "MC interval (B replicates)": mc,
+        "Jaccard CV": r["jaccard_cv"],
+        "empty replicates": r.get("n_empty"),
+        "replicates with cut ties": r.get("replicates_with_cut_ties"),
+        "Jaccard to full": r["mean_jaccard_to_full"],
+        "stable": r["stable"],
+        "median SNR": r.get("snr_median"),
+        "eval inputs": r.get("eval_inputs"),
+        "faithfulness": plus_minus(r["faithfulness"], r.get("faithfulness_se")),
+        "circuit error (task)": plus_minus(r["circuit_error_task"], r.get("circuit_error_task_se")),
+        "circuit error (vocab)": plus_minus(r["circuit_error_vocab"], r.get("circuit_error_vocab_se")),
+        "KL": r["kl"],
+    }
+
+
+def _display_cell(info: dict) -> dict:
+    settings = info.get("estimator_settings") or {}
+    if all(isinstance(v, dict) for v in settings.values()):  # the reference: one entry per estimator
+        settings = {}
+    eval_inputs = info.get("eval_inputs")
+    return {
+        **info,
+        "estimator settings": ", ".join(f"{k}={v}" for k, v in settings.items() if k not in ("method", "steps")),
+        "eval inputs": None if eval_inputs is None else len(eval_inputs),
+    }
+
+
+def _glossary(cfg) -> str:
+    items = [
+        ("MC interval", f"{JACCARD_INTERVAL} (B = {cfg.bootstrap.replicates}, {cfg.bootstrap.confidence:.0%}): how "
+         "precisely the replicates pin down the bootstrap's mean pairwise Jaccard. It shrinks as B grows and says "
+         "nothing about the uncertainty due to the data."),
+        ("empty replicates", "replicate circuits left empty after pruning (empty circuits count as identical)."),
+        ("replicates with cut ties", "replicates in which edges tied with the n-th were left out at the top-n cut "
+         "(ties are broken toward the lower edge index)."),
+        ("median SNR", "median over the full-data circuit's edges of the signal-to-noise ratio |mean| / std of the "
+         "single-input scores (per-edge CV = std / |mean| and SNR are in each cell's edges.csv; CVs are never "
+         "averaged: they explode as a mean nears 0)."),
+        ("±", "standard error over the evaluation inputs (a random subset of each dataset, drawn with the study's "
+         "seed; circuits.eval_inputs)."),
+    ]  # fmt: skip
+    body = "".join(f"<dt><b>{html.escape(k)}</b></dt><dd>{html.escape(v)}</dd>" for k, v in items)
+    return f"<dl class='glossary'>{body}</dl>"
+
+
 def _html(rd: RunDir, results, fig_dir: str, majority: Circuit) -> str:
     cfg = results.config
     verdict = results.verdict
     kind = verdict.split(":")[0]
     env = read_json(rd.file("environment.json"))
-    summary_cols = ["label", "size", "n_edges_mean", "mean_jaccard", "jaccard_ci_low", "jaccard_ci_high",
-                    "jaccard_cv", "mean_jaccard_to_full", "stable", "faithfulness", "circuit_error_task",
-                    "circuit_error_vocab", "kl"]  # fmt: skip
-    cell_cols = ["cell", "n_inputs", "clean_metric_mean", "estimator_seconds", "seconds", "compile_seconds", "verdict"]
+    summary = [_display_row(r) for r in results.headline_rows()]
+    summary_cols = list(summary[0]) if summary else []
+    cells = [_display_cell(c) for c in results.cells]
+    cell_cols = ["cell", "estimator settings", "n_inputs", "eval inputs", "clean_metric_mean", "estimator_seconds",
+                 "seconds", "compile_seconds", "verdict"]  # fmt: skip
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>",
         f"<title>mivar report: {html.escape(cfg.name)}</title><style>{CSS}</style></head><body>",
@@ -114,9 +167,10 @@ def _html(rd: RunDir, results, fig_dir: str, majority: Circuit) -> str:
         f"{html.escape(cfg.data.task)}</h1>",
         f"<p class='verdict {kind}'><b>Verdict.</b> {html.escape(verdict)}</p>",
         "<h2>Summary at the headline size</h2>",
-        _table(results.headline_rows(), summary_cols),
+        _table(summary, summary_cols),
+        _glossary(cfg),
         "<h2>Cells</h2>",
-        _table(results.cells, cell_cols),
+        _table(cells, cell_cols),
     ]
     for name, caption in FIGURES:
         parts.append(f"<h2>{html.escape(caption)}</h2>")

@@ -6,6 +6,8 @@ import dataclasses
 
 import numpy as np
 
+from mivar_jax._checks import check_scores_finite
+
 
 def as_scores(scores, min_inputs: int = 1, name: str = "scores") -> np.ndarray:
     """Per-input scores [N, E] as float32, from a Scores or an array; refuses NaN/inf and bad shapes."""
@@ -15,13 +17,7 @@ def as_scores(scores, min_inputs: int = 1, name: str = "scores") -> np.ndarray:
         raise ValueError(f"{name} must be per-input scores [N, E], got shape {s.shape}")
     if s.shape[0] < min_inputs or s.shape[1] < 1:
         raise ValueError(f"{name} needs at least {min_inputs} inputs and 1 edge, got shape {s.shape}")
-    bad = ~np.isfinite(s)
-    if bad.any():
-        rows, cols = np.nonzero(bad)
-        raise ValueError(
-            f"{name} holds {int(bad.sum())} NaN/inf values (e.g. input {int(rows[0])}, edge {int(cols[0])}); "
-            "statistics need finite scores (score the missing edges, or drop them)"
-        )
+    check_scores_finite(s, name)
     return s
 
 

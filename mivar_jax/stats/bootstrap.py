@@ -8,19 +8,27 @@ Each replicate b reweights the N inputs with weights w_b [N] drawn inside jit fr
 - ``disjoint-splits``: one permutation split into B disjoint parts of ⌊N/B⌋ inputs (the
   follow-up paper's protocol: k non-overlapping subsets, all pairwise Jaccards).
 
-Per replicate: the weighted aggregate [E] (``mivar_jax.aggregation``: mean as one matmul W·S),
-its top-n edges by |score| (ties → lower index), pruned (``circuits.pruning``). Then, from the
-B × B Jaccard matrices of edge sets and node sets (one matmul of the masks each):
+Per replicate: the weighted aggregate [E] (``mivar_jax.aggregation``: mean as one matmul W·S,
+exact on a fixed-point grid, so the same bits whatever the chunking, device count or CPU), its
+top-n edges by |score| (ties → lower index; the edges tied with the n-th but left out are
+counted, ``cut_ties``), pruned (``circuits.pruning``). Then, from the B × B Jaccard matrices of
+edge sets and node sets (one matmul of the masks each):
 
 - ``mean_jaccard``: mean over pairs b ≠ b'; ``jaccard_cv``: std / mean of those pairs;
 - ``jaccard_to_full`` / ``jaccard_to_majority``: each replicate against the full-data circuit
   and against the majority circuit (edges in ≥ 50% of replicates, not re-pruned);
 - ``inclusion_frequency`` [E], circuit ``sizes`` (edges after pruning) and ``node_sizes``;
-- intervals (``stats.intervals``): percentile (always) and BCa (multinomial only; jackknife in
-  closed form for every aggregation) for the aggregated edge scores; for the Jaccard statistics
-  by resampling replicates (weights c over replicates; pairs of one replicate with itself are
-  left out: mean = (cᵀJc − Σc²) / ((Σc)² − Σc²)), with a leave-one-replicate-out jackknife;
-- ``verdict``: the paper's bar, stable iff mean pairwise Jaccard ≥ 0.8 with B ≥ 100.
+- intervals (``stats.intervals``) for the aggregated edge scores: percentile and BCa (jackknife
+  in closed form for every aggregation) for ``multinomial``; for ``subsample`` the percentile
+  deviations rescaled by √(m/(N − m)) (m = ⌊fraction·N⌋: a subsample mean without replacement
+  varies √((N − m)/m) times as much as the full-data mean's bootstrap); none for
+  ``disjoint-splits`` (B values of parts of N/B inputs say little about the full-data score);
+- Monte-Carlo intervals for the Jaccard statistics: how precisely the B replicates pin down the
+  bootstrap's mean pairwise Jaccard (they shrink as B grows; they are not data uncertainty), by
+  resampling replicates (weights c over replicates; pairs of one replicate with itself are left
+  out: mean = (cᵀJc − Σc²) / ((Σc)² − Σc²)), with a leave-one-replicate-out jackknife for BCa;
+- ``verdict``: stable iff mean pairwise Jaccard ≥ 0.8 with B ≥ 100 and no empty replicate
+  circuit — the paper's bar for ``multinomial``; the verdict names the other methods.
 """
 
 from __future__ import annotations
@@ -32,9 +40,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mivar_jax.aggregation import aggregate, check_aggregation
+from mivar_jax._checks import check_int, check_key
+from mivar_jax.aggregation import aggregate_counts, check_aggregation, fixed_point_jit
 from mivar_jax.circuits.pruning import _prune_dense
-from mivar_jax.circuits.selection import topn_masks
+from mivar_jax.circuits.selection import topn
 from mivar_jax.graph import Graph
 from mivar_jax.sharding import EDGES, INPUTS, P, make_mesh, spmd
 from mivar_jax.stats._checks import as_scores, to_json_dict
@@ -49,6 +58,7 @@ from mivar_jax.stats.intervals import (
 BOOTSTRAP_METHODS = ("multinomial", "subsample", "disjoint-splits")
 STABLE_JACCARD, MIN_REPLICATES = 0.8, 100
 JACCARD_STATS = ("mean_jaccard", "jaccard_cv", "mean_node_jaccard", "node_jaccard_cv")
+JACCARD_INTERVAL = "Monte-Carlo interval over the B replicates"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,26 +86,65 @@ class BootstrapResult:
     inclusion_frequency: np.ndarray  # [E]
     sizes: np.ndarray  # [B]
     node_sizes: np.ndarray  # [B]
-    score_ci_percentile: np.ndarray  # [2, E]
-    score_ci_bca: np.ndarray | None  # [2, E]
-    jaccard_ci_percentile: dict[str, list[float]]
+    cut_ties: np.ndarray  # [B] edges tied with the n-th at the top-n cut but left out
+    full_cut_ties: int  # the same for the full-data circuit
+    score_ci_percentile: np.ndarray | None  # [2, E]; None for disjoint-splits
+    score_ci_bca: np.ndarray | None  # [2, E]; multinomial only
+    jaccard_ci_percentile: dict[str, list[float]]  # Monte-Carlo intervals (JACCARD_INTERVAL)
     jaccard_ci_bca: dict[str, list[float]]
 
     @property
+    def n_empty(self) -> int:
+        """Replicate circuits left empty by pruning (two empty circuits have Jaccard 1)."""
+        return int((self.sizes == 0).sum())
+
+    @property
     def stable(self) -> bool:
-        return self.n_replicates >= MIN_REPLICATES and self.mean_jaccard >= STABLE_JACCARD and bool(self.sizes.any())
+        """Mean pairwise Jaccard ≥ 0.8 over B ≥ 100 replicates, none of them empty."""
+        return self.n_replicates >= MIN_REPLICATES and self.n_empty == 0 and self.mean_jaccard >= STABLE_JACCARD
 
     @property
     def verdict(self) -> str:
         lo, hi = self.jaccard_ci_percentile["mean_jaccard"]
-        stat = f"mean pairwise Jaccard {self.mean_jaccard:.3f} [{lo:.3f}, {hi:.3f}] over B = {self.n_replicates}"
-        if not self.sizes.any():
+        pct = round(100 * self.confidence)
+        stat = (
+            f"mean pairwise Jaccard {self.mean_jaccard:.3f} over B = {self.n_replicates} {self._method_words} "
+            f"(Monte-Carlo {pct}% interval over the replicates [{lo:.3f}, {hi:.3f}])"
+        )
+        if self.n_empty == self.n_replicates:
             return f"undetermined: every replicate circuit is empty after pruning (raise n_edges from {self.n_edges})"
+        empty = f"; {self.n_empty} of {self.n_replicates} replicate circuits are empty after pruning"
+        ties = int((self.cut_ties > 0).sum())
+        tie_note = (
+            f"; {ties} of {self.n_replicates} replicates had ties at the top-{self.n_edges} cut (broken toward the "
+            "lower edge index in every replicate, which can inflate Jaccard)"
+            if ties
+            else ""
+        )
+        note = (empty if self.n_empty else "") + tie_note
         if self.n_replicates < MIN_REPLICATES:
-            return f"undetermined: {stat} (the bar needs B ≥ {MIN_REPLICATES})"
-        if self.stable:
-            return f"stable: {stat} ≥ {STABLE_JACCARD}"
-        return f"unstable: {stat} < {STABLE_JACCARD}"
+            return f"undetermined: {stat} (the bar needs B ≥ {MIN_REPLICATES}){note}"
+        bar = (
+            "the paper's bar"
+            if self.method == "multinomial"
+            else "the paper's threshold, set for the multinomial bootstrap"
+        )
+        if self.mean_jaccard < STABLE_JACCARD:
+            return f"unstable: {stat} < {STABLE_JACCARD} ({bar}){note}"
+        if self.n_empty:  # two empty circuits count as identical: the mean cannot vouch for them
+            return (
+                f"undetermined: {stat} ≥ {STABLE_JACCARD}{empty}, and empty circuits count as identical, which "
+                f"inflates Jaccard (stable needs every replicate non-empty: raise n_edges from {self.n_edges}){tie_note}"
+            )
+        return f"stable: {stat} ≥ {STABLE_JACCARD} ({bar}){tie_note}"
+
+    @property
+    def _method_words(self) -> str:
+        return {
+            "multinomial": "multinomial bootstrap replicates",
+            "subsample": "subsamples without replacement",
+            "disjoint-splits": "disjoint splits",
+        }[self.method]
 
     def summary(self) -> dict:
         return {
@@ -115,6 +164,10 @@ class BootstrapResult:
             "size_mean": float(self.sizes.mean()),
             "size_min": int(self.sizes.min()),
             "size_max": int(self.sizes.max()),
+            "n_empty": self.n_empty,
+            "replicates_with_cut_ties": int((self.cut_ties > 0).sum()),
+            "full_cut_ties": self.full_cut_ties,
+            "jaccard_interval": JACCARD_INTERVAL,
             "jaccard_ci_percentile": self.jaccard_ci_percentile,
             "jaccard_ci_bca": self.jaccard_ci_bca,
             "confidence": self.confidence,
@@ -148,14 +201,16 @@ def _weights(key, method: str, n: int, b: jax.Array, n_replicates: int, fraction
 
 @functools.lru_cache(maxsize=32)
 def _replicate_kernel(graph: Graph, method, how, n_edges, n_replicates, fraction, mesh):
-    def kernel(key, s_NxE, ids_C):
-        w_CxN = jax.vmap(lambda b: _weights(key, method, s_NxE.shape[0], b, n_replicates, fraction))(ids_C)
-        agg_CxE = jax.vmap(lambda w: aggregate(s_NxE, how, w))(w_CxN)
-        kept, nodes = _prune_dense(graph, topn_masks(agg_CxE, n_edges))
-        return agg_CxE, kept, nodes
+    def kernel(key, s_NxE, fixed, ids_C):
+        n = s_NxE.shape[0]
+        w_CxN = jax.vmap(lambda b: _weights(key, method, n, b, n_replicates, fraction))(ids_C)
+        agg_CxE = jax.vmap(lambda w: aggregate_counts(s_NxE, how, w, n, fixed))(w_CxN)
+        top, ties = topn(agg_CxE, n_edges)
+        kept, nodes = _prune_dense(graph, top)
+        return agg_CxE, kept, nodes, ties
 
     rows = P((EDGES, INPUTS))
-    return jax.jit(spmd(kernel, mesh, (P(), P(), rows), (rows, rows, rows)))
+    return jax.jit(spmd(kernel, mesh, (P(), P(), P(), rows), (rows,) * 4))
 
 
 def _pair_stats(j_BxB: jax.Array, c_RxB: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -196,10 +251,21 @@ def _bca_levels(agg_BxE, full_E, s_NxE, how: str, confidence: float):
 
 def jaccard_matrix(masks_BxE) -> jax.Array:
     """[B, B] Jaccard indices of boolean masks (1 where both are empty): one matmul."""
-    k = jnp.asarray(masks_BxE, jnp.float32)
-    inter = k @ k.T
-    size = k.sum(1)
-    union = size[:, None] + size[None, :] - inter
+    masks = jnp.asarray(masks_BxE)
+    return _jaccard_to(masks, masks)
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _full_aggregate(s_NxE, how, fixed):
+    return aggregate_counts(s_NxE, how, jnp.ones(s_NxE.shape[0], jnp.float32), s_NxE.shape[0], fixed)
+
+
+@jax.jit
+def _jaccard_to(masks_BxE, refs_RxE) -> jax.Array:
+    """[B, R] Jaccard indices of each mask with each reference mask (1 where both are empty)."""
+    k, r = masks_BxE.astype(jnp.float32), refs_RxE.astype(jnp.float32)
+    inter = k @ r.T
+    union = k.sum(1)[:, None] + r.sum(1)[None, :] - inter
     return jnp.where(union > 0, inter / jnp.maximum(union, 1), 1.0)
 
 
@@ -242,9 +308,9 @@ def bootstrap(
 ) -> BootstrapResult:
     """Bootstrap the pruned top-``n_edges`` circuit of ``scores`` (a Scores, or [N, E] per-input
     scores with ``graph=``); see the module docstring. ``key`` is required (a jax.random.key);
-    ``chunk`` replicates per device per call (default from the size of the scores)."""
-    if key is None:
-        raise ValueError("bootstrap needs an explicit key=jax.random.key(seed)")
+    ``chunk`` replicates per device per call (default from the size of the scores; it sizes the
+    memory only: results are the same bits for every chunk and device count)."""
+    key = check_key(key)
     graph = graph if graph is not None else getattr(scores, "graph", None)
     if graph is None:
         raise ValueError("pass graph= with an array of per-input scores (pruning needs the Graph)")
@@ -259,51 +325,59 @@ def bootstrap(
     check_aggregation(aggregation)
     if method not in BOOTSTRAP_METHODS:
         raise ValueError(f"unknown bootstrap method {method!r}; choose from {list(BOOTSTRAP_METHODS)}")
-    if isinstance(n_replicates, bool) or not isinstance(n_replicates, int | np.integer) or n_replicates < 2:
-        raise ValueError(f"n_replicates must be an integer ≥ 2, got {n_replicates!r}")
-    if isinstance(n_edges, bool) or not isinstance(n_edges, int | np.integer) or not 1 <= n_edges <= E:
-        raise ValueError(f"n_edges must be an integer in [1, {E}], got {n_edges!r}")
-    if method == "disjoint-splits" and N // n_replicates < 1:
-        raise ValueError(f"{n_replicates} disjoint splits of {N} inputs leave no input per split")
-    if method == "subsample" and not 0 < fraction < 1:
-        raise ValueError(f"fraction must be in (0, 1), got {fraction}")
+    B = check_int(n_replicates, "n_replicates", low=2)
+    n_edges = check_int(n_edges, "n_edges", high=E)
+    if method == "disjoint-splits" and N // B < 1:
+        raise ValueError(f"{B} disjoint splits of {N} inputs leave no input per split")
+    if method == "subsample" and not (0 < fraction < 1 and 1 <= int(fraction * N) < N):
+        raise ValueError(f"fraction must be in (0, 1) and leave 1 … N − 1 of the {N} inputs, got {fraction}")
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    if chunk is not None:
+        chunk = check_int(chunk, "chunk")
     if mesh is None and jax.device_count() > 1:
         mesh = make_mesh()
     mesh = mesh if mesh is not None and mesh.size > 1 else None
     n_dev = 1 if mesh is None else mesh.size
-    B = int(n_replicates)
     if chunk is None:
         # bytes per replicate: the aggregate, its ranking and masks; the median also sorts [N, E]
         per = E * 24 + N * 4 + (N * E * 12 if aggregation == "median" else 0)
         chunk = int(max(1, min(256, (512 * 2**20) // per)))
     step = chunk * n_dev
-    kernel = _replicate_kernel(graph, method, aggregation, int(n_edges), B, float(fraction), mesh)
+    kernel = _replicate_kernel(graph, method, aggregation, n_edges, B, float(fraction), mesh)
 
     s_dev = jnp.asarray(s)
-    aggs, kept, nodes = [], [], []
+    fixed = fixed_point_jit(s_dev, aggregation, N)  # once, for every replicate and the full data
+    parts = ([], [], [], [])
     for start in range(0, B, step):
         ids = jnp.arange(start, start + step, dtype=jnp.int32)
         take = min(step, B - start)
         # gathered to the host shard by shard: no cross-device collective (which can deadlock the
         # CPU runtime when devices outnumber its threads), then on to one device for the rest
-        for out, part in zip((aggs, kept, nodes), kernel(key, s_dev, ids), strict=True):
+        for out, part in zip(parts, kernel(key, s_dev, fixed, ids), strict=True):
             out.append(np.asarray(part)[:take])
-    agg_BxE, kept_BxE, nodes_BxS = (jnp.asarray(np.concatenate(x)) for x in (aggs, kept, nodes))
+    agg_BxE, kept_BxE, nodes_BxS = (jnp.asarray(np.concatenate(x)) for x in parts[:3])
+    ties_B = np.concatenate(parts[3])
 
-    full_agg = aggregate(s_dev, aggregation)
-    full_kept, _ = _prune_dense(graph, topn_masks(full_agg[None], int(n_edges)))
+    full_agg = _full_aggregate(s_dev, aggregation, fixed)  # = aggregate(s): the same exact sums
+    full_top, full_ties = topn(full_agg[None], n_edges)
+    full_kept, _ = _prune_dense(graph, full_top)
     j_edges, j_nodes = jaccard_matrix(kept_BxE), jaccard_matrix(nodes_BxS)
     freq = kept_BxE.mean(0)
     majority = freq >= 0.5
-    to_ref = jaccard_matrix(jnp.concatenate([kept_BxE, full_kept, majority[None]]))[:B, B:]
+    to_ref = _jaccard_to(kept_BxE, jnp.concatenate([full_kept, majority[None]]))
 
     levels = percentile_levels(confidence, E)
     if method == "multinomial":  # BCa too: both level pairs read off one pass over the tails
         levels = jnp.concatenate([levels, _bca_levels(agg_BxE, full_agg, s_dev, aggregation, confidence)])
-    quantiles = np.asarray(column_quantiles_tails(agg_BxE, levels))
-    pct, bca = quantiles[:2], (quantiles[2:] if method == "multinomial" else None)
+    pct = bca = None
+    if method != "disjoint-splits":
+        quantiles = np.asarray(column_quantiles_tails(agg_BxE, levels))
+        pct, bca = quantiles[:2], (quantiles[2:] if method == "multinomial" else None)
+    if method == "subsample":  # deviations of m-of-N subsamples, rescaled to the full-data score's
+        m = int(fraction * N)
+        theta_hat = np.asarray(full_agg)
+        pct = theta_hat + np.sqrt(m / (N - m)) * (pct - theta_hat)
     theta, j_pct, j_bca = _jaccard_intervals(jax.random.fold_in(key, 2**30), j_edges, j_nodes, confidence=confidence)
     theta, j_pct, j_bca = np.asarray(theta), np.asarray(j_pct), np.asarray(j_bca)
     ci = lambda arr: {name: [float(arr[0, i]), float(arr[1, i])] for i, name in enumerate(JACCARD_STATS)}
@@ -311,7 +385,7 @@ def bootstrap(
     return BootstrapResult(
         method=method,
         aggregation=aggregation,
-        n_edges=int(n_edges),
+        n_edges=n_edges,
         n_replicates=B,
         n_inputs=N,
         confidence=confidence,
@@ -332,7 +406,9 @@ def bootstrap(
         inclusion_frequency=np.asarray(freq),
         sizes=np.asarray(kept_BxE.sum(1)),
         node_sizes=np.asarray(nodes_BxS.sum(1)),
-        score_ci_percentile=np.asarray(pct),
+        cut_ties=ties_B,
+        full_cut_ties=int(full_ties[0]),
+        score_ci_percentile=pct,
         score_ci_bca=bca,
         jaccard_ci_percentile=ci(j_pct),
         jaccard_ci_bca=ci(j_bca),

@@ -5,7 +5,9 @@
 - BCa (Efron & Tibshirani 1993, §14.3): quantiles at α₁ = Φ(z₀ + (z₀ + z_α)/(1 − a(z₀ + z_α)))
   and α₂ likewise with z_{1−α}, where z₀ = Φ⁻¹(share of θ*_b below θ̂, ties counted half) and the
   acceleration a = Σ d_i³ / (6 (Σ d_i²)^{3/2}) with d_i = mean(θ_(·)) − θ_(i) from the jackknife
-  values θ_(i). Same definitions as ``scipy.stats.bootstrap``.
+  values θ_(i). Same definitions as ``scipy.stats.bootstrap``. Degenerate cases: constant θ*_b give
+  that constant (both levels ½); θ̂ outside every θ*_b (z₀ = ±∞) and an undefined acceleration
+  (constant jackknife values) give NaN, as scipy does (it also warns there).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ def bca_levels(
     confidence: float = 0.95,
 ) -> Float[Array, "2 K"]:
     """The BCa quantile levels (α₁, α₂) of every statistic."""
+    theta_star_BxK, theta_hat_K, jackknife_JxK = map(jnp.asarray, (theta_star_BxK, theta_hat_K, jackknife_JxK))
     alpha = (1 - confidence) / 2
     below = (theta_star_BxK < theta_hat_K).sum(0) + (theta_star_BxK <= theta_hat_K).sum(0)
     z0 = ndtri(below / (2 * theta_star_BxK.shape[0]))
@@ -38,17 +41,19 @@ def bca_levels(
     accel = (d**3).sum(0) / (6 * ((d**2).sum(0)) ** 1.5)
     z = ndtri(jnp.asarray([alpha, 1 - alpha]))[:, None]
     levels = ndtr(z0 + (z0 + z) / (1 - accel * (z0 + z)))
-    return jnp.nan_to_num(levels, nan=0.5)  # constant statistics: a degenerate interval
+    levels = jnp.where(jnp.isinf(z0), jnp.nan, levels)  # θ̂ outside every replicate: undefined
+    constant = theta_star_BxK.min(0) == theta_star_BxK.max(0)
+    return jnp.where(constant, 0.5, levels)  # constant replicates: a degenerate interval
 
 
 def _interpolate(order_stat, levels_2xK, n: int) -> jax.Array:
     """Linear interpolation between order statistics (numpy's default quantile method);
     ``order_stat(i)`` returns the i-th smallest value of each column for an index array [2, K]."""
-    pos = levels_2xK * (n - 1)
+    pos = jnp.nan_to_num(levels_2xK) * (n - 1)
     lo = jnp.clip(jnp.floor(pos).astype(jnp.int32), 0, n - 1)
     hi = jnp.minimum(lo + 1, n - 1)
     a, b = order_stat(lo), order_stat(hi)
-    return a + (pos - lo) * (b - a)
+    return jnp.where(jnp.isnan(levels_2xK), jnp.nan, a + (pos - lo) * (b - a))  # NaN level: NaN
 
 
 def column_quantiles(values_BxK: Float[Array, "B K"], levels_2xK: Float[Array, "2 K"]) -> Float[Array, "2 K"]:
@@ -63,8 +68,8 @@ def column_quantiles_tails(values_BxK, levels_LxK) -> jax.Array:
     level, found with one host read) instead of a full sort, which XLA's CPU sort makes slow.
     ``levels_LxK`` may stack several level pairs (e.g. percentile and BCa: one pass for both)."""
     n = values_BxK.shape[0]
-    lo = np.floor(np.asarray(levels_LxK, np.float64) * (n - 1))
-    need = int(np.minimum(lo + 2, n - lo + 1).max())  # each level from its nearer tail
+    lo = np.floor(np.nan_to_num(np.asarray(levels_LxK, np.float64)) * (n - 1))
+    need = int(np.minimum(lo + 2, n - lo + 1).max())  # each level from its nearer tail (NaN: any)
     k = 1 << max(need - 1, 1).bit_length()
     if 2 * k >= n:
         return column_quantiles(values_BxK, levels_LxK)

@@ -3,8 +3,11 @@ itself changes from one input to the next, before any estimator noise.
 
 For per-input scores s [N, E]:
 - ``mean``, ``std`` (ddof = 1), ``cv`` = std / |mean| (inf where the mean is 0);
-- ``sign_agreement``: the share of inputs whose score has the sign of the mean (0 counts as
-  disagreeing; 1/2 … 1, or 0 for a zero mean);
+- ``snr``: the signal-to-noise ratio |mean| / std (inf where std = 0 < |mean|, 0 where both are
+  0). Prefer it to the CV for summaries: the CV explodes as the mean nears 0, so never average
+  CVs across edges (a median of SNRs is well behaved);
+- ``sign_agreement``: the share of inputs whose score has the sign of the mean, in 0 … 1 (a
+  zero score counts as disagreeing; 0 for a zero mean);
 - ``quantiles`` at ``QUANTILES`` (linear interpolation, numpy's default);
 - ``n_needed``: inputs the mean needs for a 95% normal interval to exclude zero,
   ⌈(1.96 · std / |mean|)²⌉ (inf where the mean is 0).
@@ -30,6 +33,7 @@ class EdgeVariability:
     mean: np.ndarray
     std: np.ndarray
     cv: np.ndarray
+    snr: np.ndarray
     sign_agreement: np.ndarray
     quantiles: np.ndarray  # [len(QUANTILES), E]
     n_needed: np.ndarray
@@ -44,10 +48,11 @@ def _variability(s_NxE: Float[Array, "N E"]):
     mean = s_NxE.mean(0)
     std = s_NxE.std(0, ddof=1)
     cv = jnp.where(mean != 0, std / jnp.abs(mean), jnp.inf)
+    snr = jnp.where(std > 0, jnp.abs(mean) / jnp.where(std > 0, std, 1.0), jnp.where(mean != 0, jnp.inf, 0.0))
     agree = (jnp.sign(s_NxE) == jnp.sign(mean)) & (mean != 0)
     q = jnp.quantile(s_NxE, jnp.asarray(QUANTILES), axis=0)
     needed = jnp.where(mean != 0, jnp.ceil((Z_95 * std / jnp.abs(mean)) ** 2), jnp.inf)
-    return mean, std, cv, agree.mean(0), q, needed
+    return mean, std, cv, snr, agree.mean(0), q, needed
 
 
 def edge_variability(scores) -> EdgeVariability:

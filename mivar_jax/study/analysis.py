@@ -1,9 +1,15 @@
 """Study-level analysis, rebuilt from the finished cells of a run directory into ``results/``.
 
 - ``summary.csv`` / ``summary.json``: one row per cell × aggregation × circuit size: the cell's
-  levels, the bootstrap's stability (mean pairwise Jaccard, its CV and interval, Jaccard to the
-  full-data circuit, sizes, verdict) and the full-data circuit's evaluation (faithfulness,
-  circuit error over the task's answers and over the vocabulary, KL).
+  levels and estimator settings, the bootstrap's stability (mean pairwise Jaccard with its
+  Monte-Carlo interval over the B replicates ``jaccard_mc_low``/``_high`` — it shrinks as B grows
+  and says nothing about data uncertainty —, the CV of the pairwise Jaccards, replicate circuits
+  empty after pruning ``n_empty``, replicates with ties at the top-n cut, Jaccard to the full-data
+  circuit, sizes, verdict), the median signal-to-noise ratio |mean|/std of the full-data
+  circuit's edges (``snr_median``; never a mean of CVs, which explode as a mean nears 0), and
+  the full-data circuit's evaluation on ``eval_inputs`` inputs (faithfulness, circuit error over
+  the task's answers and over the vocabulary, each with its standard error ``_se`` over those
+  inputs, KL).
 - ``perturbations.json``: the full-data circuits (headline size) of every pair of cells compared
   (C × C Jaccard matrix), and for each grid factor the mean Jaccard over the pairs of cells that
   differ in that factor only: the circuit's stability under dataset resampling (``seed``),
@@ -23,6 +29,8 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import os
+import zipfile
+import zlib
 
 import numpy as np
 
@@ -30,14 +38,21 @@ from mivar_jax import stats
 from mivar_jax._io import atomic_write_text
 from mivar_jax.estimators import Scores
 from mivar_jax.study.config import REFERENCE, StudyConfig, estimator_label
-from mivar_jax.study.rundir import RunDir, read_json, write_json
+from mivar_jax.study.rundir import RunDir, RunDirError, read_json, write_json
 
 OUTCOMES = ("mean_jaccard", "faithfulness", "circuit_error_task")
 SUMMARY_COLUMNS = (
-    "cell", "label", "seed", "family", "counterfactual", "noise", "estimator", "aggregation", "size", "n_edges_mean",
-    "mean_jaccard", "jaccard_cv", "jaccard_ci_low", "jaccard_ci_high", "mean_jaccard_to_full", "mean_node_jaccard",
-    "stable", "faithfulness", "circuit_error_task", "circuit_error_vocab", "kl", "verdict",
+    "cell", "label", "seed", "family", "counterfactual", "noise", "estimator", "ablation", "ig_convention", "pooling",
+    "aggregation", "size", "n_edges_mean", "mean_jaccard", "jaccard_mc_low", "jaccard_mc_high", "jaccard_cv",
+    "n_empty", "replicates_with_cut_ties", "mean_jaccard_to_full", "mean_node_jaccard", "stable", "snr_median",
+    "eval_inputs", "faithfulness", "faithfulness_se", "circuit_error_task", "circuit_error_task_se",
+    "circuit_error_vocab", "circuit_error_vocab_se", "kl", "verdict",
 )  # fmt: skip
+EVALUATION_KEYS = (
+    "faithfulness", "faithfulness_se", "circuit_error_task", "circuit_error_task_se", "circuit_error_vocab",
+    "circuit_error_vocab_se", "kl",
+)  # fmt: skip
+JACCARD_INTERVAL = "Monte-Carlo interval over the B replicates"  # what jaccard_mc_low/high are
 
 
 @dataclasses.dataclass
@@ -77,6 +92,15 @@ class StudyResults:
         return text
 
 
+def plus_minus(value: float | None, se: float | None, digits: int = 3) -> str:
+    """``0.815 ± 0.012`` (the value alone without a finite standard error; "–" without a value)."""
+    if value is None or not np.isfinite(value):
+        return "–"
+    if se is None or not np.isfinite(se):
+        return f"{value:.{digits}f}"
+    return f"{value:.{digits}f} ± {se:.{digits}f}"
+
+
 def cell_labels(cfg: StudyConfig) -> dict[str, str]:
     """Short names of the cells for figures and tables: the levels of the factors that vary."""
     varying = [f for f, levels in cfg.factors().items() if len(levels) > 1]
@@ -84,23 +108,53 @@ def cell_labels(cfg: StudyConfig) -> dict[str, str]:
 
 
 def analyse(rd: RunDir) -> StudyResults:
+    """Rebuild ``results/`` from the finished cells, after checking each against its checksums
+    (a damaged or unreadable file is a ``RunDirError`` naming it and the fix)."""
     cfg = rd.config
     cells = cfg.cells()
     missing = [c.id for c in cells if not rd.is_done(c.id)]
     if missing:
         raise RuntimeError(f"{len(missing)} cells are not complete (e.g. {missing[0]}); resume the run first")
+    for name in [c.id for c in cells] + ([REFERENCE] if rd.is_done(REFERENCE) else []):
+        problems = rd.check_cell(name)
+        if problems:
+            rel, why = problems[0]
+            raise RunDirError(f"{os.path.join(rd.cell_dir(name), rel)} is damaged ({why}); {rd.fix_hint()}")
+    return _analyse(rd, cfg, cells)
+
+
+def read_cell_file(rd: RunDir, path: str, load=read_json):
+    """``load(path)`` of a cell's file; one that cannot be read (possible only in a run without
+    checksums, or damaged since the check) is a ``RunDirError`` naming it and the fix."""
+    try:
+        return load(path)
+    except RunDirError as err:
+        raise RunDirError(f"{err}; {rd.fix_hint()}") from None
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as err:
+        raise RunDirError(f"{path} is unreadable ({type(err).__name__}: {err}); {rd.fix_hint()}") from None
+
+
+def load_npz(path: str) -> dict[str, np.ndarray]:
+    """Every array of an .npz file, read now (so a damaged member fails here)."""
+    with np.load(path) as z:
+        return {k: z[k] for k in z.files}
+
+
+def _analyse(rd: RunDir, cfg: StudyConfig, cells) -> StudyResults:
     os.makedirs(rd.file("results"), exist_ok=True)
-    infos = [read_json(os.path.join(rd.cell_dir(c.id), "cell.json")) for c in cells]
-    rows = _summary_rows(rd, cfg, cells)
+    infos = [read_cell_file(rd, os.path.join(rd.cell_dir(c.id), "cell.json")) for c in cells]
+    for info in infos:
+        info.pop("checksums", None)
+    rows = _summary_rows(rd, cfg, cells, infos)
     write_json(rd.file("results", "summary.json"), rows)
     _write_csv(rd.file("results", "summary.csv"), rows, SUMMARY_COLUMNS)
 
     head = cfg.circuits.sizes.index(cfg.bootstrap.size)
     full, aggregated = [], []
     for c in cells:
-        with np.load(os.path.join(rd.cell_dir(c.id), "circuits.npz")) as z:
-            full.append(np.unpackbits(z["full_packed"], axis=-1, count=int(z["n_edges"])).astype(bool))
-            aggregated.append(z["aggregated"])
+        z = read_cell_file(rd, os.path.join(rd.cell_dir(c.id), "circuits.npz"), load_npz)
+        full.append(np.unpackbits(z["full_packed"], axis=-1, count=int(z["n_edges"])).astype(bool))
+        aggregated.append(z["aggregated"])
     full, aggregated = np.stack(full), np.stack(aggregated)  # [C, A, S, E], [C, A, E]
     perturbations = _perturbations(cfg, full[:, 0, head])
     write_json(rd.file("results", "perturbations.json"), perturbations)
@@ -113,15 +167,18 @@ def analyse(rd: RunDir) -> StudyResults:
     return results
 
 
-def _summary_rows(rd: RunDir, cfg: StudyConfig, cells) -> list[dict]:
+def _summary_rows(rd: RunDir, cfg: StudyConfig, cells, infos: list[dict]) -> list[dict]:
     rows, labels = [], cell_labels(cfg)
-    for c in cells:
+    for c, info in zip(cells, infos, strict=True):
         folder = rd.cell_dir(c.id)
-        boots = read_json(os.path.join(folder, "bootstrap.json"))
+        boots = read_cell_file(rd, os.path.join(folder, "bootstrap.json"))
         ev_path = os.path.join(folder, "evaluation.json")
         evals = {}
         if os.path.exists(ev_path):
-            evals = {(r["aggregation"], r["size"]): r for r in read_json(ev_path) if r["circuit"] == "full"}
+            evals = {(r["aggregation"], r["size"]): r for r in read_cell_file(rd, ev_path) if r["circuit"] == "full"}
+        snr = {(r["aggregation"], r["size"]): r["snr_median"] for r in info.get("circuits", [])}
+        settings = info.get("estimator_settings") or cfg.estimator_settings(c.method, c.steps)
+        eval_inputs = info.get("eval_inputs")
         for b in boots:
             e = evals.get((b["aggregation"], b["size"]), {})
             lo, hi = b["jaccard_ci_percentile"]["mean_jaccard"]
@@ -130,20 +187,25 @@ def _summary_rows(rd: RunDir, cfg: StudyConfig, cells) -> list[dict]:
                     "cell": c.id,
                     "label": labels[c.id],
                     **c.levels,
+                    "ablation": settings.get("ablation"),
+                    "ig_convention": settings.get("ig_convention"),
+                    "pooling": settings.get("pooling"),
                     "aggregation": b["aggregation"],
                     "size": b["size"],
                     "n_edges_mean": b["size_mean"],
                     "mean_jaccard": b["mean_jaccard"],
+                    "jaccard_mc_low": lo,
+                    "jaccard_mc_high": hi,
+                    "jaccard_interval": JACCARD_INTERVAL,
                     "jaccard_cv": b["jaccard_cv"],
-                    "jaccard_ci_low": lo,
-                    "jaccard_ci_high": hi,
+                    "n_empty": b.get("n_empty"),
+                    "replicates_with_cut_ties": b.get("replicates_with_cut_ties"),
                     "mean_jaccard_to_full": b["mean_jaccard_to_full"],
                     "mean_node_jaccard": b["mean_node_jaccard"],
                     "stable": b["stable"],
-                    "faithfulness": e.get("faithfulness"),
-                    "circuit_error_task": e.get("circuit_error_task"),
-                    "circuit_error_vocab": e.get("circuit_error_vocab"),
-                    "kl": e.get("kl"),
+                    "snr_median": snr.get((b["aggregation"], b["size"])),
+                    "eval_inputs": e.get("n_inputs", None if eval_inputs is None else len(eval_inputs)),
+                    **{k: e.get(k) for k in EVALUATION_KEYS},
                     "verdict": b["verdict"],
                 }
             )
@@ -225,8 +287,8 @@ def _decompositions(rd, cfg: StudyConfig, cells, rows, full, aggregated) -> dict
     else:
         reps = []
         for c in cells:
-            with np.load(os.path.join(rd.cell_dir(c.id), "bootstrap.npz")) as z:
-                reps.append(np.unpackbits(z[f"{how}-n{n}/circuits_packed"], axis=1, count=full.shape[-1]).astype(bool))
+            z = read_cell_file(rd, os.path.join(rd.cell_dir(c.id), "bootstrap.npz"), load_npz)
+            reps.append(np.unpackbits(z[f"{how}-n{n}/circuits_packed"], axis=1, count=full.shape[-1]).astype(bool))
         reps = np.stack(reps)  # [C, B, E]
         used = reps.reshape(-1, reps.shape[-1]).any(0)
         out["membership_nested"] = stats.decompose(
@@ -237,22 +299,36 @@ def _decompositions(rd, cfg: StudyConfig, cells, rows, full, aggregated) -> dict
 
 def _estimator_noise(rd: RunDir, cfg: StudyConfig, cells) -> dict:
     ref = rd.cell_dir(REFERENCE)
-    exact = Scores.load(os.path.join(ref, "exact-node.safetensors"))
+    exact = read_cell_file(rd, os.path.join(ref, "exact-node.safetensors"), Scores.load)
     n_src = exact.per_input.shape[1]
     node_sizes = tuple(n for n in (5, 10, 20, 50) if n <= n_src)
     out = {"node": {}, "edge": {}}
     for method, steps in cfg.estimators:
         label = estimator_label(method, steps)
-        approx = Scores.load(os.path.join(ref, f"{label}-node.safetensors"))
+        approx = read_cell_file(rd, os.path.join(ref, f"{label}-node.safetensors"), Scores.load)
         out["node"][label] = stats.estimator_noise(approx, exact, n_edges=node_sizes).summary()
     edge_path = os.path.join(ref, "exact-edge.safetensors")
     if os.path.exists(edge_path):
-        subset = np.load(os.path.join(ref, "edge-subset.npy"))
-        x = Scores.load(edge_path).per_input[:, subset]
+        subset = read_cell_file(rd, os.path.join(ref, "edge-subset.npy"), np.load)
+        exact_edges = read_cell_file(rd, edge_path, Scores.load)
+        x = exact_edges.per_input[:, subset]
         first = cells[0]
-        same_data = [c for c in cells if c.levels | {"estimator": None} == first.levels | {"estimator": None}]
+        same_data = [c for c in cells if c.dataset == first.dataset]
         for c in same_data:
-            a = Scores.load(os.path.join(rd.cell_dir(c.id), "scores.safetensors")).per_input[: len(x), subset]
+            scores = read_cell_file(rd, os.path.join(rd.cell_dir(c.id), "scores.safetensors"), Scores.load)
+            a = scores.per_input[_rows_of(scores.uid, exact_edges.uid, len(x)), :][:, subset]
             sizes = tuple(n for n in (5, 10, 20) if n <= len(subset))
             out["edge"][c.estimator] = stats.estimator_noise(a, x, n_edges=sizes).summary() | {"edges": len(subset)}
     return out
+
+
+def _rows_of(uid_all: np.ndarray | None, uid_subset: np.ndarray | None, n: int) -> np.ndarray:
+    """Where the reference's inputs sit in a cell's scores (by input id; the first ``n`` inputs
+    in runs whose scores carry no ids, which took the reference from the first inputs)."""
+    if uid_all is None or uid_subset is None:
+        return np.arange(n)
+    where = {int(u): i for i, u in enumerate(uid_all)}
+    missing = [int(u) for u in uid_subset if int(u) not in where]
+    if missing:
+        raise RunDirError(f"the reference's input {missing[0]} is not among the first cell's inputs")
+    return np.array([where[int(u)] for u in uid_subset])

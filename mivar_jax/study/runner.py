@@ -3,22 +3,33 @@
 Per cell (a dataset × an estimator; ``StudyConfig.cells``), written to ``cells/<cell>/``:
 
 - ``scores.safetensors``: per-input scores [N, E] (reused from a partial cell on resume);
-- ``edges.csv``: every edge's intrinsic variability (mean, std, CV, sign agreement, inputs
-  needed) and its aggregated score under each aggregation, with its bootstrap inclusion frequency
-  at the headline size;
+- ``edges.csv``: every edge's intrinsic variability (mean, std, CV = std/|mean|, signal-to-noise
+  ratio SNR = |mean|/std, sign agreement, inputs needed) and its aggregated score under each
+  aggregation, with its bootstrap inclusion frequency at the headline size;
 - ``bootstrap.json`` / ``bootstrap.npz``: the circuit bootstrap at every (aggregation, size):
   summaries, B × B Jaccard matrices, Jaccards to the full and majority circuits, sizes, inclusion
   frequencies, and the replicate circuits at the headline size (bit-packed);
 - ``circuits.npz`` (full-data and majority circuits [A, S, E], aggregated scores [A, E]) and
   ``circuits/<aggregation>-n<size>.json``: the headline circuit in EAP-IG's graph JSON;
-- ``evaluation.json``: faithfulness, circuit error and KL of every full-data circuit and of the
-  majority circuit at the headline size;
-- ``cell.json``: the cell's levels, timings and headline numbers, written last.
+- ``evaluation.json``: faithfulness, circuit error and KL (with standard errors over the
+  evaluation inputs) of every full-data circuit and of the majority circuit at the headline size;
+- ``cell.json``: the cell's levels, estimator settings, evaluation inputs, timings, the median
+  signal-to-noise ratio |mean|/std of each full-data circuit's edges and the headline numbers,
+  written last (with the checksums of the other files, ``RunDir.cell``).
 
-The ``reference`` cell holds exact scores (node level, and optionally random edges) on the first
-cell's first inputs, with each estimator's scores of the same inputs: the estimator-noise
-reference. Then ``results/`` (``analysis``) and the report (``mivar_jax.report``) are rebuilt
-from the cells.
+Evaluation and reference inputs are a random subset, the same for every run of a config: each
+dataset's inputs are ordered by the permutation ``numpy.random.default_rng([config.seed,
+crc32(dataset name)]).permutation(N)`` (``input_order``; the dataset name is ``Cell.dataset``,
+e.g. ``s0-transfer-abc-n0``); circuits are evaluated on its first ``circuits.eval_inputs``, the
+reference uses the first ``reference.inputs`` of the first cell's dataset (each in dataset order).
+
+The ``reference`` cell holds exact scores (node level, and optionally random edges) on those
+inputs, with each estimator's scores of the same inputs: the estimator-noise reference. Then
+``results/`` (``analysis``) and the report (``mivar_jax.report``) are rebuilt from the cells.
+
+Before the run directory is created (or a resumed run touched), the study is checked against the
+model: it loads, circuit sizes and reference edges fit its graph, and every dataset of the grid
+can be built (``data.n`` within ``tasks.capacity``); a failure is a ``ConfigError`` naming the key.
 
 Same config ⇒ same results, on any number of devices: datasets come from their seeds, the
 bootstrap from ``jax.random.key(config.seed)`` (the same resampling weights in every cell, so
@@ -32,21 +43,22 @@ import io
 import os
 import sys
 import tempfile
+import zlib
 
 import jax
 import numpy as np
 
-from mivar_jax import stats
+from mivar_jax import stats, tasks
 from mivar_jax._io import atomic_write_bytes, atomic_write_text
 from mivar_jax._timing import Stopwatch
 from mivar_jax.circuits import Circuit
 from mivar_jax.estimators import Scores, attribute
 from mivar_jax.evaluation import evaluate
 from mivar_jax.models import load_model
+from mivar_jax.study.analysis import plus_minus
 from mivar_jax.study.config import REFERENCE, Cell, ConfigError, StudyConfig, default_config, estimator_label
 from mivar_jax.study.rundir import RunDir, RunDirError, write_json
 from mivar_jax.tasks import TaskData
-from mivar_jax.tasks.registry import make
 
 
 class Reporter:
@@ -58,6 +70,12 @@ class Reporter:
     def say(self, text: str) -> None:
         if self.stream is not None:
             print(text, file=self.stream, flush=True)
+
+    def created(self, name: str, path: str) -> None:
+        self.say(f"study {name} → {path}")
+
+    def damaged(self, name: str, what: str) -> None:
+        self.say(f"cell {name}: {what}: recomputing")
 
     def start(self, n_cells: int, n_done: int) -> None:
         self.say(f"{n_cells} cells, {n_done} already complete")
@@ -107,16 +125,31 @@ class Study:
         reporter = reporter or Reporter(sys.stderr if progress else None)
         if jax.process_index() != 0:  # identical SPMD work; only process 0 keeps files
             out_dir, resume = tempfile.mkdtemp(prefix="mivar-worker-"), False
+        rd = None
         if resume:
             rd = RunDir.open(out_dir)
+            rd.check_resumable()
             if rd.config != self.config:
                 raise RunDirError(f"{rd.path} holds a run of another config; resume it without a study file")
             rd.lock()
-            rd.set_status("running")
         else:
-            rd = RunDir.create(out_dir, self.config)
+            RunDir.check_new(out_dir)  # nothing is created before every check has passed
         try:
-            self._run(rd, reporter, progress)
+            if rd is not None:
+                for name in self._names():
+                    what = rd.damage(name) if rd.is_done(name) else None
+                    if what is not None:
+                        reporter.damaged(name, what)
+                        rd.reopen(name)
+            todo = [n for n in self._names() if rd is None or not rd.is_done(n)]
+            model, datasets, seconds = self._prepare() if todo else (None, {}, 0.0)
+            if rd is None:
+                rd = RunDir.create(out_dir, self.config)
+                reporter.created(self.config.name, rd.path)
+            if model is not None:
+                reporter.say(f"loaded {model} in {seconds:.1f} s")
+            rd.set_status("running")
+            self._run(rd, reporter, progress, model, datasets)
             results = analysis.analyse(rd)
             if report:
                 from mivar_jax.report import write_report
@@ -126,31 +159,97 @@ class Study:
             rd.discard_partial()
             return results
         finally:
-            rd.unlock()
+            if rd is not None:
+                rd.unlock()
+
+    # ------------------------------------------------------------------ checks
+    def _names(self) -> list[str]:
+        """The cells to run, in order: the grid, then the reference (when there is one)."""
+        cfg = self.config
+        return [c.id for c in cfg.cells()] + ([REFERENCE] if cfg.reference.level != "none" else [])
+
+    def _prepare(self) -> tuple:
+        """Load the model and build every dataset of the grid, checking the study against them:
+        (model, {dataset name: TaskData}, seconds to load); a failure is a ``ConfigError`` naming
+        the key, and nothing is written."""
+        cfg = self.config
+        with Stopwatch() as t:
+            try:
+                model = load_model(cfg.model.source, dtype=cfg.model.dtype)
+            except (ValueError, OSError) as err:  # CheckpointError is a ValueError
+                raise ConfigError(f"model.source: {err}") from None
+        self._check_against_model(model)
+        datasets: dict[str, TaskData] = {}
+        for cell in cfg.cells():
+            if cell.dataset not in datasets:
+                datasets[cell.dataset] = self._make_dataset(model, cell)
+        return model, datasets, t.seconds
+
+    def _check_against_model(self, model) -> None:
+        cfg = self.config
+        E, name = model.graph.n_edges, model.config.name
+        too_big = [n for n in cfg.circuits.sizes if n > E]
+        if too_big:
+            raise ConfigError(f"circuits.sizes {too_big} exceed the {E} edges of {name}; choose sizes ≤ {E}")
+        if cfg.reference.level != "none" and cfg.reference.edges > E:
+            raise ConfigError(f"reference.edges = {cfg.reference.edges} exceeds the {E} edges of {name}")
+        if model.tokenizer is None:
+            raise ConfigError(f"model.source: {name} was loaded without a tokenizer; studies build datasets from text")
+        d = cfg.data
+        for family in cfg.families:
+            for cf in cfg.counterfactuals:
+                templates = None if family == "all" else family
+                most = tasks.capacity(d.task, model.tokenizer, templates=templates, counterfactual=cf)
+                if d.n > most:
+                    raise ConfigError(
+                        f"data.n = {d.n} exceeds the {most} distinct pairs task {d.task!r} can draw with "
+                        f"{name}'s tokenizer (family {family!r}, counterfactual {cf!r}); lower data.n"
+                    )
+
+    def _make_dataset(self, model, cell: Cell) -> TaskData:
+        d = self.config.data
+        try:
+            return tasks.make(
+                d.task, model, d.n, cell.seed,
+                templates=None if cell.family == "all" else cell.family,
+                counterfactual=cell.counterfactual, noise=cell.noise, prepend_bos=d.prepend_bos,
+            )  # fmt: skip
+        except ValueError as err:
+            raise ConfigError(f"data: the dataset {cell.dataset} cannot be built: {err}") from None
+
+    def input_rows(self, cell: Cell, n_inputs: int, k: int) -> np.ndarray:
+        """The first ``k`` of the cell's dataset's inputs in ``input_order`` (sorted; all for k = 0)."""
+        if k == 0 or k >= n_inputs:
+            return np.arange(n_inputs)
+        return np.sort(input_order(self.config.seed, cell.dataset, n_inputs)[:k])
 
     # ------------------------------------------------------------------ cells
-    def _run(self, rd: RunDir, reporter: Reporter, progress: bool) -> None:
+    def _run(self, rd: RunDir, reporter: Reporter, progress: bool, model, datasets: dict) -> None:
         cfg = self.config
         cells = cfg.cells()
-        names = [c.id for c in cells] + ([REFERENCE] if cfg.reference.level != "none" else [])
+        names = self._names()
         todo = [n for n in names if not rd.is_done(n)]
         reporter.start(len(names), len(names) - len(todo))
         if not todo:
             return
-        with Stopwatch() as t:
-            model = load_model(cfg.model.source, dtype=cfg.model.dtype)
-        reporter.say(f"loaded {model} in {t.seconds:.1f} s")
-        self._check_against_model(model)
-        datasets: dict[tuple, TaskData] = {}
+        for key, data in datasets.items():
+            path = rd.file("data", f"{key}.npz")
+            if not os.path.exists(path):
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                data.save(path)
         for i, cell in enumerate(cells):
             if rd.is_done(cell.id):
                 reporter.cell_cached(i, len(names), cell.id)
                 continue
-            data = self._dataset(rd, model, cell, datasets)
+            data = datasets[cell.dataset]
             self._commit(rd, reporter, i, names, lambda work, d=data, c=cell: self._cell(model, d, c, work, progress))
         if cfg.reference.level != "none" and not rd.is_done(REFERENCE):
-            data = self._dataset(rd, model, cells[0], datasets)[: cfg.reference.inputs]
-            self._commit(rd, reporter, len(cells), names, lambda work: self._reference(model, data, work, progress))
+            first = datasets[cells[0].dataset]
+            rows = self.input_rows(cells[0], len(first), cfg.reference.inputs)
+            data = first[rows]
+            self._commit(
+                rd, reporter, len(cells), names, lambda work: self._reference(model, data, rows, work, progress)
+            )
 
     @staticmethod
     def _commit(rd: RunDir, reporter: Reporter, index: int, names: list[str], compute) -> None:
@@ -162,35 +261,11 @@ class Study:
             write_json(os.path.join(work, "cell.json"), info)
         reporter.cell_end(index, len(names), names[index], info)
 
-    def _check_against_model(self, model) -> None:
-        E = model.graph.n_edges
-        too_big = [n for n in self.config.circuits.sizes if n > E]
-        if too_big:
-            raise ConfigError(f"circuits.sizes {too_big} exceed the {E} edges of {model.config.name}")
-        if self.config.reference.edges > E:
-            raise ConfigError(f"reference.edges = {self.config.reference.edges} exceeds the model's {E} edges")
-
-    def _dataset(self, rd: RunDir, model, cell: Cell, cache: dict) -> TaskData:
-        d = self.config.data
-        key = (cell.seed, cell.family, cell.counterfactual, cell.noise)
-        if key not in cache:
-            data = make(
-                d.task, model, d.n, cell.seed,
-                templates=None if cell.family == "all" else cell.family,
-                counterfactual=cell.counterfactual, noise=cell.noise, prepend_bos=d.prepend_bos,
-            )  # fmt: skip
-            path = rd.file("data", f"s{cell.seed}-{cell.family}-{cell.counterfactual}-n{cell.noise:g}.npz")
-            if not os.path.exists(path):
-                os.makedirs(os.path.dirname(path), exist_ok=True)
-                data.save(path)
-            cache[key] = data
-        return cache[key]
-
     def _attribute(self, model, data, method: str, steps: int | None, level: str, progress: bool, subset=None):
         e = self.config.estimator
         return attribute(
             model, data, method, level=level, steps=steps or 1, ablation=e.ablation,
-            ig_convention=e.ig_convention, batch_size=e.batch_size or None,
+            ig_convention=e.ig_convention, pooling=e.pooling, batch_size=e.batch_size or None,
             memory_budget=e.memory_budget_mib * 2**20, progress=progress, subset=subset,
         )  # fmt: skip
 
@@ -243,42 +318,56 @@ class Study:
                 os.path.join(work, "circuits", f"{how}-n{head}.json")
             )
         variability = stats.edge_variability(scores)
+        snr = np.asarray(variability.snr)
         freq = {how: arrays[f"{how}-n{head}/inclusion_frequency"] for how in aggs}
         _write_edges_csv(os.path.join(work, "edges.csv"), g.edge_names, variability, aggs, aggregated, freq, head)
+        circuits = [
+            {"aggregation": how, "size": n, "edges": int(full[a, s].sum()), "snr_median": _median(snr[full[a, s]])}
+            for a, how in enumerate(aggs)
+            for s, n in enumerate(sizes)
+        ]
 
-        evaluation = None
+        evaluation, eval_rows = None, None
         if cfg.circuits.evaluate:
-            k = cfg.circuits.eval_inputs or len(data)
+            eval_rows = self.input_rows(cell, len(data), cfg.circuits.eval_inputs)
             masks = np.concatenate([full.reshape(-1, g.n_edges), majority[:, s_head]])
-            ev = evaluate(model, data[: min(k, len(data))], masks, ablation=cfg.estimator.ablation, progress=progress)
+            ev = evaluate(model, data[eval_rows], masks, ablation=cfg.estimator.ablation, progress=progress)
             rows = ev.summary()
             labels = [(how, n, "full") for how in aggs for n in sizes] + [(how, head, "majority") for how in aggs]
             evaluation = [
-                {"aggregation": h, "size": n, "circuit": kind, **r}
+                {"aggregation": h, "size": n, "circuit": kind, "n_inputs": len(eval_rows), **r}
                 for (h, n, kind), r in zip(labels, rows, strict=True)
             ]
             write_json(os.path.join(work, "evaluation.json"), evaluation)
 
         headline = next(r for r in boot_rows if r["size"] == head and r["aggregation"] == aggs[0])
-        faith = None
+        text = f"n={head}: {headline['verdict']}"
+        faith = faith_se = None
         if evaluation is not None:
-            faith = next(r["faithfulness"] for r in evaluation if r["size"] == head and r["aggregation"] == aggs[0])
+            e = next(r for r in evaluation if r["size"] == head and r["aggregation"] == aggs[0])
+            faith, faith_se = e["faithfulness"], e.get("faithfulness_se")
+            text += f"; faithfulness {plus_minus(faith, faith_se)}"
         return {
             "cell": cell.id,
             "levels": cell.levels,
+            "estimator_settings": cfg.estimator_settings(cell.method, cell.steps),
+            "dataset": cell.dataset,
             "n_inputs": len(data),
             "n_positions": data.n_positions,
+            "eval_inputs": None if eval_rows is None else eval_rows.tolist(),
             "clean_metric_mean": float(np.mean(scores.clean_metric)),
             "estimator_seconds": scores.params.get("seconds"),
             "mean_jaccard": headline["mean_jaccard"],
             "faithfulness": faith,
+            "faithfulness_se": faith_se,
+            "circuits": circuits,
             "verdict": headline["verdict"],
-            "headline": f"n={head}: {headline['verdict']}" + ("" if faith is None else f"; faithfulness {faith:.3f}"),
+            "headline": text,
         }
 
-    def _reference(self, model, data: TaskData, work: str, progress: bool) -> dict:
-        """Exact node scores (and exact scores of ``reference.edges`` random edges) on ``data``,
-        and every estimator's scores of the same inputs at node level."""
+    def _reference(self, model, data: TaskData, rows: np.ndarray, work: str, progress: bool) -> dict:
+        """Exact node scores (and exact scores of ``reference.edges`` random edges) on ``data``
+        (the first cell's dataset's inputs ``rows``), and every estimator's node scores of them."""
         cfg = self.config
         files = {}
         files["exact-node"] = _cached(os.path.join(work, "exact-node.safetensors"), data,
@@ -295,13 +384,26 @@ class Study:
             np.save(os.path.join(work, "edge-subset.npy"), subset)
         return {
             "cell": REFERENCE,
+            "dataset": cfg.cells()[0].dataset,
             "n_inputs": len(data),
+            "inputs": rows.tolist(),
+            "estimator_settings": {estimator_label(m, s): cfg.estimator_settings(m, s) for m, s in cfg.estimators},
             "level": cfg.reference.level,
             "edges": cfg.reference.edges,
             "files": sorted(files),
             "headline": f"exact node scores of {len(data)} inputs"
             + (f" and {cfg.reference.edges} edges" if cfg.reference.edges else ""),
         }
+
+
+def input_order(seed: int, dataset: str, n_inputs: int) -> np.ndarray:
+    """The study's random order of a dataset's inputs: ``default_rng([seed, crc32(dataset)])``'s
+    permutation of ``n_inputs`` (``dataset``: ``Cell.dataset``)."""
+    return np.random.default_rng([seed, zlib.crc32(dataset.encode())]).permutation(n_inputs)
+
+
+def _median(x: np.ndarray) -> float | None:
+    return float(np.median(x)) if x.size else None
 
 
 def _load_scores(path: str, data: TaskData) -> Scores | None:
@@ -332,9 +434,10 @@ def _save_npz(path: str, arrays: dict) -> None:
 
 
 def _write_edges_csv(path, names, var, aggs, aggregated, freq, head) -> None:
-    cols = ["edge", "mean", "std", "cv", "sign_agreement", "n_needed"]
+    cols = ["edge", "mean", "std", "cv", "snr", "sign_agreement", "n_needed"]
     cols += [f"score_{h}" for h in aggs] + [f"frequency_{h}_n{head}" for h in aggs]
-    numeric = [var.mean, var.std, var.cv, var.sign_agreement, var.n_needed, *aggregated, *(freq[h] for h in aggs)]
+    numeric = [var.mean, var.std, var.cv, var.snr, var.sign_agreement, var.n_needed, *aggregated]
+    numeric += [freq[h] for h in aggs]
     table = np.stack([np.asarray(c, np.float64) for c in numeric], 1)
     lines = [",".join(cols)]
     lines += [n + "," + ",".join(f"{v:.6g}" for v in row) for n, row in zip(names, table, strict=True)]

@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import math
+import numbers
 import os
 import zipfile
 from collections import Counter
@@ -20,7 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from mivar_jax._io import atomic_write_bytes
-from mivar_jax.models.model import pad_token_id
+from mivar_jax._progress import progress_bar
+from mivar_jax.models.model import check_token_ids, pad_token_id
 
 FORMAT_VERSION = 1
 _ARRAYS = ("clean", "corrupted", "attention_mask", "answer_pos", "correct", "incorrect", "template", "family", "uid")
@@ -63,7 +66,10 @@ class TaskData:
     Arrays: ``clean``, ``corrupted``, ``attention_mask`` [N, P] int32; ``answer_pos`` [N];
     ``correct`` [N, A], ``incorrect`` [N, B] token ids (-1 = padding); ``template``, ``family`` [N];
     ``uid`` [N] stable example ids (they key the counterfactual noise, so a slice keeps its noise).
-    ``noise`` is the counterfactual-noise amplitude σ (see ``mivar_jax.tasks.noise``).
+    ``noise`` is the counterfactual-noise amplitude σ, finite and ≥ 0 (see ``mivar_jax.tasks.noise``).
+    ``info["tokenizer"]``: the fingerprint of the tokenizer that made the ids (``{"name", "sha256",
+    "size"}``, see ``mivar_jax.models.model.tokenizer_fingerprint``); ``check_for_model`` compares it
+    with the model's. Hand-built data, and files written before fingerprints, may lack it.
     """
 
     task: str
@@ -92,8 +98,7 @@ class TaskData:
                 raise ValueError(f"TaskData.{name} has {a.shape[0]} rows, expected {n}")
         if self.clean.shape != self.corrupted.shape or self.clean.shape != self.attention_mask.shape:
             raise ValueError("clean, corrupted and attention_mask must have the same shape [N, P]")
-        if self.noise < 0:
-            raise ValueError(f"noise amplitude must be ≥ 0, got {self.noise}")
+        check_noise(self.noise)
 
     # ------------------------------------------------------------------ views
     def __len__(self) -> int:
@@ -142,7 +147,7 @@ class TaskData:
 
     def with_noise(self, sigma: float, seed: int = 0) -> TaskData:
         """The same pairs with counterfactual noise of amplitude ``sigma`` (keyed by ``seed``)."""
-        return dataclasses.replace(self, noise=float(sigma), noise_seed=int(seed))
+        return dataclasses.replace(self, noise=check_noise(sigma), noise_seed=int(seed))
 
     @staticmethod
     def concat(parts: Sequence[TaskData]) -> TaskData:
@@ -156,6 +161,9 @@ class TaskData:
                     raise ValueError(
                         f"cannot concatenate datasets with different {attr}: {getattr(first, attr)!r} vs {getattr(p, attr)!r}"
                     )
+        digests = {_digest(p): _tokenizer_name(p) for p in parts if _digest(p) is not None}
+        if len(digests) > 1:
+            raise ValueError(f"cannot concatenate datasets made with different tokenizers: {sorted(digests.values())}")
         width = max(p.n_positions for p in parts)
         pad_id = first.info.get("pad_id", 0)
 
@@ -230,6 +238,93 @@ class TaskData:
         )
 
 
+def check_noise(noise: Any, what: str = "noise amplitude") -> float:
+    """``noise`` as a float, or a ValueError unless it is a finite real number ≥ 0."""
+    if isinstance(noise, bool) or not isinstance(noise, numbers.Real) or not math.isfinite(noise) or noise < 0:
+        raise ValueError(f"{what} must be a finite number ≥ 0, got {noise!r}")
+    return float(noise)
+
+
+def _digest(data: TaskData) -> str | None:
+    fp = data.info.get("tokenizer")
+    return fp.get("sha256") if isinstance(fp, dict) else None
+
+
+def _tokenizer_name(data: TaskData) -> str:
+    fp = data.info.get("tokenizer")
+    return str(fp.get("name", "?")) if isinstance(fp, dict) else str(fp or "?")
+
+
+def check_for_model(data: TaskData, model) -> None:
+    """Check ``data`` against ``model`` on the host, before any JAX work; raise a ValueError otherwise.
+
+    Checked: shapes ([N, P] prompts and mask, [N] answer positions, [N, A] / [N, B] answer sets);
+    ``clean`` / ``corrupted`` ids in [0, V) (V = ``model.config.vocab_size``) and P within the
+    context (``model.check_batch``); ``correct`` / ``incorrect`` ids in [0, V) or -1 (padding), at
+    least one real id per row; ``answer_pos`` in [0, P) and on a real token of the mask; the
+    noise; the tokenizer: data whose ``info["tokenizer"]`` fingerprint differs from the model
+    tokenizer's is refused. A model without a tokenizer, or data without a fingerprint (hand-built,
+    files written before fingerprints), skips that last check. Errors name the array, the first
+    offending row (and column), the value and the allowed range.
+    """
+    V, name = model.config.vocab_size, model.config.name
+    n = len(data)
+    if n == 0:
+        raise ValueError("empty dataset")
+    shapes = {a: np.shape(getattr(data, a)) for a in ("clean", "corrupted", "attention_mask")}
+    if len(set(shapes.values())) != 1 or len(shapes["clean"]) != 2 or shapes["clean"][0] != n:
+        raise ValueError(f"clean, corrupted and attention_mask must share one shape [N={n}, P]; got {shapes}")
+    for a in ("answer_pos", "correct", "incorrect"):
+        arr = np.asarray(getattr(data, a))
+        want = 1 if a == "answer_pos" else 2
+        if arr.ndim != want or arr.shape[0] != n or (want == 2 and arr.shape[1] == 0):
+            form = "[N]" if want == 1 else "[N, A] with A ≥ 1"
+            raise ValueError(f"{a} must have shape {form} with N = {n}; got {arr.shape}")
+    for a in ("clean", "corrupted", "attention_mask", "answer_pos", "correct", "incorrect"):
+        dtype = np.asarray(getattr(data, a)).dtype
+        if not np.issubdtype(dtype, np.integer):
+            raise ValueError(f"{a} must hold integers, got {dtype}")
+    check_noise(data.noise, "data.noise")
+
+    theirs, ours = data.info.get("tokenizer"), getattr(model, "tokenizer_fingerprint", None)
+    if isinstance(theirs, dict) and theirs.get("sha256") and ours is not None and ours["sha256"] != theirs["sha256"]:
+        raise ValueError(
+            f"this {data.task} dataset was made with the tokenizer {theirs.get('name', '?')!r} "
+            f"(vocabulary sha256 {theirs['sha256'][:12]}…, {theirs.get('size', '?')} tokens), but the model {name}'s "
+            f"tokenizer is {ours['name']!r} ({ours['sha256'][:12]}…, {ours['size']} tokens): the data's ids would "
+            "mean other tokens. Make the data with the model's tokenizer (or, if the ids are known to agree, "
+            "drop data.info['tokenizer'])"
+        )
+
+    check_token_ids(data.clean, V, "clean", name)
+    check_token_ids(data.corrupted, V, "corrupted", name)
+    model.check_batch(data.clean, data.attention_mask, names=("clean", "attention_mask"))
+    mask = np.asarray(data.attention_mask)
+    for a in ("correct", "incorrect"):
+        ids = np.asarray(getattr(data, a))
+        check_token_ids(ids, V, a, name, padding=True)
+        empty = np.nonzero((ids < 0).all(1))[0]
+        if empty.size:
+            raise ValueError(
+                f"{a} row {empty[0]} has no answer id (only -1 padding); every row needs at least one id in [0, {V}) "
+                f"({empty.size} such rows)"
+            )
+    pos = np.asarray(data.answer_pos)
+    P = mask.shape[1]
+    outside = np.nonzero((pos < 0) | (pos >= P))[0]
+    if outside.size:
+        r = outside[0]
+        raise ValueError(f"answer_pos[{r}] = {pos[r]} lies outside [0, {P}) (P = the prompts' padded width)")
+    on_padding = np.nonzero(mask[np.arange(n), pos] == 0)[0]
+    if on_padding.size:
+        r = on_padding[0]
+        real = np.nonzero(mask[r])[0]
+        raise ValueError(
+            f"answer_pos[{r}] = {pos[r]} points at padding (attention_mask[{r}, {pos[r]}] = 0); it must be a real "
+            f"token of row {r}, in [{real.min()}, {real.max()}]"
+        )
+
+
 def encode(tokenizer, text: str) -> list[int]:
     return list(tokenizer.encode(text, add_special_tokens=False))
 
@@ -249,8 +344,10 @@ def build(
     seed: int,
     info: dict[str, Any],
     prepend_bos: bool = False,
+    progress: bool = False,
 ) -> tuple[TaskData, Counter]:
-    """Tokenise and pad examples; drop (and count) pairs whose clean and corrupted lengths differ."""
+    """Tokenise and pad examples; drop (and count) pairs whose clean and corrupted lengths differ.
+    ``progress`` shows a progress bar."""
     dropped: Counter = Counter()
     bos = [] if not prepend_bos else [_bos_id(tokenizer)]
     answer_cache: dict[str, int] = {}
@@ -264,17 +361,20 @@ def build(
         return answer_cache[text]
 
     rows = []
-    for ex in examples:
-        clean_ids, corrupt_ids = bos + encode(tokenizer, ex.clean), bos + encode(tokenizer, ex.corrupted)
-        if len(clean_ids) != len(corrupt_ids):
-            dropped["clean/corrupted token lengths differ"] += 1
-            continue
-        if clean_ids == corrupt_ids:
-            dropped["corrupted prompt identical to clean"] += 1
-            continue
-        rows.append(
-            (ex, clean_ids, corrupt_ids, [answer_id(a) for a in ex.correct], [answer_id(a) for a in ex.incorrect])
-        )
+    with progress_bar(progress, len(examples), f"{task}: tokenizing") as bar:
+        for ex in examples:
+            if bar is not None:
+                bar(1)
+            clean_ids, corrupt_ids = bos + encode(tokenizer, ex.clean), bos + encode(tokenizer, ex.corrupted)
+            if len(clean_ids) != len(corrupt_ids):
+                dropped["clean/corrupted token lengths differ"] += 1
+                continue
+            if clean_ids == corrupt_ids:
+                dropped["corrupted prompt identical to clean"] += 1
+                continue
+            rows.append(
+                (ex, clean_ids, corrupt_ids, [answer_id(a) for a in ex.correct], [answer_id(a) for a in ex.incorrect])
+            )
     if not rows:
         raise ValueError(f"no usable {task} pair: {dict(dropped)}")
 

@@ -9,7 +9,7 @@ import jax
 import numpy as np
 
 from mivar_jax.models.transformer import forward
-from mivar_jax.tasks.data import TaskData
+from mivar_jax.tasks.data import TaskData, check_for_model
 from mivar_jax.tasks.metrics import get_metric
 from mivar_jax.tasks.noise import corrupted_input
 
@@ -59,7 +59,7 @@ def evaluate_model(model, data: TaskData, *, batch_size: int = 64) -> ModelEvalu
         raise ValueError("empty dataset")
     metric = get_metric(data.metric)
     clean, corrupted = [], []
-    model.check_batch(data.clean, data.attention_mask)
+    check_for_model(data, model)
     for b, rows in data.batches(batch_size):
         c, k = _metrics(metric, model.config, model.params, b, data.noise, data.noise_seed)
         clean.append(np.asarray(c)[: len(rows)])

@@ -55,13 +55,27 @@ def variant(tokenizer) -> str:
     )
 
 
-def _sample(tokenizer, rng: np.random.Generator, n: int, template_ids: list[int], counterfactual: str):
-    templates = [t for i, (_, _, t) in enumerate(SPEC.templates) if i in template_ids]
+def _candidates(tokenizer):
+    """(variant, single-token nouns, start years YY), the dropped nouns; or a ValueError."""
     kind = variant(tokenizer)
     nouns, dropped = single_token_words(tokenizer, NOUNS)
     if not nouns:
         raise ValueError("greater-than: no candidate noun is a single token for this tokenizer")
     years = list(range(2, 99)) if kind == "two-digit" else list(range(10, 90))
+    return (kind, nouns, years), dropped
+
+
+def _capacity(tokenizer, template_ids: list[int], counterfactual: str) -> int:
+    """Distinct pairs: template × noun × start year (the corrupted prompt follows from the clean one)."""
+    _, nouns, years = _candidates(tokenizer)[0]
+    return len(template_ids) * len(nouns) * len(years)
+
+
+def _sample(
+    tokenizer, rng: np.random.Generator, n: int, template_ids: list[int], counterfactual: str, progress: bool = False
+):
+    templates = [t for i, (_, _, t) in enumerate(SPEC.templates) if i in template_ids]
+    (kind, nouns, years), dropped = _candidates(tokenizer)
     pool = len(templates) * len(nouns) * len(years)
 
     def draw() -> Example:
@@ -80,7 +94,7 @@ def _sample(tokenizer, rng: np.random.Generator, n: int, template_ids: list[int]
             incorrect = tuple(str(d) for d in range(0, tens))
         return Example(clean, corrupted, correct, incorrect, t_id, SPEC.family_of(t_id))
 
-    examples = draw_distinct(n, pool, draw, "greater-than")
+    examples = draw_distinct(n, pool, draw, "greater-than", progress=progress)
     return examples, {"variant": kind, "pool_size": pool, "dropped_candidates": {"nouns": dropped}}
 
 
@@ -91,4 +105,5 @@ SPEC = TaskSpec(
     counterfactuals=("01",),
     metric="prob_diff",
     sample=_sample,
+    capacity=_capacity,
 )

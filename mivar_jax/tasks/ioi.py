@@ -57,8 +57,8 @@ OBJECTS = (
 ).split()
 
 
-def _sample(tokenizer, rng: np.random.Generator, n: int, template_ids: list[int], counterfactual: str):
-    templates = [t for i, (_, _, t) in enumerate(SPEC.templates) if i in template_ids]
+def _candidates(tokenizer):
+    """Single-token names, places and objects (and the dropped ones), or a ValueError."""
     names, dropped_names = single_token_words(tokenizer, NAMES)
     places, dropped_places = single_token_words(tokenizer, PLACES)
     objects, dropped_objects = single_token_words(tokenizer, OBJECTS)
@@ -66,8 +66,14 @@ def _sample(tokenizer, rng: np.random.Generator, n: int, template_ids: list[int]
         raise ValueError(f"ioi: only {len(names)} candidate names are single tokens for this tokenizer; 3 are needed")
     if not places or not objects:
         raise ValueError("ioi: no candidate place or object is a single token for this tokenizer")
+    return (names, places, objects), (dropped_names, dropped_places, dropped_objects)
+
+
+def _count(names, places, objects, templates, counterfactual) -> int:
+    """Distinct pairs: both orders × IO × S × C (abc: any third name; abb: C = IO) × the template's place
+    and object, summed over templates."""
     third = len(names) - 2 if counterfactual == "abc" else 1
-    pool = sum(
+    return sum(
         2
         * len(names)
         * (len(names) - 1)
@@ -76,6 +82,19 @@ def _sample(tokenizer, rng: np.random.Generator, n: int, template_ids: list[int]
         * (len(objects) if "{object}" in t else 1)
         for t in templates
     )
+
+
+def _capacity(tokenizer, template_ids: list[int], counterfactual: str) -> int:
+    templates = [t for i, (_, _, t) in enumerate(SPEC.templates) if i in template_ids]
+    return _count(*_candidates(tokenizer)[0], templates, counterfactual)
+
+
+def _sample(
+    tokenizer, rng: np.random.Generator, n: int, template_ids: list[int], counterfactual: str, progress: bool = False
+):
+    templates = [t for i, (_, _, t) in enumerate(SPEC.templates) if i in template_ids]
+    (names, places, objects), (dropped_names, dropped_places, dropped_objects) = _candidates(tokenizer)
+    pool = _count(names, places, objects, templates, counterfactual)
 
     def draw() -> Example:
         k = int(rng.integers(len(template_ids)))
@@ -92,7 +111,7 @@ def _sample(tokenizer, rng: np.random.Generator, n: int, template_ids: list[int]
         corrupted = template.format(S2=c if counterfactual == "abc" else io, **fill)
         return Example(clean, corrupted, (" " + io,), (" " + s,), t_id, SPEC.family_of(t_id))
 
-    examples = draw_distinct(n, pool, draw, "ioi")
+    examples = draw_distinct(n, pool, draw, "ioi", progress=progress)
     info = {
         "pool_size": pool,
         "candidates": {"names": len(names), "places": len(places), "objects": len(objects)},
@@ -108,4 +127,5 @@ SPEC = TaskSpec(
     counterfactuals=("abc", "abb"),
     metric="logit_diff",
     sample=_sample,
+    capacity=_capacity,
 )

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from mivar_jax._progress import progress_bar
 from mivar_jax.tasks.data import Example, single_token
 
 
@@ -16,8 +17,10 @@ class TaskSpec:
     """A task generator.
 
     ``families`` maps a paraphrase-family name to its templates (template ids number them in
-    order across families). ``sample(tokenizer, rng, n, template_ids, counterfactual)`` returns
-    ``(examples, info)`` with exactly ``n`` distinct pairs or raises when the pool is too small.
+    order across families). ``sample(tokenizer, rng, n, template_ids, counterfactual, progress=False)``
+    returns ``(examples, info)`` with exactly ``n`` distinct pairs or raises when the pool is too
+    small. ``capacity(tokenizer, template_ids, counterfactual)`` counts the distinct (clean,
+    corrupted) text pairs ``sample`` can draw (see ``mivar_jax.tasks.capacity``).
     """
 
     name: str
@@ -26,6 +29,7 @@ class TaskSpec:
     counterfactuals: tuple[str, ...]
     metric: str
     sample: Callable[..., tuple[list[Example], dict[str, Any]]]
+    capacity: Callable[..., int]
 
     @property
     def templates(self) -> list[tuple[int, str, str]]:
@@ -72,22 +76,36 @@ def single_token_words(tokenizer, words: Sequence[str], prefix: str = " ") -> tu
     return keep, drop
 
 
-def draw_distinct(n: int, pool_size: int, draw: Callable[[], Example], what: str) -> list[Example]:
-    """Draw ``n`` examples with distinct (clean, corrupted) texts, or say why not."""
+def draw_distinct(
+    n: int, pool_size: int, draw: Callable[[], Example], what: str, *, progress: bool = False
+) -> list[Example]:
+    """Draw ``n`` examples with distinct (clean, corrupted) texts, or say why not.
+
+    ``pool_size`` is the number of distinct pairs ``draw`` can return; draws are not uniform over
+    them, so after ``50 n + 1000`` draws without reaching ``n`` it stops with an error rather
+    than spin. ``progress`` shows a progress bar.
+    """
     if n < 1:
         raise ValueError(f"n must be ≥ 1, got {n}")
     if n > pool_size:
-        raise ValueError(f"{what}: n={n} exceeds the generator's pool of {pool_size} distinct prompts")
+        raise ValueError(f"{what} can generate at most {pool_size:,} distinct pairs here; got n = {n:,}")
     seen: set[tuple[str, str]] = set()
     out: list[Example] = []
     attempts, limit = 0, 50 * n + 1000
-    while len(out) < n:
-        attempts += 1
-        if attempts > limit:
-            raise ValueError(f"{what}: found only {len(out)} distinct prompts of the {n} asked for after {limit} draws")
-        ex = draw()
-        key = (ex.clean, ex.corrupted)
-        if key not in seen:
-            seen.add(key)
-            out.append(ex)
+    with progress_bar(progress, n, f"{what}: drawing pairs") as bar:
+        while len(out) < n:
+            attempts += 1
+            if attempts > limit:
+                raise ValueError(
+                    f"{what}: found only {len(out):,} distinct pairs of the {n:,} asked for after {limit:,} draws "
+                    f"(the generator can make at most {pool_size:,}, but draws are not uniform over them); "
+                    "ask for fewer"
+                )
+            ex = draw()
+            key = (ex.clean, ex.corrupted)
+            if key not in seen:
+                seen.add(key)
+                out.append(ex)
+                if bar is not None:
+                    bar(1)
     return out

@@ -54,8 +54,8 @@ def _single_token_pairs(tokenizer, pairs):
     return keep, [p for p in pairs if p not in keep]
 
 
-def _sample(tokenizer, rng: np.random.Generator, n: int, template_ids: list[int], counterfactual: str):
-    templates = [t for i, (_, _, t) in enumerate(SPEC.templates) if i in template_ids]
+def _candidates(tokenizer):
+    """Single-token subjects, place / person attractors, clause verbs, verb pairs (and the dropped ones)."""
     subjects, d_subj = _single_token_pairs(tokenizer, _pairs(SUBJECTS))
     places, d_place = _single_token_pairs(tokenizer, _pairs(ATTRACTORS_PLACE))
     people, d_people = _single_token_pairs(tokenizer, _pairs(ATTRACTORS_PERSON))
@@ -63,13 +63,33 @@ def _sample(tokenizer, rng: np.random.Generator, n: int, template_ids: list[int]
     verbs = [p for p in VERB_PAIRS if all(single_token(tokenizer, v) is not None for v in p)]
     if not subjects or not places or not people or not clause_verbs or not verbs:
         raise ValueError("sva: the tokenizer leaves no single-token subject, attractor, clause verb or verb pair")
+    return (subjects, places, people, clause_verbs, verbs), (d_subj, d_place, d_people, d_verbs)
+
+
+def _count(subjects, places, people, clause_verbs, templates) -> int:
+    """Distinct pairs: subject × its number × attractor × its number (× clause verb), over templates."""
+    return sum(
+        len(subjects) * 2 * len(people if "verb" in t else places) * 2 * (len(clause_verbs) if "verb" in t else 1)
+        for t in templates
+    )
+
+
+def _capacity(tokenizer, template_ids: list[int], counterfactual: str) -> int:
+    templates = [t for i, (_, _, t) in enumerate(SPEC.templates) if i in template_ids]
+    subjects, places, people, clause_verbs, _ = _candidates(tokenizer)[0]
+    return _count(subjects, places, people, clause_verbs, templates)
+
+
+def _sample(
+    tokenizer, rng: np.random.Generator, n: int, template_ids: list[int], counterfactual: str, progress: bool = False
+):
+    templates = [t for i, (_, _, t) in enumerate(SPEC.templates) if i in template_ids]
+    (subjects, places, people, clause_verbs, verbs), (d_subj, d_place, d_people, d_verbs) = _candidates(tokenizer)
 
     def attractors(t):
         return people if "verb" in t else places
 
-    pool = sum(
-        len(subjects) * 2 * len(attractors(t)) * 2 * (len(clause_verbs) if "verb" in t else 1) for t in templates
-    )
+    pool = _count(subjects, places, people, clause_verbs, templates)
 
     def draw() -> Example:
         k = int(rng.integers(len(template_ids)))
@@ -91,7 +111,7 @@ def _sample(tokenizer, rng: np.random.Generator, n: int, template_ids: list[int]
         incorrect = tuple(v[1 - plural] for v in verbs)
         return Example(text(plural), text(1 - plural), correct, incorrect, t_id, SPEC.family_of(t_id))
 
-    examples = draw_distinct(n, pool, draw, "sva")
+    examples = draw_distinct(n, pool, draw, "sva", progress=progress)
     info = {
         "pool_size": pool,
         "verb_pairs": [list(v) for v in verbs],
@@ -107,4 +127,5 @@ SPEC = TaskSpec(
     counterfactuals=("number",),
     metric="logit_diff",
     sample=_sample,
+    capacity=_capacity,
 )
