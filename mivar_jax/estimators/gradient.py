@@ -20,7 +20,7 @@ a sum over positions and width of Δz_u ⊙ (some average of g_v):
   that add nothing learned before layer 0 (no learned position embeddings: Llama, Qwen2, …) the
   backward hooks at layer 0's q/k/v inputs never fire and that run contributes zero there (edges
   input → a0.h·<q|k|v> score lower, e.g. ×0.75 at m = 1 on a tiny Llama). The engine's default
-  computes the true gradient there; on GPT-2 the three poolings "reference"/"reference-tl" agree.
+  computes the true gradient there; on GPT-2 "reference" and "reference-tl" agree.
 - ``clean-corrupted``: g_v averaged over the clean run and the run on the reference input x̃.
 - ``ceap`` (conductance, Wu, Tonin & Cevher): along inputs x_k = x + (k/m)(x̃ − x), k = 0…m (clean
   to corrupted), Σ_k (z_u^(k+1) − z_u^(k)) · g_v(x_k). The differences telescope to the run on x̃;
@@ -170,7 +170,6 @@ def _ig_activations(cfg: ModelConfig, steps: int, pooling: str, grad, clean_node
     N = clean_nodes.shape[1]
 
     def group(carry, xs):
-        scores, pooled = carry
         start, mask, keep_T = xs
         weights = jnp.zeros(S + H, clean_nodes.dtype).at[start + jnp.arange(H + 1)].set(mask)[:S]
 
@@ -179,17 +178,18 @@ def _ig_activations(cfg: ModelConfig, steps: int, pooling: str, grad, clean_node
             return acc + grad(clean_nodes[0], replace=(values, weights))[0], None
 
         summed, _ = jax.lax.scan(step, jnp.zeros((T,) + clean_nodes.shape[1:], clean_nodes.dtype), alphas)
+        if pooling != "source":  # every run's gradient pooled into every edge
+            return carry + summed * keep_T[:, None, None, None], None
         rows = jax.lax.dynamic_slice_in_dim(delta_padded, start, H + 1) * mask[:, None, None, None]
-        block = _product(rows, summed / steps)  # [N, H+1, T]
-        current = jax.lax.dynamic_slice_in_dim(scores, start, H + 1, axis=1)
-        scores = jax.lax.dynamic_update_slice_in_dim(scores, current + block, start, axis=1)
-        return (scores, pooled + summed * keep_T[:, None, None, None]), None
+        block = _product(rows, summed / steps)  # [N, H+1, T]: the group's own edges
+        current = jax.lax.dynamic_slice_in_dim(carry, start, H + 1, axis=1)
+        return jax.lax.dynamic_update_slice_in_dim(carry, current + block, start, axis=1), None
 
-    scores0 = jnp.zeros((N, S + H, T), jnp.float32)
-    pooled0 = jnp.zeros((T,) + clean_nodes.shape[1:], clean_nodes.dtype)
-    (scores, pooled), _ = jax.lax.scan(group, (scores0, pooled0), (starts_G, masks_GxB, keep_GxT))
     if pooling != "source":
+        pooled0 = jnp.zeros((T,) + clean_nodes.shape[1:], clean_nodes.dtype)
+        pooled, _ = jax.lax.scan(group, pooled0, (starts_G, masks_GxB, keep_GxT))
         return _product(delta, pooled / (steps * len(starts)))
+    scores, _ = jax.lax.scan(group, jnp.zeros((N, S + H, T), jnp.float32), (starts_G, masks_GxB, keep_GxT))
     return scores[:, :S]
 
 

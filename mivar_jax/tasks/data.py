@@ -296,9 +296,8 @@ def check_for_model(data: TaskData, model) -> None:
             "drop data.info['tokenizer'])"
         )
 
-    check_token_ids(data.clean, V, "clean", name)
+    model.check_batch(data.clean, data.attention_mask, names=("clean", "attention_mask"))  # clean's ids too
     check_token_ids(data.corrupted, V, "corrupted", name)
-    model.check_batch(data.clean, data.attention_mask, names=("clean", "attention_mask"))
     mask = np.asarray(data.attention_mask)
     for a in ("correct", "incorrect"):
         ids = np.asarray(getattr(data, a))
