@@ -22,8 +22,9 @@ import numpy as np
 
 import mivar_jax as mv
 from benchmarks.common import environment, gpt2_small_ioi, peak_rss_mb, save, time_cases
-from mivar_jax.estimators.exact import windows
-from mivar_jax.models.transformer import forward, graph_forward
+from mivar_jax.models import EdgeMix
+from mivar_jax.models.transformer import forward
+from mivar_jax.patching import windows
 
 
 def matmul_flops_per_s(n: int = 2048) -> float:
@@ -92,20 +93,14 @@ def main(argv=None):
     # --- naive: one full patched forward (all inputs) per edge
     b = data.batch()
     embeds = mv.tasks.corrupted_embeddings(model, data)
-    corrupted = jax.jit(graph_forward, static_argnums=0)(
-        cfg, model.params, b.corrupted, b.attention_mask, input_embeds=embeds
+    corrupted = jax.jit(forward, static_argnums=0, static_argnames="nodes")(
+        cfg, model.params, b.corrupted, b.attention_mask, input_embeds=embeds, nodes=True
     )[1]
     naive = jax.jit(
         lambda mask: mv.tasks.logit_diff(
-            graph_forward(
-                cfg,
-                model.params,
-                b.clean,
-                b.attention_mask,
-                corrupted=corrupted,
-                edge_mask=mask,
-                logit_positions=b.answer_pos,
-            )[0],
+            forward(
+                cfg, model.params, b.clean, b.attention_mask, EdgeMix(mask, corrupted), logit_positions=b.answer_pos
+            ),
             b.correct,
             b.incorrect,
         )

@@ -8,13 +8,14 @@ Target (issue 2): the graph-form forward costs at most 2x the plain forward, bat
 from __future__ import annotations
 
 import argparse
+import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from benchmarks.common import compiled_memory, environment, gpt2_small_config, peak_rss_mb, save, time_cases
-from mivar_jax.models import init_params, transformer
+from mivar_jax.models import EdgeMix, init_params, transformer
 
 
 def main(argv=None):
@@ -34,20 +35,17 @@ def main(argv=None):
     last = jnp.full((args.batch,), args.tokens - 1, jnp.int32)
 
     plain = jax.jit(transformer.forward, static_argnums=0)
-    graph = jax.jit(transformer.graph_forward, static_argnums=0)
+    graph = jax.jit(functools.partial(transformer.forward, nodes=True), static_argnums=0)
     corrupted = graph(cfg, params, tokens, mask)[1]
     edge_mask = jnp.asarray((rng.random(g.n_edges) < 0.5).astype(np.float32))
+    mix = EdgeMix(edge_mask, corrupted)
 
     cases = {
         "plain_forward": (plain, (cfg, params, tokens, mask), {}),
         "graph_forward_residual": (graph, (cfg, params, tokens, mask), {}),
-        "graph_forward_masked": (graph, (cfg, params, tokens, mask), {"corrupted": corrupted, "edge_mask": edge_mask}),
+        "graph_forward_masked": (graph, (cfg, params, tokens, mask, mix), {}),
         "plain_forward_last_position": (plain, (cfg, params, tokens, mask), {"logit_positions": last}),
-        "graph_forward_masked_last_position": (
-            graph,
-            (cfg, params, tokens, mask),
-            {"corrupted": corrupted, "edge_mask": edge_mask, "logit_positions": last},
-        ),
+        "graph_forward_masked_last_position": (graph, (cfg, params, tokens, mask, mix), {"logit_positions": last}),
     }
     results = {"config": {"model": cfg.name, "batch": args.batch, "tokens": args.tokens, "edges": g.n_edges}}
     results.update(time_cases(cases, rounds=args.reps))

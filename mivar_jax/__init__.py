@@ -7,7 +7,7 @@ model = mv.load_model("smollm2-135m")
 from mivar_jax import circuits, models, stats, study, tasks
 from mivar_jax.aggregation import aggregate
 from mivar_jax.circuits import Circuit
-from mivar_jax.estimators import Scores, attribute
+from mivar_jax.estimators import attribute
 from mivar_jax.evaluation import CircuitEvaluation, CurveResult, evaluate, evaluate_curve
 from mivar_jax.graph import Graph, GraphJSON
 from mivar_jax.models import (
@@ -17,6 +17,7 @@ from mivar_jax.models import (
     load_model,
     registered_models,
 )
+from mivar_jax.scores import Scores
 from mivar_jax.study import Study, StudyConfig
 
 __version__ = "0.1.0"

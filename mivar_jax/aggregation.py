@@ -1,4 +1,5 @@
-"""Aggregation of per-input scores over inputs: pure, jit-able, optionally weighted.
+"""Aggregation of per-input scores over inputs: pure, jit-able, optionally weighted. The one entry
+point is ``aggregate`` (``mv.aggregate``), for a Scores or an [N, E] array.
 
 ``weights`` [N] (e.g. bootstrap multinomial counts) make every aggregation that of the weighted
 multiset: integer weights give exactly the statistic of the resampled dataset.
@@ -27,7 +28,9 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float
+from jaxtyping import Array, ArrayLike, Float, Real
+
+from mivar_jax.scores import Scores
 
 AGGREGATIONS = ("mean", "median", "mean-abs", "abs-mean", "sum")
 GRID_BITS = 24  # the fixed-point grid: 2^-24 of the power of two above each edge's largest |score|
@@ -39,11 +42,15 @@ def check_aggregation(how: str) -> None:
 
 
 def aggregate(
-    per_input_NxE: Float[Array, "N E"], how: str = "mean", weights_N: Float[Array, " N"] | None = None
+    scores: Scores | Float[ArrayLike, "N E"], how: str = "mean", weights_N: Real[ArrayLike, " N"] | None = None
 ) -> Float[Array, " E"]:
-    """Aggregate per-input scores [N, E] over inputs into [E] (exact sums: module docstring)."""
+    """Per-input scores (a Scores, or an array [N, E]) aggregated over inputs into a jax array [E]
+    (``mean`` | ``median`` | ``mean-abs`` | ``abs-mean`` | ``sum``; optional weights [N]; exact
+    sums: module docstring)."""
     check_aggregation(how)
-    s = jnp.asarray(per_input_NxE, jnp.float32)
+    s = jnp.asarray(scores.per_input if isinstance(scores, Scores) else scores, jnp.float32)
+    if s.ndim != 2 or s.shape[0] == 0:
+        raise ValueError(f"per-input scores must be a non-empty [N, E] array, got shape {s.shape}")
     n = s.shape[0]
     if weights_N is None:
         return _aggregate_counts_jit(s, how, jnp.ones(n, jnp.float32), n)

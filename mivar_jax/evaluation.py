@@ -20,7 +20,7 @@ means. Per input n:
 With counterfactual patching a circuit changes nothing before the first position where the
 clean and corrupted prompts differ (the corrupted run equals the clean run there), and nothing
 after the answer position reaches the metrics: each input runs on its window of positions only
-(``estimators.exact.windows``), earlier keys and values read from the clean run's caches. Zero and
+(``patching.windows``), earlier keys and values read from the clean run's caches. Zero and
 mean ablation change every position and run on the whole prompt.
 
 ``evaluate_curve`` evaluates the pruned top-n circuits at MIB's edge fractions (n = ⌊f·E⌋) and
@@ -36,19 +36,27 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mivar_jax._checks import check_int, mib
+from mivar_jax import engine
 from mivar_jax._progress import progress_bar
 from mivar_jax.circuits.circuit import Circuit
 from mivar_jax.circuits.pruning import prune
-from mivar_jax.circuits.selection import aggregated, ranking
-from mivar_jax.estimators.common import check_ablation, dataset_means, reference_values
-from mivar_jax.estimators.exact import DEFAULT_MEMORY_BUDGET, window_start, windows
-from mivar_jax.estimators.scores import Scores
+from mivar_jax.circuits.selection import aggregated, edge_order
+from mivar_jax.engine import EDGES, INPUTS
+from mivar_jax.models.interventions import EdgeMix, Window
 from mivar_jax.models.layers import position_ids, take_window
-from mivar_jax.models.patching import kv_caches, residual_states
-from mivar_jax.models.transformer import forward, graph_forward
-from mivar_jax.sharding import EDGES, INPUTS, P, make_mesh, spmd
-from mivar_jax.tasks.data import TaskBatch, TaskData, check_for_model
+from mivar_jax.models.transformer import forward
+from mivar_jax.patching import (
+    check_ablation,
+    dataset_means,
+    kv_caches,
+    reference_values,
+    residual_states,
+    window_start,
+    windows,
+)
+from mivar_jax.scores import Scores
+from mivar_jax.sharding import Spec
+from mivar_jax.tasks.data import TaskBatch, TaskData
 from mivar_jax.tasks.metrics import get_metric, kl_divergence
 
 ANSWER_SETS = ("task", "vocab")
@@ -65,7 +73,7 @@ class CircuitEvaluation:
     agree_task: np.ndarray  # top-1 among the task's answers equals the full model's
     agree_vocab: np.ndarray  # top-1 over the vocabulary equals the full model's
     kl: np.ndarray
-    n_edges: np.ndarray
+    n_edges: np.ndarray | np.integer
     ablation: str = "patch"
 
     @property
@@ -136,7 +144,7 @@ def _scalar(x):
     return float(x) if x.ndim == 0 else x
 
 
-def _standard_error(x_CxN: np.ndarray) -> np.ndarray:
+def _standard_error(x_CxN: np.ndarray) -> np.ndarray | float:
     """std (ddof 1) / √N over the last axis; NaN with fewer than two inputs."""
     n = x_CxN.shape[-1]
     if n < 2:
@@ -181,36 +189,36 @@ def _kernels(cfg, metric_name, ablation, mesh, width: int | None):
     run on each input's window of ``width`` positions only (``windows``), earlier positions being
     the clean run's."""
     metric = get_metric(metric_name)
-    rows = P((EDGES, INPUTS))
+    rows = Spec((EDGES, INPUTS))
     batch = TaskBatch(*(rows for _ in TaskBatch._fields))
 
     def baseline(params, b, noise, noise_seed, means):
         z_ref, _ = reference_values(cfg, params, b, ablation, noise, noise_seed, means)
-        window = None
+        window = ()
         if width is None:
             full = forward(cfg, params, b.clean, b.attention_mask, logit_positions=b.answer_pos)
         else:
-            full, nodes = graph_forward(cfg, params, b.clean, b.attention_mask, logit_positions=b.answer_pos)
+            full, nodes = forward(cfg, params, b.clean, b.attention_mask, logit_positions=b.answer_pos, nodes=True)
             pre, _, _ = residual_states(cfg, params, nodes)
             keys, values = kv_caches(cfg, params, pre, position_ids(b.attention_mask))
             start = window_start(b, width)
             z_ref = take_window(z_ref, start, width, axis=2)
-            window = (start, keys, values)
-        empty, _ = graph_forward(
-            cfg, params, b.clean, b.attention_mask, corrupted=z_ref, window=window,
-            edge_mask=jnp.zeros(cfg.graph.n_edges, full.dtype), logit_positions=b.answer_pos,
+            window = (Window(start, keys, values, width),)
+        empty = forward(
+            cfg, params, b.clean, b.attention_mask, (EdgeMix(jnp.zeros(cfg.graph.n_edges, full.dtype), z_ref), *window),
+            logit_positions=b.answer_pos,
         )  # fmt: skip
-        caches = () if window is None else window[1:]
+        caches = () if width is None else (keys, values)
         return full, z_ref, caches, metric(full, b.correct, b.incorrect), metric(empty, b.correct, b.incorrect)
 
     def circuits(params, b, z_ref, caches, full_NxV, masks_CxE):
         full_top_task, full_top_vocab = _top_answer(full_NxV, b), jnp.argmax(full_NxV, -1)
-        window = None if width is None else (window_start(b, width), *caches)
+        window = () if width is None else (Window(window_start(b, width), *caches, width),)
 
         def one(mask_E):
-            logits, _ = graph_forward(
-                cfg, params, b.clean, b.attention_mask, corrupted=z_ref, window=window,
-                edge_mask=mask_E.astype(full_NxV.dtype), logit_positions=b.answer_pos,
+            logits = forward(
+                cfg, params, b.clean, b.attention_mask, (EdgeMix(mask_E.astype(full_NxV.dtype), z_ref), *window),
+                logit_positions=b.answer_pos,
             )  # fmt: skip
             return (
                 metric(logits, b.correct, b.incorrect),
@@ -221,29 +229,30 @@ def _kernels(cfg, metric_name, ablation, mesh, width: int | None):
 
         return jax.vmap(one)(masks_CxE)
 
-    rep = P()
-    z_spec = P(None, (EDGES, INPUTS))
-    cache_spec = () if width is None else (P(None, None, (EDGES, INPUTS)),) * 2
-    out_c = P(None, (EDGES, INPUTS))
+    rep = Spec()
+    z_spec = Spec(None, (EDGES, INPUTS))
+    cache_spec = () if width is None else (Spec(None, None, (EDGES, INPUTS)),) * 2
+    out_c = Spec(None, (EDGES, INPUTS))
     return (
-        jax.jit(spmd(baseline, mesh, (rep, batch, rep, rep, rep), (rows, z_spec, cache_spec, rows, rows))),
-        jax.jit(spmd(circuits, mesh, (rep, batch, z_spec, cache_spec, rows, rep), (out_c,) * 4)),
+        engine.kernel(baseline, mesh, (rep, batch, rep, rep, rep), (rows, z_spec, cache_spec, rows, rows)),
+        engine.kernel(circuits, mesh, (rep, batch, z_spec, cache_spec, rows, rep), (out_c,) * 4),
+    )
+
+
+def bytes_per_circuit(cfg, n_inputs: int, n_positions: int) -> int:
+    """Working memory of one circuit evaluated on ``n_inputs`` inputs (one device)."""
+    g = cfg.graph
+    return (
+        4 * n_inputs * n_positions * cfg.d_model * (2 * g.n_src + 3 * g.slots_per_layer) + 4 * n_inputs * cfg.vocab_size
     )
 
 
 def circuit_chunk(cfg, n_inputs: int, n_positions: int, memory_budget: int) -> int:
     """Circuits per call that fit ``memory_budget`` with ``n_inputs`` inputs per device."""
-    g = cfg.graph
-    per = (
-        4 * n_inputs * n_positions * cfg.d_model * (2 * g.n_src + 3 * g.slots_per_layer) + 4 * n_inputs * cfg.vocab_size
-    )
-    fit = memory_budget // per
-    if fit < 1:
-        raise MemoryError(
-            f"a memory budget of {mib(memory_budget)} is too small for one circuit on {n_inputs} inputs "
-            f"(about {mib(per)}); lower batch_size"
-        )
-    return int(min(fit, 64))
+    return engine.fit(
+        memory_budget, bytes_per_circuit(cfg, n_inputs, n_positions), cap=64,
+        what=f"circuit on {n_inputs} inputs", fix="lower batch_size",
+    )  # fmt: skip
 
 
 def evaluate(
@@ -264,18 +273,10 @@ def evaluate(
     graph = model.graph
     masks, single = _masks(circuits, graph)
     check_ablation(ablation)
-    if batch_size is not None:
-        batch_size = check_int(batch_size, "batch_size")
-    if memory_budget is not None:
-        memory_budget = check_int(memory_budget, "memory_budget (bytes per device)")
-    check_for_model(data, model)
-    if mesh is None and jax.device_count() > 1:
-        mesh = make_mesh()
-    mesh = mesh if mesh is not None and mesh.size > 1 else None
-    n_dev = 1 if mesh is None else mesh.size
+    res = engine.resources(model, data, batch_size=batch_size, memory_budget=memory_budget, mesh=mesh)
     cfg = model.config
-    local = min(batch_size or 8, len(data))
-    chunk = circuit_chunk(cfg, local, data.n_positions, memory_budget or DEFAULT_MEMORY_BUDGET)
+    local = min(res.batch_size or 8, len(data))
+    chunk = circuit_chunk(cfg, local, data.n_positions, res.memory_budget)
     means = dataset_means(model, data, local) if ablation == "mean" else jnp.zeros(())
 
     C = masks.shape[0]
@@ -290,16 +291,16 @@ def evaluate(
     with progress_bar(progress, len(data) * C, "evaluate") as bar:
         for width in np.unique(widths):
             windowed = int(width) < data.n_positions
-            baseline, run = _kernels(cfg, data.metric, ablation, mesh, int(width) if windowed else None)
-            for b, rows in data.batches(local, devices=n_dev, rows=np.nonzero(widths == width)[0]):
+            baseline, run = _kernels(cfg, data.metric, ablation, res.mesh, int(width) if windowed else None)
+            for b, rows in data.batches(local, devices=res.n_devices, rows=np.nonzero(widths == width)[0]):
                 n_real = len(rows)
                 full, z_ref, caches, m_full, m_empty = baseline(model.params, b, data.noise, data.noise_seed, means)
                 full_m[rows] = np.asarray(m_full)[:n_real]
                 empty_m[rows] = np.asarray(m_empty)[:n_real]
                 for k in range(n_chunks):
-                    res = run(model.params, b, z_ref, caches, full, jnp.asarray(padded[k * chunk : (k + 1) * chunk]))
+                    res_k = run(model.params, b, z_ref, caches, full, jnp.asarray(padded[k * chunk : (k + 1) * chunk]))
                     n_c = min(chunk, C - k * chunk)
-                    for out, r in zip(outs, res, strict=True):
+                    for out, r in zip(outs, res_k, strict=True):
                         out[k * chunk : k * chunk + n_c, rows] = np.asarray(r)[:n_c, :n_real]
                     if bar is not None:
                         bar(n_real * n_c)
@@ -379,8 +380,7 @@ def evaluate_curve(
         raise ValueError("fractions must be at least two increasing values in (0, 1]")
     n_scored = int(np.isfinite(values).sum())
     n_requested = np.floor(fractions * n_scored).astype(np.int64)
-    # the order of select(method='topn'): best first, ties → lower edge index
-    order = np.asarray(jnp.argsort(-ranking(jnp.asarray(values), absolute), stable=True))
+    order = np.asarray(edge_order(values, absolute))  # select(method='topn')'s order
     masks = np.zeros((fractions.size, graph.n_edges), bool)
     for i, n in enumerate(n_requested):
         masks[i, order[:n]] = True

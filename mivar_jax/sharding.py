@@ -38,7 +38,7 @@ def spmd(fn: Callable, mesh: Mesh | None, in_specs, out_specs) -> Callable:
     return jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False)
 
 
-P = PartitionSpec
+Spec = PartitionSpec  # not P: P is the positions axis
 
 
 DISTRIBUTED_ENV = ("JAX_COORDINATOR_ADDRESS", "MIVAR_DISTRIBUTED")

@@ -2,8 +2,19 @@
 
 from __future__ import annotations
 
+import importlib
 import os
+import sys
 import tempfile
+
+import jaxtyping
+
+# Every annotation in mivar_jax (array shapes and dtypes, and the plain ones too) is checked by
+# beartype while the tests run: a wrong shape fails a test. An int passes for a float (PEP 484's
+# numeric tower, as static checkers read it). The hook must be installed before mivar_jax is first
+# imported (this file is imported first, in every xdist worker).
+assert "mivar_jax" not in sys.modules, "mivar_jax was imported before tests/conftest.py installed the type checks"
+jaxtyping.install_import_hook(["mivar_jax"], "beartype.beartype(conf=beartype.BeartypeConf(is_pep484_tower=True))")
 
 # One persistent compilation cache per test session, inherited by the subprocesses the tests start
 # (resumed studies, 8-device runs, notebooks): a kernel compiled once is not compiled again.
@@ -14,6 +25,26 @@ import jax  # noqa: E402
 import pytest  # noqa: E402
 
 jax.config.update("jax_enable_x64", False)
+
+# Not type-checked at run time: public entry points that validate their own arguments with errors
+# that name the argument and what is allowed, which the tests check by passing ill-typed values (a
+# type check would pre-empt them). Their annotations still say what is valid; what they call is
+# checked.
+VALIDATING_ENTRY_POINTS = (
+    "mivar_jax.tasks.registry:make",
+    "mivar_jax.tasks.data:TaskData.__init__",
+    "mivar_jax.tasks.data:TaskData.with_noise",
+    "mivar_jax.circuits.selection:select",
+    "mivar_jax.estimators.attribute:attribute",
+    "mivar_jax.evaluation:evaluate",
+    "mivar_jax.stats.bootstrap:bootstrap",
+)
+for _name in VALIDATING_ENTRY_POINTS:
+    _module, _attrs = _name.split(":")
+    _fn = importlib.import_module(_module)
+    for _attr in _attrs.split("."):
+        _fn = getattr(_fn, _attr)
+    _fn.__no_type_check__ = True  # read by jaxtyping's wrapper at each call
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,8 @@ from hypothesis import given, settings
 
 import mivar_jax as mv
 from mivar_jax.circuits.pruning import slot_owner
-from mivar_jax.estimators.exact import windows
+from mivar_jax.circuits.selection import topn
+from mivar_jax.patching import windows
 from tests import reference
 
 # ----------------------------------------------------------------------------- pruning
@@ -98,6 +99,36 @@ def test_topn_picks_n_edges_and_breaks_ties_by_index():
     )
 
 
+def test_one_edge_order_for_topn_bootstrap_and_minimal_connected():
+    g = mv.Graph(2, 2)
+    values = np.round(np.random.default_rng(5).normal(size=g.n_edges), 1).astype(np.float32)  # many ties
+    values[[3, 9, 20, 31]] = [2.5, -2.5, 2.5, 2.5]  # planted ties, in |score| and in score
+    values[[4, 11]] = [0.0, -0.0]  # a signed-zero tie
+    values[[0, 7, 40]] = np.nan  # unscored: last
+    for absolute in (True, False):
+        rank = np.abs(values) if absolute else values.copy()
+        rank[np.isnan(rank)] = -np.inf
+        expected = np.lexsort((np.arange(g.n_edges), -rank))  # best first, ties → lower index
+        order = np.asarray(mv.circuits.edge_order(values, absolute))
+        np.testing.assert_array_equal(order, expected)
+        np.testing.assert_array_equal(np.asarray(mv.circuits.edge_order(values, absolute, n=7)), expected[:7])
+        stacked = np.asarray(mv.circuits.edge_order(np.stack([values, values[::-1]]), absolute))
+        np.testing.assert_array_equal(stacked[0], expected)
+        for n in (1, 3, 4, 17, g.n_edges - 3):  # selection and the bootstrap: the n first of the order
+            c = mv.circuits.select(values, n, graph=g, absolute=absolute, prune_circuit=False)
+            np.testing.assert_array_equal(np.nonzero(c.edges)[0], np.sort(order[:n]))
+            top, ties = topn(values[None], n, absolute)
+            np.testing.assert_array_equal(np.asarray(top)[0], c.edges)
+            nth = rank[order[n - 1]]
+            assert int(ties[0]) == int((rank[order[n:]] == nth).sum())
+        # minimal_connected: the smallest n of that order whose pruned top-n circuit is connected
+        scored = int(np.isfinite(values).sum())
+        brute = next(
+            (k for k in range(1, scored + 1) if mv.circuits.select(values, k, graph=g, absolute=absolute).n_edges), 0
+        )
+        assert mv.circuits.minimal_connected(values, graph=g, absolute=absolute) == brute
+
+
 def test_threshold_and_nan_scores():
     g = mv.Graph(2, 2)
     values = np.random.default_rng(1).normal(size=g.n_edges).astype(np.float32)
@@ -143,9 +174,9 @@ def test_select_from_scores_and_bad_input():
     scores = mv.Scores(per_input, g, "edge", "eap")
     for how in ("mean", "median", "mean-abs"):
         a = mv.circuits.select(scores, 5, aggregation=how)
-        b = mv.circuits.select(mv.circuits.aggregate(scores, how), 5, graph=g)
+        b = mv.circuits.select(mv.aggregate(scores, how), 5, graph=g)
         np.testing.assert_array_equal(a.edges, b.edges)
-    np.testing.assert_allclose(mv.circuits.aggregate(scores, "median"), np.median(per_input, 0), rtol=1e-6)
+    np.testing.assert_allclose(mv.aggregate(scores, "median"), np.median(per_input, 0), rtol=1e-6)
     for bad in (0, -1, g.n_edges + 1, 2.5, True):
         with pytest.raises(ValueError, match="n_edges must be an integer"):
             mv.circuits.select(scores, bad)
@@ -162,7 +193,7 @@ def test_select_from_scores_and_bad_input():
     with pytest.raises(ValueError, match="different graphs"):
         mv.circuits.select(scores, 3).jaccard(mv.Circuit(mv.Graph(3, 2), np.zeros(mv.Graph(3, 2).n_edges, bool)))
     with pytest.raises(ValueError, match="non-empty"):
-        mv.circuits.aggregate(per_input[:0])
+        mv.aggregate(per_input[:0])
 
 
 # ----------------------------------------------------------------------------- files and drawing

@@ -6,11 +6,9 @@ import numpy as np
 import pytest
 
 import mivar_jax as mv
-from mivar_jax.estimators.exact import first_changes
-from mivar_jax.models import graph_forward, pad_batch
+from mivar_jax.models import EdgeMix, Replace, Taps, Window, forward, pad_batch
 from mivar_jax.models.layers import position_ids
-from mivar_jax.models.patching import kv_caches, residual_states
-from mivar_jax.models.transformer import slot_gradients
+from mivar_jax.patching import first_changes, kv_caches, residual_states, slot_gradients
 from tests import reference
 
 CLEAN = ["When Mary and John went to the store, John gave a drink to", "The keys to the cabinet"]
@@ -65,8 +63,8 @@ def test_all_ones_mask_reproduces_the_clean_forward(setup):
     model, clean, _, corrupted = setup
     plain = model(clean.tokens, clean.attention_mask)
     ones = jnp.ones((model.graph.n_src, model.graph.n_dst))
-    mixed, nodes = model.graph_forward(clean.tokens, clean.attention_mask, corrupted=corrupted, edge_mask=ones)
-    residual, nodes_residual = model.graph_forward(clean.tokens, clean.attention_mask)
+    mixed, nodes = model.forward(clean.tokens, clean.attention_mask, EdgeMix(ones, corrupted), nodes=True)
+    residual, nodes_residual = model.forward(clean.tokens, clean.attention_mask, nodes=True)
     _close_on_real(mixed, plain, clean.attention_mask, 1e-5)
     _close_on_real(residual, plain, clean.attention_mask, 1e-5)
     np.testing.assert_allclose(nodes, nodes_residual, atol=1e-5)
@@ -75,14 +73,14 @@ def test_all_ones_mask_reproduces_the_clean_forward(setup):
 def test_all_zeros_mask_reproduces_the_corrupted_forward(setup):
     model, clean, corrupt, corrupted = setup
     zeros = jnp.zeros(model.graph.n_edges)  # flat form
-    mixed, _ = model.graph_forward(clean.tokens, clean.attention_mask, corrupted=corrupted, edge_mask=zeros)
+    mixed, _ = model.forward(clean.tokens, clean.attention_mask, EdgeMix(zeros, corrupted), nodes=True)
     _close_on_real(mixed, model(corrupt.tokens, corrupt.attention_mask), clean.attention_mask, 1e-5)
 
 
 def test_node_outputs_sum_to_the_residual_stream(setup):
     """input + every head + every MLP (+ output biases) is the final residual stream."""
     model, clean, _, _ = setup
-    _, nodes = model.graph_forward(clean.tokens, clean.attention_mask)
+    _, nodes = model.forward(clean.tokens, clean.attention_mask, nodes=True)
     b_o = model.params["blocks"].get("b_o")
     total = nodes.sum(0) + (0 if b_o is None else b_o.sum(0))
     from mivar_jax.models.layers import unembed
@@ -103,7 +101,7 @@ def test_single_edges_match_the_reference(setup):
     for e in edges:
         dense = np.ones((g.n_src, g.n_dst), np.float32)
         dense[g.edge_src[e], g.edge_dst[e]] = 0.0
-        ours, ours_nodes = model.graph_forward(clean.tokens, clean.attention_mask, corrupted=corrupted, edge_mask=dense)
+        ours, ours_nodes = model.forward(clean.tokens, clean.attention_mask, EdgeMix(dense, corrupted), nodes=True)
         ref, ref_nodes = _reference(model, clean, corrupted, dense)
         _close_on_real(ours, ref, clean.attention_mask, 2e-4)
         real = clean.attention_mask.astype(bool)
@@ -120,7 +118,7 @@ def test_partial_masks_match_the_reference(setup, kind):
         if kind == "binary"
         else rng.random(g.n_edges).astype(np.float32)
     )
-    ours, _ = model.graph_forward(clean.tokens, clean.attention_mask, corrupted=corrupted, edge_mask=flat)
+    ours, _ = model.forward(clean.tokens, clean.attention_mask, EdgeMix(flat, corrupted), nodes=True)
     ref, _ = _reference(model, clean, corrupted, g.to_dense(flat, fill=1.0))
     _close_on_real(ours, ref, clean.attention_mask, 2e-4)
     assert (
@@ -133,11 +131,11 @@ def test_zero_and_mean_ablations_broadcast(setup):
     g = model.graph
     flat = (np.random.default_rng(3).random(g.n_edges) < 0.8).astype(np.float32)
     zeros = jnp.zeros((g.n_src, 1, 1, model.config.d_model))
-    ours, _ = model.graph_forward(clean.tokens, clean.attention_mask, corrupted=zeros, edge_mask=flat)
+    ours, _ = model.forward(clean.tokens, clean.attention_mask, EdgeMix(flat, zeros), nodes=True)
     ref, _ = _reference(model, clean, np.zeros_like(np.asarray(corrupted)), g.to_dense(flat, fill=1.0))
     _close_on_real(ours, ref, clean.attention_mask, 2e-4)
     mean = corrupted.mean(1, keepdims=True)  # [S, 1, P, D]
-    ours, _ = model.graph_forward(clean.tokens, clean.attention_mask, corrupted=mean, edge_mask=flat)
+    ours, _ = model.forward(clean.tokens, clean.attention_mask, EdgeMix(flat, mean), nodes=True)
     ref, _ = _reference(model, clean, np.broadcast_to(np.asarray(mean), corrupted.shape), g.to_dense(flat, fill=1.0))
     _close_on_real(ours, ref, clean.attention_mask, 2e-4)
 
@@ -145,9 +143,9 @@ def test_zero_and_mean_ablations_broadcast(setup):
 def test_logit_positions_select_the_same_numbers(setup):
     model, clean, _, corrupted = setup
     flat = (np.random.default_rng(4).random(model.graph.n_edges) < 0.5).astype(np.float32)
-    full, _ = model.graph_forward(clean.tokens, clean.attention_mask, corrupted=corrupted, edge_mask=flat)
-    at, _ = model.graph_forward(
-        clean.tokens, clean.attention_mask, corrupted=corrupted, edge_mask=flat, logit_positions=clean.last
+    full, _ = model.forward(clean.tokens, clean.attention_mask, EdgeMix(flat, corrupted), nodes=True)
+    at, _ = model.forward(
+        clean.tokens, clean.attention_mask, EdgeMix(flat, corrupted), logit_positions=clean.last, nodes=True
     )
     np.testing.assert_allclose(at, np.asarray(full)[np.arange(2), clean.last], atol=1e-5)
 
@@ -160,8 +158,8 @@ def test_vmap_over_masks_and_over_inputs(setup):
 
     @jax.jit
     def run(mask):
-        return graph_forward(
-            cfg, params, tokens, attn, corrupted=corrupted, edge_mask=mask, logit_positions=jnp.asarray(clean.last)
+        return forward(
+            cfg, params, tokens, attn, EdgeMix(mask, corrupted), logit_positions=jnp.asarray(clean.last), nodes=True
         )[0]
 
     stacked = jax.vmap(run)(masks)
@@ -169,8 +167,8 @@ def test_vmap_over_masks_and_over_inputs(setup):
         np.testing.assert_allclose(stacked[i], run(masks[i]), atol=1e-5)
 
     def one_input(tok, am, corr, last):
-        out = graph_forward(
-            cfg, params, tok[None], am[None], corrupted=corr[:, None], edge_mask=masks[0], logit_positions=last[None]
+        out = forward(
+            cfg, params, tok[None], am[None], EdgeMix(masks[0], corr[:, None]), logit_positions=last[None], nodes=True
         )
         return out[0][0]
 
@@ -197,26 +195,26 @@ def test_window_reproduces_the_full_mixing_forward(setup, padding_side):
     assert 0 < width < P
     if padding_side == "right":
         assert len(set(starts.tolist())) == 2  # one start per input
-    _, clean_nodes = graph_forward(cfg, params, tokens, attn)
+    _, clean_nodes = forward(cfg, params, tokens, attn, nodes=True)
     pre, _, _ = residual_states(cfg, params, clean_nodes)
     keys, values = kv_caches(cfg, params, pre, position_ids(attn))
     window_of = jax.vmap(lambda a, s: jax.lax.dynamic_slice_in_dim(a, s, width, axis=1), in_axes=(1, 0), out_axes=1)
     real = np.asarray(window_of(attn[None, :, :, None], jnp.asarray(starts)))[0, :, :, 0] > 0
     masks = (np.random.default_rng(8).random((2, g.n_edges)) < 0.6).astype(np.float32)
     run = jax.jit(
-        lambda m, s, z: graph_forward(
-            cfg, params, tokens, attn, corrupted=z, edge_mask=m, logit_positions=last, window=(s, keys, values)
+        lambda m, s, z: forward(
+            cfg, params, tokens, attn, (EdgeMix(m, z), Window(s, keys, values, width)), logit_positions=last, nodes=True
         )
     )
     for mask in masks:
-        full, nodes_full = graph_forward(
-            cfg, params, tokens, attn, corrupted=corrupted, edge_mask=mask, logit_positions=last
+        full, nodes_full = forward(
+            cfg, params, tokens, attn, EdgeMix(mask, corrupted), logit_positions=last, nodes=True
         )
         windowed, nodes_win = run(mask, jnp.asarray(starts, jnp.int32), window_of(corrupted, jnp.asarray(starts)))
         np.testing.assert_allclose(windowed, full, atol=1e-4, rtol=1e-4)
         expected = np.asarray(window_of(nodes_full, jnp.asarray(starts)))
         np.testing.assert_allclose(np.asarray(nodes_win)[:, real], expected[:, real], atol=1e-4)
-    plain = np.asarray(graph_forward(cfg, params, tokens, attn)[0])[np.arange(2), clean.last]
+    plain = np.asarray(forward(cfg, params, tokens, attn, nodes=True)[0])[np.arange(2), clean.last]
     assert np.abs(np.asarray(full) - plain).max() > 1e-3  # the patches matter
 
 
@@ -232,12 +230,10 @@ def test_mask_gradient_is_the_eap_product_of_tap_gradients(setup):
 
     @jax.jit
     def by_mask(mask):
-        return metric(
-            graph_forward(cfg, params, tokens, attn, corrupted=corrupted, edge_mask=mask, logit_positions=last)[0]
-        )
+        return metric(forward(cfg, params, tokens, attn, EdgeMix(mask, corrupted), logit_positions=last, nodes=True)[0])
 
     def by_taps(taps):
-        logits, nodes = graph_forward(cfg, params, tokens, attn, taps=taps, logit_positions=last)
+        logits, nodes = forward(cfg, params, tokens, attn, Taps(taps), logit_positions=last, nodes=True)
         return metric(logits), nodes
 
     grad_mask = jax.jit(jax.grad(by_mask))(jnp.ones(g.n_edges))
@@ -269,13 +265,14 @@ def test_slot_gradients_equal_the_input_taps_gradients(setup, with_replace):
     if with_replace:  # blend two nodes of layer 1 half-way to the corrupted values, fix the input node
         w = np.zeros(g.n_src, np.float32)
         w[[0, 1 + (cfg.n_heads + 1), 1 + (cfg.n_heads + 1) + cfg.n_heads]] = [1.0, 0.5, 0.5]
-        replace = (corrupted, jnp.asarray(w))
+        replace = Replace(corrupted, jnp.asarray(w))
 
     def objective(logits):
         return (jnp.take_along_axis(logits, target[:, None], 1) * jnp.asarray([1.0, -2.0])[:N, None]).sum()
 
     def by_taps(taps):
-        logits, nodes = graph_forward(cfg, params, tokens, attn, taps=taps, logit_positions=last, replace=replace)
+        ivs = Taps(taps) if replace is None else (replace, Taps(taps))
+        logits, nodes = forward(cfg, params, tokens, attn, ivs, logit_positions=last, nodes=True)
         return objective(logits), nodes
 
     expected, nodes_expected = jax.jit(jax.grad(by_taps, has_aux=True))(jnp.zeros((g.n_dst, N, P, D)))
@@ -297,15 +294,15 @@ def test_bad_inputs_are_clear_errors(setup):
     model, clean, _, corrupted = setup
     g = model.graph
     with pytest.raises(ValueError, match="same length"):
-        model.graph_forward(
-            clean.tokens, clean.attention_mask, corrupted=corrupted[:, :, :-1], edge_mask=jnp.ones(g.n_edges)
+        model.forward(
+            clean.tokens, clean.attention_mask, EdgeMix(jnp.ones(g.n_edges), corrupted[:, :, :-1]), nodes=True
         )
     with pytest.raises(ValueError, match="edge_mask must be"):
-        model.graph_forward(clean.tokens, clean.attention_mask, corrupted=corrupted, edge_mask=jnp.ones(7))
-    with pytest.raises(ValueError, match="needs `corrupted`"):
-        model.graph_forward(clean.tokens, clean.attention_mask, edge_mask=jnp.ones(g.n_edges))
+        model.forward(clean.tokens, clean.attention_mask, EdgeMix(jnp.ones(7), corrupted), nodes=True)
+    with pytest.raises(TypeError, match="corrupted"):  # an edge mix without reference values cannot be built
+        EdgeMix(jnp.ones(g.n_edges))
     with pytest.raises(ValueError, match="taps must have shape"):
-        model.graph_forward(clean.tokens, clean.attention_mask, taps=jnp.zeros((3, 2, 2, 2)))
+        model.forward(clean.tokens, clean.attention_mask, Taps(jnp.zeros((3, 2, 2, 2))), nodes=True)
     with pytest.raises(ValueError, match="context length"):
         model(np.zeros((1, model.config.n_ctx + 1), np.int32))
     with pytest.raises(ValueError, match="ids must lie in"):

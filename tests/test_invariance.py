@@ -63,7 +63,7 @@ def test_per_input_scores_do_not_depend_on_the_batch(hf_dirs, name, method, batc
     if subset is not None:
         return
     # the discrete results: identical where the cut is not a near-tie within the tolerance
-    agg = {b: s.aggregate("mean") for b, s in runs.items()}
+    agg = {b: np.asarray(mv.aggregate(s, "mean")) for b, s in runs.items()}
     scale = np.abs(agg[batches[0]]).max()
     for n in (5, 20, 60):
         if _cut_gap(agg[batches[0]], n) <= 2 * SCORE_RTOL * scale:

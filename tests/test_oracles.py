@@ -2,9 +2,9 @@
 
 Nothing below restates the implementation: every expected value comes from a hand-written loop,
 a hand-computed number, or JAX autodiff of the graph-form forward through a zero additive tap at
-each destination slot (``graph_forward(..., taps=zeros)``, differentiated with ``jax.grad``; node
+each destination slot (``forward(..., Taps(zeros))``, differentiated with ``jax.grad``; node
 interpolation through the mixing mode's edge mask), not from the estimators' own gradient kernels
-(``slot_gradients``, ``replace`` blending). The tiny models are built with JAX and numpy only
+(``slot_gradients``, ``Replace`` blending). The tiny models are built with JAX and numpy only
 (a ``ModelConfig`` and random weights drawn to ``param_shapes``): no torch, no transformers.
 
 - bootstrap: replicate circuits rebuilt one by one (weighted sums, top-n by |score| with ties to
@@ -32,7 +32,7 @@ import pytest
 
 import mivar_jax as mv
 from mivar_jax.evaluation import curve_areas
-from mivar_jax.models import Model, ModelConfig, graph_forward
+from mivar_jax.models import EdgeMix, Model, ModelConfig, Taps, forward
 from mivar_jax.models.config import rope_inv_freq
 from mivar_jax.models.params import param_shapes
 from mivar_jax.tasks.data import TaskData
@@ -164,9 +164,10 @@ def _tap_gradients(cfg, params, arrays, input_embeds, corrupted, edge_mask):
     T, (N, P) = cfg.graph.n_dst, tokens.shape
 
     def total(taps):
-        logits, nodes = graph_forward(
-            cfg, params, tokens, mask, corrupted=corrupted, edge_mask=edge_mask, taps=taps,
-            input_embeds=input_embeds, logit_positions=answer_pos,
+        mix = () if corrupted is None else (EdgeMix(edge_mask, corrupted),)
+        logits, nodes = forward(
+            cfg, params, tokens, mask, (*mix, Taps(taps)), input_embeds=input_embeds, logit_positions=answer_pos,
+            nodes=True,
         )  # fmt: skip
         metric = _logit_diff(logits, correct, incorrect)
         return metric.sum(), (nodes, metric)

@@ -15,7 +15,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Bool
+from jaxtyping import Array, ArrayLike, Bool
 
 from mivar_jax.graph import Graph
 
@@ -34,51 +34,52 @@ def _depth(graph: Graph) -> int:
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _prune_dense(graph: Graph, masks_BxE: jax.Array) -> tuple[jax.Array, jax.Array]:
+def prune_dense(graph: Graph, masks_CxE: Bool[Array, "C E"]) -> tuple[Bool[Array, "C E"], Bool[Array, "C nodes"]]:
+    """``prune`` for a stack [C, E] of masks, unchecked and jit-able (inside the bootstrap's kernels)."""
     S = graph.n_src
     owner = slot_owner(graph)
     edge_src, edge_node = graph.edge_src, owner[graph.edge_dst]
-    B = masks_BxE.shape[0]
-    w_BxE = masks_BxE.astype(jnp.float32)
-    # Node adjacency [B, S, S+1]: any circuit edge from source u into a slot of node n.
-    adj = jnp.zeros((B, S, S + 1), jnp.float32).at[:, edge_src, edge_node].add(w_BxE) > 0
+    C = masks_CxE.shape[0]
+    w_CxE = masks_CxE.astype(jnp.float32)
+    # Node adjacency [C, S, S+1]: any circuit edge from source u into a slot of node n.
+    adj = jnp.zeros((C, S, S + 1), jnp.float32).at[:, edge_src, edge_node].add(w_CxE) > 0
     adj_f = adj.astype(jnp.float32)
     start = jnp.zeros(S + 1, bool).at[0].set(True)
     end = jnp.zeros(S + 1, bool).at[S].set(True)
 
-    def forward(_, reach_BxN):
-        step = jnp.einsum("bs,bsn->bn", reach_BxN[:, :S].astype(jnp.float32), adj_f) > 0
+    def forward(_, reach_Cxnodes):
+        step = jnp.einsum("bs,bsn->bn", reach_Cxnodes[:, :S].astype(jnp.float32), adj_f) > 0
         return step | start
 
-    def backward(_, reach_BxN):
-        step = jnp.einsum("bsn,bn->bs", adj_f, reach_BxN.astype(jnp.float32)) > 0
-        return jnp.concatenate([step, jnp.ones((B, 1), bool)], 1)
+    def backward(_, reach_Cxnodes):
+        step = jnp.einsum("bsn,bn->bs", adj_f, reach_Cxnodes.astype(jnp.float32)) > 0
+        return jnp.concatenate([step, jnp.ones((C, 1), bool)], 1)
 
-    reach_from_input = jax.lax.fori_loop(0, _depth(graph), forward, jnp.broadcast_to(start, (B, S + 1)))
-    reach_to_logits = jax.lax.fori_loop(0, _depth(graph), backward, jnp.broadcast_to(end, (B, S + 1)))
-    kept = masks_BxE & reach_from_input[:, edge_src] & reach_to_logits[:, edge_node]
+    reach_from_input = jax.lax.fori_loop(0, _depth(graph), forward, jnp.broadcast_to(start, (C, S + 1)))
+    reach_to_logits = jax.lax.fori_loop(0, _depth(graph), backward, jnp.broadcast_to(end, (C, S + 1)))
+    kept = masks_CxE & reach_from_input[:, edge_src] & reach_to_logits[:, edge_node]
     nodes = _nodes_of(graph, kept)
     return kept, nodes
 
 
-def _nodes_of(graph: Graph, kept_BxE: jax.Array) -> jax.Array:
-    """[B, S+1] bool: the nodes touched by the kept edges (both ends)."""
-    S, B = graph.n_src, kept_BxE.shape[0]
+def _nodes_of(graph: Graph, kept_CxE: jax.Array) -> jax.Array:
+    """[C, S+1] bool: the nodes touched by the kept edges (both ends)."""
+    S, C = graph.n_src, kept_CxE.shape[0]
     owner = slot_owner(graph)
-    w = kept_BxE.astype(jnp.float32)
-    touched = jnp.zeros((B, S + 1), jnp.float32)
+    w = kept_CxE.astype(jnp.float32)
+    touched = jnp.zeros((C, S + 1), jnp.float32)
     touched = touched.at[:, graph.edge_src].add(w).at[:, owner[graph.edge_dst]].add(w)
     return touched > 0
 
 
-def prune(graph: Graph, masks: Bool[Array, "*B E"]) -> tuple[Bool[Array, "*B E"], Bool[Array, "*B Nodes"]]:
+def prune(graph: Graph, masks: Bool[ArrayLike, "*C E"]) -> tuple[Bool[Array, "*C E"], Bool[Array, "*C nodes"]]:
     """Pruned edge masks and their node masks ([..., n_src + 1], ``logits`` last), for one mask
-    [E] or a stack [B, E]; jit-compiled, vectorised over the stack."""
+    [E] or a stack [C, E]; jit-compiled, vectorised over the stack."""
     masks = jnp.asarray(masks, bool)
     if masks.shape[-1] != graph.n_edges:
         raise ValueError(f"edge masks must have a last axis of {graph.n_edges} edges, got shape {masks.shape}")
     flat = masks.reshape(-1, graph.n_edges)
-    kept, nodes = _prune_dense(graph, flat)
+    kept, nodes = prune_dense(graph, flat)
     return kept.reshape(masks.shape), nodes.reshape(masks.shape[:-1] + (graph.n_src + 1,))
 
 

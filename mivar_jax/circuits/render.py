@@ -74,7 +74,7 @@ def to_dot(circuit, color_by: str = "score", frequency: Any = None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _position(g, node: int) -> tuple[float, float]:
+def _position(g, node: int | np.integer) -> tuple[float, float]:
     if node == 0:
         return 0.0, (g.n_heads - 1) / 2
     if node == g.n_src:

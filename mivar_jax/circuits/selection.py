@@ -4,8 +4,12 @@ Ranking value: |score| (``absolute=True``, the reference default) or the signed 
 Unscored edges (NaN for every input, e.g. an exact run on a subset) are never selected; a NaN
 among finite per-input scores, or ±inf anywhere, is an error (as in ``mv.stats``).
 
-- ``topn``: the n best-ranked edges; ties go to the lower edge index (the Graph's order);
-  ``topn`` also counts the edges left out that tie with the n-th.
+The order of edges, one for the whole package (``edge_order``: top-n selection, the bootstrap's
+replicate circuits, faithfulness curves, ``minimal_connected``): the highest ranking value first,
+ties → the lower edge index (the Graph's order), unscored edges last.
+
+- ``topn``: the n first edges of that order; ``topn`` also counts the edges left out that tie
+  with the n-th.
 - ``threshold``: every edge whose ranking value is ≥ the threshold.
 - ``greedy`` (the reference library's): grow the circuit backwards from ``logits``, each time
   adding the best-ranked edge into a node already in the circuit, until n edges.
@@ -25,47 +29,45 @@ import numpy as np
 from jaxtyping import Array, Bool, Float
 
 from mivar_jax._checks import check_int, check_scores_finite
-from mivar_jax.aggregation import aggregate as _aggregate
+from mivar_jax.aggregation import aggregate
 from mivar_jax.circuits.circuit import Circuit
 from mivar_jax.circuits.pruning import bottleneck_rank, prune, slot_owner
-from mivar_jax.estimators.scores import Scores
 from mivar_jax.graph import Graph
+from mivar_jax.scores import Scores
 
 SELECTIONS = ("topn", "threshold", "greedy")
 
 
-def aggregate(scores, how: str = "mean", weights=None) -> np.ndarray:
-    """Per-input scores (a Scores or an [N, E] array) aggregated over inputs into [E]
-    (``mean`` | ``median`` | ``mean-abs`` | ``abs-mean`` | ``sum``; optional weights [N])."""
-    per_input = scores.per_input if isinstance(scores, Scores) else np.asarray(scores)
-    if per_input.ndim != 2 or per_input.shape[0] == 0:
-        raise ValueError(f"per-input scores must be a non-empty [N, E] array, got shape {per_input.shape}")
-    return np.asarray(_aggregate(per_input, how, weights))
-
-
-def ranking(values: Float[Array, "*B E"], absolute: bool = True) -> jax.Array:
-    """The value edges are ranked by: |score| or score, with NaN (unscored) ranked last."""
-    v = jnp.abs(values) if absolute else jnp.asarray(values)
+def ranking(values: Float[Array, "... E"], absolute: bool = True) -> jax.Array:
+    """The value edges are ranked by: |score| or score (−0 = +0, a tie), with NaN (unscored) last."""
+    v = jnp.abs(values) if absolute else jnp.where(values == 0, 0.0, values)  # lax.top_k ranks +0 above −0
     return jnp.where(jnp.isnan(v), -jnp.inf, v)
 
 
+@functools.partial(jax.jit, static_argnames=("absolute", "n"))
+def edge_order(values: Float[Array, "... E"], absolute: bool = True, n: int | None = None) -> jax.Array:
+    """[..., n] int: the edges in ranking order, best first, ties → lower edge index, unscored
+    last (the n first; all E by default). The package's one edge order (``lax.top_k``'s tie rule)."""
+    return jax.lax.top_k(ranking(values, absolute), values.shape[-1] if n is None else n)[1]
+
+
 @functools.partial(jax.jit, static_argnames=("n", "absolute"))
-def topn(values_BxE: Float[Array, "B E"], n: int, absolute: bool = True) -> tuple[Bool[Array, "B E"], jax.Array]:
-    """([B, E] bool: the n best-ranked edges of each row (ties → lower index), [B] int: the edges
-    left out whose ranking value equals the n-th's — those another tie rule could have chosen)."""
-    rank = ranking(values_BxE, absolute)
-    _, idx = jax.lax.top_k(rank, n)
-    rows = jnp.arange(values_BxE.shape[0])[:, None]
-    masks = jnp.zeros(values_BxE.shape, bool).at[rows, idx].set(True)
+def topn(values_CxE: Float[Array, "C E"], n: int, absolute: bool = True) -> tuple[Bool[Array, "C E"], jax.Array]:
+    """([C, E] bool: the n first edges of each row in ``edge_order``, [C] int: the edges left out
+    whose ranking value equals the n-th's — those another tie rule could have chosen)."""
+    rank = ranking(values_CxE, absolute)
+    idx = edge_order(values_CxE, absolute, n)
+    rows = jnp.arange(values_CxE.shape[0])[:, None]
+    masks = jnp.zeros(values_CxE.shape, bool).at[rows, idx].set(True)
     # the n-th value from the masks: reading top_k's values, or its indices twice, makes XLA:CPU
     # lower top_k to a full sort (~8× slower here)
     nth = jnp.min(jnp.where(masks, rank, jnp.inf), axis=1, keepdims=True)
     return masks, ((rank == nth) & ~masks).sum(1)
 
 
-def topn_masks(values_BxE: Float[Array, "B E"], n: int, absolute: bool = True) -> Bool[Array, "B E"]:
-    """[B, E] bool: the n best-ranked edges of each row (ties → lower index); jit, vectorised."""
-    return topn(values_BxE, n, absolute)[0]
+def topn_masks(values_CxE: Float[Array, "C E"], n: int, absolute: bool = True) -> Bool[Array, "C E"]:
+    """[C, E] bool: the n first edges of each row in ``edge_order``; jit, vectorised."""
+    return topn(values_CxE, n, absolute)[0]
 
 
 def greedy_mask(graph: Graph, values_E: np.ndarray, n: int, absolute: bool = True) -> np.ndarray:
@@ -105,7 +107,7 @@ def aggregated(scores, aggregation: str, graph: Graph | None) -> tuple[np.ndarra
         if graph is not None and graph != scores.graph:
             raise ValueError(f"scores are for {scores.graph}, not {graph}")
         check_scores_finite(scores.per_input, "scores", allow_unscored=True)
-        return aggregate(scores, aggregation), scores.graph
+        return np.asarray(aggregate(scores, aggregation)), scores.graph
     if graph is None:
         raise ValueError("pass graph= with an array of aggregated scores")
     values = np.asarray(scores, np.float32)
@@ -155,9 +157,7 @@ def select(
 def minimal_connected(scores, *, absolute: bool = True, aggregation: str = "mean", graph: Graph | None = None) -> int:
     """The smallest n whose pruned top-n circuit connects ``input`` to ``logits`` (0 if none)."""
     values, graph = aggregated(scores, aggregation, graph)
-    rank_value = np.asarray(ranking(jnp.asarray(values), absolute))
-    order = np.lexsort((np.arange(values.size), -rank_value))  # best first, ties → lower index
     position = np.empty(values.size, np.float64)
-    position[order] = np.arange(values.size)
-    position[~np.isfinite(rank_value)] = np.inf
+    position[np.asarray(edge_order(jnp.asarray(values), absolute))] = np.arange(values.size)
+    position[np.isnan(values)] = np.inf  # unscored
     return bottleneck_rank(graph, position) + 1

@@ -26,6 +26,9 @@ a sum over positions and width of Δz_u ⊙ (some average of g_v):
   to corrupted), Σ_k (z_u^(k+1) − z_u^(k)) · g_v(x_k). The differences telescope to the run on x̃;
   with m = 1 and counterfactual patching this is EAP.
 With zero or mean ablation the input-path methods interpolate towards the ablated input node.
+
+Each method is one kernel ``(cfg, options, params, batch, clean_nodes, ref_nodes, ref_input,
+ref_is_run) → [N, S, T]`` registered with its cost; ``run_dense`` is their driver.
 """
 
 from __future__ import annotations
@@ -37,13 +40,17 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
+from mivar_jax import engine
+from mivar_jax.engine import EDGES, INPUTS
+from mivar_jax.estimators.registry import Estimator, Options, register
 from mivar_jax.models.config import ModelConfig
-from mivar_jax.models.transformer import graph_forward, slot_gradients
+from mivar_jax.models.interventions import Replace
+from mivar_jax.models.transformer import forward
+from mivar_jax.patching import dataset_means, reference_values, run_nodes, slot_gradients
+from mivar_jax.sharding import Spec
 from mivar_jax.tasks.data import TaskBatch
 from mivar_jax.tasks.metrics import get_metric
 
-GRADIENT_METHODS = ("eap", "eap-ig-inputs", "eap-ig-activations", "clean-corrupted", "ceap")
-STEP_METHODS = ("eap-ig-inputs", "eap-ig-activations", "ceap")  # the methods that take integration steps
 IG_CONVENTIONS = ("reference", "right", "midpoint")
 POOLINGS = ("reference", "reference-tl", "source")
 
@@ -56,7 +63,7 @@ def ig_alphas(steps: int, convention: str) -> np.ndarray:
     return ((k + offsets[convention]) / steps).astype(np.float32)
 
 
-def _taps_grad(cfg, params, b: TaskBatch, metric: str, input_embeds, replace=None, with_nodes=True):
+def _slot_grads(cfg, params, b: TaskBatch, metric: str, input_embeds, replace=None, with_nodes=True):
     """(∂Σmetric/∂in_v for every slot [T, N, P, D], node outputs [S, N, P, D] or None) of one run
     on the clean tokens (``slot_gradients``: one forward+backward)."""
 
@@ -64,16 +71,9 @@ def _taps_grad(cfg, params, b: TaskBatch, metric: str, input_embeds, replace=Non
         return get_metric(metric)(logits, b.correct, b.incorrect).sum()
 
     return slot_gradients(
-        cfg,
-        params,
-        b.clean,
-        b.attention_mask,
-        objective,
-        input_embeds=input_embeds,
-        logit_positions=b.answer_pos,
-        replace=replace,
-        with_nodes=with_nodes,
-    )
+        cfg, params, b.clean, b.attention_mask, objective, input_embeds=input_embeds,
+        logit_positions=b.answer_pos, replace=replace, with_nodes=with_nodes,
+    )  # fmt: skip
 
 
 def _product(delta_SxNxPxD, grad_TxNxPxD) -> Float[Array, "N S T"]:
@@ -81,78 +81,68 @@ def _product(delta_SxNxPxD, grad_TxNxPxD) -> Float[Array, "N S T"]:
     return jnp.einsum("snpd,tnpd->nst", delta_SxNxPxD, grad_TxNxPxD, preferred_element_type=jnp.float32)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4, 5), static_argnames=("ref_is_run",))
-def gradient_scores(
-    cfg: ModelConfig,
-    method: str,
-    metric: str,
-    steps: int,
-    convention: str,
-    pooling: str,
-    params,
-    b: TaskBatch,
-    clean_nodes: Float[Array, "S N P D"],
-    ref_nodes: Float[Array, "S N P D"],
-    ref_input: Float[Array, "N P D"],
-    *,
-    ref_is_run: bool = False,
-) -> Float[Array, "N S T"]:
-    """Dense per-input scores [N, S, T] of one batch (invalid pairs hold meaningless values).
-
-    ``ref_is_run``: ``ref_nodes`` are the node outputs of a run on ``ref_input`` (counterfactual
-    patching), so a step at α = 0 may supply them (and the caller's run is then dead code)."""
-    x = clean_nodes[0]
-    delta = ref_nodes - clean_nodes
-    grad = functools.partial(_taps_grad, cfg, params, b, metric)
-
-    if method == "eap":
-        return _product(delta, grad(x, with_nodes=False)[0])
-
-    if method == "clean-corrupted":
-        return _product(delta, (grad(x, with_nodes=False)[0] + grad(ref_input, with_nodes=False)[0]) / 2)
-
-    if method == "eap-ig-inputs":
-        alphas = ig_alphas(steps, convention)
-        path = lambda alpha: ref_input + alpha * (x - ref_input)
-
-        def step(acc, alpha):
-            return acc + grad(path(alpha), with_nodes=False)[0], None
-
-        # the first step starts the sum (no zero-filled start); at α = 0 it is the reference run
-        if ref_is_run and alphas[0] == 0:
-            first, ref_run_nodes = grad(ref_input)
-            delta = ref_run_nodes - clean_nodes
-        else:
-            first = grad(path(alphas[0]), with_nodes=False)[0]
-        total, _ = jax.lax.scan(step, first, jnp.asarray(alphas[1:]))
-        return _product(delta, total) / steps
-
-    if method == "ceap":
-        path = lambda k: x + (k / steps) * (ref_input - x)
-        g0, z0 = grad(path(0.0))
-
-        def step(carry, k):
-            z_prev, g_prev, acc = carry
-            g_k, z_k = grad(path(k))
-            return (z_k, g_k, acc + _product(z_k - z_prev, g_prev)), None
-
-        acc0 = jnp.zeros((x.shape[0], cfg.graph.n_src, cfg.graph.n_dst), jnp.float32)
-        (z_last, g_last, acc), _ = jax.lax.scan(step, (z0, g0, acc0), jnp.arange(1, steps, dtype=jnp.float32))
-        _, z_end = graph_forward(
-            cfg, params, b.clean, b.attention_mask, input_embeds=path(float(steps)), logit_positions=b.answer_pos
-        )
-        return acc + _product(z_end - z_last, g_last)
-
-    if method == "eap-ig-activations":
-        return _ig_activations(cfg, steps, pooling, grad, clean_nodes, ref_nodes, delta)
-
-    raise ValueError(f"unknown gradient method {method!r}")
+# ================================================================================ the kernels
+def eap(cfg, o: Options, params, b, clean_nodes, ref_nodes, ref_input, ref_is_run):
+    grad = _slot_grads(cfg, params, b, o.metric, clean_nodes[0], with_nodes=False)[0]
+    return _product(ref_nodes - clean_nodes, grad)
 
 
-def _ig_activations(cfg: ModelConfig, steps: int, pooling: str, grad, clean_nodes, ref_nodes, delta):
+def clean_corrupted(cfg, o: Options, params, b, clean_nodes, ref_nodes, ref_input, ref_is_run):
+    grad = functools.partial(_slot_grads, cfg, params, b, o.metric, with_nodes=False)
+    return _product(ref_nodes - clean_nodes, (grad(clean_nodes[0])[0] + grad(ref_input)[0]) / 2)
+
+
+def eap_ig_inputs(cfg, o: Options, params, b, clean_nodes, ref_nodes, ref_input, ref_is_run):
+    x, delta = clean_nodes[0], ref_nodes - clean_nodes
+    grad = functools.partial(_slot_grads, cfg, params, b, o.metric)
+    alphas = ig_alphas(o.steps, o.ig_convention)
+    path = lambda alpha: ref_input + alpha * (x - ref_input)
+
+    def step(acc, alpha):
+        return acc + grad(path(alpha), with_nodes=False)[0], None
+
+    # the first step starts the sum (no zero-filled start); at α = 0 it is the reference run
+    # (``ref_is_run``: ``ref_nodes`` are a run on ``ref_input``, so the caller's run is dead code)
+    if ref_is_run and alphas[0] == 0:
+        first, ref_run_nodes = grad(ref_input)
+        delta = ref_run_nodes - clean_nodes
+    else:
+        first = grad(path(alphas[0]), with_nodes=False)[0]
+    total, _ = jax.lax.scan(step, first, jnp.asarray(alphas[1:]))
+    return _product(delta, total) / o.steps
+
+
+def ceap(cfg, o: Options, params, b, clean_nodes, ref_nodes, ref_input, ref_is_run):
+    x, steps = clean_nodes[0], o.steps
+    grad = functools.partial(_slot_grads, cfg, params, b, o.metric)
+    path = lambda k: x + (k / steps) * (ref_input - x)
+    g0, z0 = grad(path(0.0))
+
+    def step(carry, k):
+        z_prev, g_prev, acc = carry
+        g_k, z_k = grad(path(k))
+        return (z_k, g_k, acc + _product(z_k - z_prev, g_prev)), None
+
+    acc0 = jnp.zeros((x.shape[0], cfg.graph.n_src, cfg.graph.n_dst), jnp.float32)
+    (z_last, g_last, acc), _ = jax.lax.scan(step, (z0, g0, acc0), jnp.arange(1, steps, dtype=jnp.float32))
+    _, z_end = forward(
+        cfg,
+        params,
+        b.clean,
+        b.attention_mask,
+        input_embeds=path(float(steps)),
+        logit_positions=b.answer_pos,
+        nodes=True,
+    )
+    return acc + _product(z_end - z_last, g_last)
+
+
+def eap_ig_activations(cfg, o: Options, params, b, clean_nodes, ref_nodes, ref_input, ref_is_run):
     """Integrated gradients on node outputs, one group (input / a layer's heads / an MLP) at a time."""
     g = cfg.graph
-    L, H, S, T = cfg.n_layers, cfg.n_heads, g.n_src, g.n_dst
+    L, H, S, T, steps, pooling = cfg.n_layers, cfg.n_heads, g.n_src, g.n_dst, o.steps, o.pooling
+    grad = functools.partial(_slot_grads, cfg, params, b, o.metric)
+    delta = ref_nodes - clean_nodes
     # Groups as blocks of H+1 source rows starting at `start`, with a row mask.
     starts, masks = [0], [[1] + [0] * H]
     for layer in range(L):
@@ -175,7 +165,7 @@ def _ig_activations(cfg: ModelConfig, steps: int, pooling: str, grad, clean_node
 
         def step(acc, alpha):
             values = ref_nodes + alpha * (clean_nodes - ref_nodes)
-            return acc + grad(clean_nodes[0], replace=(values, weights))[0], None
+            return acc + grad(clean_nodes[0], replace=Replace(values, weights))[0], None
 
         summed, _ = jax.lax.scan(step, jnp.zeros((T,) + clean_nodes.shape[1:], clean_nodes.dtype), alphas)
         if pooling != "source":  # every run's gradient pooled into every edge
@@ -193,17 +183,64 @@ def _ig_activations(cfg: ModelConfig, steps: int, pooling: str, grad, clean_node
     return scores[:, :S]
 
 
-def check_steps(method: str, steps: int) -> None:
-    if method in STEP_METHODS and (not isinstance(steps, int | np.integer) or steps < 1):
-        raise ValueError(f"{method} needs steps ≥ 1 (an integer), got {steps!r}")
+def bytes_per_input(cfg: ModelConfig, n_positions: int) -> int:
+    """Working memory of one input in a gradient run (forward + backward, every slot's gradient
+    [T, N, P, D]; a conservative count that still assumes per-slot attention inputs)."""
+    g = cfg.graph
+    D, H, F, L = cfg.d_model, cfg.n_heads, cfg.d_mlp, cfg.n_layers
+    per_layer = 3 * H * D * 4 + 3 * H * n_positions * 2 + F * 4 + D * 12
+    return 4 * n_positions * (g.n_dst * D * 3 + g.n_src * D * 4 + L * per_layer)
 
 
-__all__ = [
-    "GRADIENT_METHODS",
-    "IG_CONVENTIONS",
-    "POOLINGS",
-    "STEP_METHODS",
-    "check_steps",
-    "gradient_scores",
-    "ig_alphas",
-]
+def bytes_per_input_activations(cfg: ModelConfig, n_positions: int) -> int:
+    """``bytes_per_input`` plus the pooled gradient of every group's runs."""
+    return bytes_per_input(cfg, n_positions) + 4 * n_positions * cfg.graph.n_dst * cfg.d_model
+
+
+# ================================================================================ the driver
+@functools.lru_cache(maxsize=32)
+def _dense_kernel(cfg, estimator: Estimator, o: Options, mesh):
+    g = cfg.graph
+    edge_src, edge_dst = jnp.asarray(g.edge_src), jnp.asarray(g.edge_dst)
+    valid = jnp.asarray(g.valid)
+
+    def kernel(params, b: TaskBatch, noise, noise_seed, means):
+        ref_nodes, ref_input = reference_values(cfg, params, b, o.ablation, noise, noise_seed, means)
+        clean_nodes, clean_metric = run_nodes(cfg, params, b, o.metric)
+        dense = estimator.kernel(cfg, o, params, b, clean_nodes, ref_nodes, ref_input, o.ablation == "patch")
+        items = dense[:, edge_src, edge_dst] if o.level == "edge" else jnp.where(valid, dense, 0).sum(-1)
+        return items, clean_metric
+
+    rows = Spec((EDGES, INPUTS))
+    batch = TaskBatch(*(rows for _ in TaskBatch._fields))
+    return engine.kernel(kernel, mesh, (Spec(), batch, Spec(), Spec(), Spec()), (rows, rows))
+
+
+def run_dense(model, data, o: Options, res: engine.Resources, estimator: Estimator, subset=None, progress=None):
+    """Per-input scores of a dense estimator: batches of inputs, every edge (or node) at once."""
+    cfg = model.config
+    local = res.batch_size or engine.fit(
+        res.memory_budget, estimator.bytes_per_input(cfg, data.n_positions), cap=32,
+        what=f"input of {data.n_positions} positions",
+    )  # fmt: skip
+    local = min(local, len(data))
+    means = dataset_means(model, data, local) if o.ablation == "mean" else jnp.zeros(())
+    kernel = _dense_kernel(cfg, estimator, o, res.mesh)
+    outs, metrics = [], []
+    for b, rows in data.batches(local, devices=res.n_devices):
+        items, clean_metric = kernel(model.params, b, data.noise, data.noise_seed, means)
+        outs.append(np.asarray(items)[: len(rows)])
+        metrics.append(np.asarray(clean_metric)[: len(rows)])
+        if progress is not None:
+            progress(len(rows))
+    return np.concatenate(outs), np.concatenate(metrics)
+
+
+for _name, _kernel, _options, _cost in (
+    ("eap", eap, (), bytes_per_input),
+    ("eap-ig-inputs", eap_ig_inputs, ("steps", "ig_convention"), bytes_per_input),
+    ("eap-ig-activations", eap_ig_activations, ("steps", "pooling"), bytes_per_input_activations),
+    ("clean-corrupted", clean_corrupted, (), bytes_per_input),
+    ("ceap", ceap, ("steps",), bytes_per_input),
+):
+    register(Estimator(_name, run_dense, _kernel, _cost, _options))

@@ -2,10 +2,11 @@
 
 from mivar_jax.models.checkpoint import CheckpointError
 from mivar_jax.models.config import ModelConfig
+from mivar_jax.models.interventions import EdgeMix, ProjectionTaps, Replace, Taps, Window
 from mivar_jax.models.loading import load_model, registered_models
 from mivar_jax.models.model import Model, TokenBatch, pad_batch
 from mivar_jax.models.params import Transformer, init_params, params_of
-from mivar_jax.models.transformer import forward, graph_forward
+from mivar_jax.models.transformer import forward
 
 __all__ = [
     "CheckpointError",
@@ -13,8 +14,12 @@ __all__ = [
     "ModelConfig",
     "TokenBatch",
     "Transformer",
+    "EdgeMix",
+    "ProjectionTaps",
+    "Replace",
+    "Taps",
+    "Window",
     "forward",
-    "graph_forward",
     "init_params",
     "load_model",
     "pad_batch",

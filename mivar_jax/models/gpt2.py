@@ -75,7 +75,7 @@ def config_from_hf(d: dict[str, Any], name: str) -> ModelConfig:
 
 
 def params_from_hf(t: Tensors, cfg: ModelConfig) -> dict[str, Any]:
-    L, H, D, E, F, V = (
+    L, H, D, Dh, F, V = (
         cfg.n_layers,
         cfg.n_heads,
         cfg.d_model,
@@ -88,8 +88,8 @@ def params_from_hf(t: Tensors, cfg: ModelConfig) -> dict[str, Any]:
     c_attn_w = t.stack(h + "attn.c_attn.weight", L, (D, 3 * D))  # [L, D, 3D]
     c_attn_b = t.stack(h + "attn.c_attn.bias", L, (3 * D,))
 
-    def heads_w(w):  # [L, D, H*E] → [L, H, D, E]
-        return w.reshape(L, D, H, E).transpose(0, 2, 1, 3)
+    def heads_w(w):  # [L, D, H*Dh] → [L, H, D, Dh]
+        return w.reshape(L, D, H, Dh).transpose(0, 2, 1, 3)
 
     params = {
         "tok_embed": t.get(pre + "wte.weight", (V, D)),
@@ -102,10 +102,10 @@ def params_from_hf(t: Tensors, cfg: ModelConfig) -> dict[str, Any]:
             "w_q": heads_w(c_attn_w[..., :D]),
             "w_k": heads_w(c_attn_w[..., D : 2 * D]),
             "w_v": heads_w(c_attn_w[..., 2 * D :]),
-            "b_q": c_attn_b[:, :D].reshape(L, H, E),
-            "b_k": c_attn_b[:, D : 2 * D].reshape(L, H, E),
-            "b_v": c_attn_b[:, 2 * D :].reshape(L, H, E),
-            "w_o": t.stack(h + "attn.c_proj.weight", L, (D, D)).reshape(L, H, E, D),
+            "b_q": c_attn_b[:, :D].reshape(L, H, Dh),
+            "b_k": c_attn_b[:, D : 2 * D].reshape(L, H, Dh),
+            "b_v": c_attn_b[:, 2 * D :].reshape(L, H, Dh),
+            "w_o": t.stack(h + "attn.c_proj.weight", L, (D, D)).reshape(L, H, Dh, D),
             "b_o": t.stack(h + "attn.c_proj.bias", L, (D,)),
             "ln2": {
                 "scale": t.stack(h + "ln_2.weight", L, (D,)),

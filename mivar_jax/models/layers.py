@@ -1,7 +1,9 @@
 """Sublayers of the decoder as pure functions over the parameter pytree.
 
-Conventions: head-major activations ``[heads, N, P, E]``; residual-stream arrays ``[N, P, D]``;
-per-slot inputs of the graph form stacked ``[3H, N, P, D]`` (q inputs of heads 0…H-1, then k, then v).
+Conventions (shape letters: docs/architecture.md): head-major activations ``[heads, N, P, Dh]``
+(``heads``: any head axis, the H query heads, the K key/value heads or a subset); residual-stream
+arrays ``[N, P, D]``; per-slot inputs of the graph form stacked ``[3H, N, P, D]`` (q inputs of heads
+0…H-1, then k, then v).
 A head's output is its residual write after W_O without the shared bias b_O; an MLP's output
 includes its output bias.
 """
@@ -11,7 +13,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float, Int
+from jaxtyping import Array, ArrayLike, Float, Int
 
 from mivar_jax.models.config import ModelConfig
 from mivar_jax.models.params import Params
@@ -63,15 +65,17 @@ def activation(cfg: ModelConfig, x: jax.Array) -> jax.Array:
     return jax.nn.silu(x)
 
 
-def position_ids(attention_mask: Int[Array, "N P"]) -> Int[Array, "N P"]:
+def position_ids(attention_mask: Int[ArrayLike, "N P"]) -> Int[Array, "N P"]:
     """Positions counted over real tokens only (so left padding is harmless)."""
     return jnp.maximum(jnp.cumsum(attention_mask, axis=-1) - 1, 0)
 
 
-def rope(cfg: ModelConfig, x: Float[Array, "H N P E"], positions: Int[Array, "N P"]) -> Float[Array, "H N P E"]:
+def rope(
+    cfg: ModelConfig, x: Float[Array, "heads N P Dh"], positions: Int[Array, "N P"]
+) -> Float[Array, "heads N P Dh"]:
     """Rotary embedding, rotate-half convention (HF): the two halves of each head form pairs."""
     inv_freq = jnp.asarray(np.asarray(cfg.rope_inv_freq, np.float32))
-    angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [N, P, E/2]
+    angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [N, P, Dh/2]
     cos = jnp.concatenate([jnp.cos(angles)] * 2, -1)[None]
     sin = jnp.concatenate([jnp.sin(angles)] * 2, -1)[None]
     x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
@@ -86,8 +90,10 @@ def expand_kv(cfg: ModelConfig, w: jax.Array) -> jax.Array:
     return jnp.repeat(w, cfg.n_heads // cfg.n_kv_heads, axis=0)
 
 
-def project(x: jax.Array, w: Float[Array, "H D E"], b: Float[Array, "H E"] | None) -> Float[Array, "H N P E"]:
-    """Per-head projection of a shared input ``x_NxPxD`` or per-head inputs ``x_HxNxPxD`` (head-major)."""
+def project(
+    x: jax.Array, w: Float[Array, "heads D Dh"], b: Float[Array, "heads Dh"] | None
+) -> Float[Array, "heads N P Dh"]:
+    """Per-head projection of a shared input ``x_NxPxD`` or per-head inputs ``x_headsxNxPxD`` (head-major)."""
     spec = "npd,hde->hnpe" if x.ndim == 3 else "hnpd,hde->hnpe"
     y = jnp.einsum(spec, x, w)
     return y if b is None else y + b[:, None, None, :]
@@ -95,67 +101,65 @@ def project(x: jax.Array, w: Float[Array, "H D E"], b: Float[Array, "H E"] | Non
 
 def attend(
     cfg: ModelConfig,
-    q_HxNxPxE: jax.Array,
-    k_GxNxPxE: jax.Array,
-    v_GxNxPxE: jax.Array,
-    attention_mask: Int[Array, "N P"],
+    q_HxNxWxDh: jax.Array,
+    k_KxNxPxDh: jax.Array,
+    v_KxNxPxDh: jax.Array,
+    attention_mask: Int[ArrayLike, "N P"],
     q_offset: Int[Array, ""] | Int[Array, " N"] | int = 0,
-) -> Float[Array, "H N Q E"]:
-    """Causal softmax attention over real keys; G = H (ungrouped) or fewer (grouped, repeated here).
+) -> Float[Array, "H N W Dh"]:
+    """Causal softmax attention over real keys; K = H (ungrouped) or fewer (grouped, repeated here),
+    H the query heads computed (all or a subset).
 
-    Queries may be a window of Q positions starting at ``q_offset`` (one for all inputs, or one
+    Queries may be a window of W positions starting at ``q_offset`` (one for all inputs, or one
     per input); keys always cover all P positions."""
-    n_heads = q_HxNxPxE.shape[0]
-    if k_GxNxPxE.shape[0] != n_heads:
-        k_GxNxPxE = jnp.repeat(k_GxNxPxE, n_heads // k_GxNxPxE.shape[0], axis=0)
-        v_GxNxPxE = jnp.repeat(v_GxNxPxE, n_heads // v_GxNxPxE.shape[0], axis=0)
-    Q, P = q_HxNxPxE.shape[2], k_GxNxPxE.shape[2]
-    scores = jnp.einsum("hnqe,hnke->hnqk", q_HxNxPxE, k_GxNxPxE).astype(jnp.float32) / np.sqrt(cfg.d_head)
+    n_heads = q_HxNxWxDh.shape[0]
+    if k_KxNxPxDh.shape[0] != n_heads:
+        k_KxNxPxDh = jnp.repeat(k_KxNxPxDh, n_heads // k_KxNxPxDh.shape[0], axis=0)
+        v_KxNxPxDh = jnp.repeat(v_KxNxPxDh, n_heads // v_KxNxPxDh.shape[0], axis=0)
+    W, P = q_HxNxWxDh.shape[2], k_KxNxPxDh.shape[2]
+    scores = jnp.einsum("hnqe,hnke->hnqk", q_HxNxWxDh, k_KxNxPxDh).astype(jnp.float32) / np.sqrt(cfg.d_head)
     offset = jnp.reshape(jnp.asarray(q_offset), (-1, 1, 1))  # [1 or N, 1, 1]
-    causal = jnp.arange(P)[None, None, :] <= jnp.arange(Q)[None, :, None] + offset
+    causal = jnp.arange(P)[None, None, :] <= jnp.arange(W)[None, :, None] + offset
     allowed = causal[None] & (attention_mask[None, :, None, :] > 0)
     scores = jnp.where(allowed, scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v_GxNxPxE.dtype)
-    return jnp.einsum("hnqk,hnke->hnqe", probs, v_GxNxPxE)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v_KxNxPxDh.dtype)
+    return jnp.einsum("hnqk,hnke->hnqe", probs, v_KxNxPxDh)
 
 
-def slot_weights(cfg: ModelConfig, p: Params) -> Float[Array, "3H D E"]:
-    """The q, k, v projections of every query head's slots, stacked in slot order (GQA ungrouped)."""
-    return jnp.concatenate([p["w_q"], expand_kv(cfg, p["w_k"]), expand_kv(cfg, p["w_v"])])
+def slot_weights(cfg: ModelConfig, p: Params, heads: Int[Array, " heads"] | None = None):
+    """The q, k, v projections (and biases, or None) of query heads ``heads`` (default: all),
+    stacked in slot order [3·heads, D, Dh]: q of each head, then k, then v (GQA ungrouped)."""
+    group = cfg.n_heads // cfg.n_kv_heads
+    if heads is None:
+        pick_q = pick_kv = lambda a: a
+        if group > 1:
+            pick_kv = lambda a: jnp.repeat(a, group, axis=0)
+    else:
+        pick_q, pick_kv = (lambda a: a[heads]), (lambda a: a[heads // group])
+    w = jnp.concatenate([pick_q(p["w_q"]), pick_kv(p["w_k"]), pick_kv(p["w_v"])])
+    if not cfg.qkv_bias:
+        return w, None
+    return w, jnp.concatenate([pick_q(p["b_q"]), pick_kv(p["b_k"]), pick_kv(p["b_v"])])
 
 
-def qkv(
-    cfg: ModelConfig,
-    p: Params,
-    x: jax.Array,
-    positions: Int[Array, "N P"],
-    taps: Float[Array, "3H N P E"] | None = None,
-):
-    """Queries, keys, values (head-major [heads, N, P, E]) from the attention inputs, normalised here.
+def qkv(cfg: ModelConfig, p: Params, x: jax.Array, heads: Int[Array, " heads"] | None = None):
+    """Queries, keys, values (head-major [heads, N, P, Dh], before RoPE) from the attention inputs,
+    normalised here.
 
-    ``x`` is one shared input [N, P, D] (the plain forward: keys/values stay grouped as K heads) or
-    the stacked per-slot inputs [3H, N, P, D] of the graph form (q inputs of heads 0…H-1, then the
-    k inputs, then the v inputs): every query head gets its own key and value (GQA ungrouped).
-    ``taps`` (shared input only) are added to the projections before RoPE, keys and values
-    ungrouped to one per query head: their gradients are ∂/∂(h W) of every q/k/v slot."""
+    ``x`` is one shared input [N, P, D] (keys/values stay grouped as K heads) or the stacked
+    per-slot inputs [3·heads, N, P, D] of query heads ``heads`` (default: all H; q inputs, then k, then
+    v): every query head then gets its own key and value (GQA ungrouped)."""
     h = norm(cfg, p["ln1"], x)
     if x.ndim == 3:
-        q = project(h, p["w_q"], p.get("b_q"))
-        k = project(h, p["w_k"], p.get("b_k"))
-        v = project(h, p["w_v"], p.get("b_v"))
-        if taps is not None:
-            H = cfg.n_heads
-            q, k, v = q + taps[:H], expand_kv(cfg, k) + taps[H : 2 * H], expand_kv(cfg, v) + taps[2 * H :]
-    else:
-        b = (
-            None
-            if not cfg.qkv_bias
-            else jnp.concatenate([p["b_q"], expand_kv(cfg, p["b_k"]), expand_kv(cfg, p["b_v"])])
-        )
-        q, k, v = jnp.split(project(h, slot_weights(cfg, p), b), 3)
-    if cfg.positional == "rope":
-        q, k = rope(cfg, q, positions), rope(cfg, k, positions)
-    return q, k, v
+        return tuple(project(h, p[f"w_{n}"], p.get(f"b_{n}")) for n in "qkv")
+    return tuple(jnp.split(project(h, *slot_weights(cfg, p, heads)), 3))
+
+
+def rotate(cfg: ModelConfig, q: jax.Array, k: jax.Array, positions: Int[Array, "N P"]):
+    """Queries and keys with their positions applied (RoPE; learned positions are in the input)."""
+    if cfg.positional != "rope":
+        return q, k
+    return rope(cfg, q, positions), rope(cfg, k, positions)
 
 
 def mlp(cfg: ModelConfig, p: Params, x: Float[Array, "N P D"]) -> Float[Array, "N P D"]:
@@ -175,36 +179,10 @@ def mlp(cfg: ModelConfig, p: Params, x: Float[Array, "N P D"]) -> Float[Array, "
     return out + p["b_out"] if cfg.mlp_bias else out
 
 
-def block(
-    cfg: ModelConfig,
-    p: Params,
-    x: Float[Array, "N W D"],
-    positions: Int[Array, "N W"],
-    attention_mask: Int[Array, "N P"],
-    cache: tuple[jax.Array, jax.Array] | None = None,
-    start: Int[Array, ""] | Int[Array, " N"] | int = 0,
-) -> Float[Array, "N W D"]:
-    """One layer on a shared residual stream: x + attention(x) (+ b_O), then + MLP.
-
-    With ``cache = (keys, values)`` [K, N, P, E] (another run's, all positions), ``x`` is a window
-    of W positions from ``start`` (one for all inputs, or one per input) on: its keys and values
-    replace the cached ones there, and the earlier positions attend as in the cached run (exact
-    when that run agrees before ``start``)."""
-    q, k, v = qkv(cfg, p, x, positions)
-    if cache is not None:
-        k = put_window(cache[0], k, start, axis=2)
-        v = put_window(cache[1], v, start, axis=2)
-    o = attend(cfg, q, k, v, attention_mask, q_offset=start)
-    x = x + jnp.einsum("hnqe,hed->nqd", o, p["w_o"])
-    if cfg.o_bias:
-        x = x + p["b_o"]
-    return x + mlp(cfg, p, x)
-
-
 def embed(
     cfg: ModelConfig,
     params: Params,
-    tokens: Int[Array, "N P"],
+    tokens: Int[ArrayLike, "N P"],
     positions: Int[Array, "N P"],
 ) -> Float[Array, "N P D"]:
     """The ``input`` node: token embeddings (+ learned position embeddings)."""
@@ -225,7 +203,7 @@ def output_bias(cfg: ModelConfig, blocks: Params, dtype) -> Float[Array, "L D"]:
     return jnp.zeros((cfg.n_layers, cfg.d_model), dtype) if b_o is None else b_o
 
 
-def at_positions(x_NxPxD: jax.Array, logit_positions: Int[Array, " N"] | None) -> jax.Array:
+def at_positions(x_NxPxD: jax.Array, logit_positions: Int[ArrayLike, " N"] | None) -> jax.Array:
     if logit_positions is None:
         return x_NxPxD
     return jnp.take_along_axis(x_NxPxD, logit_positions[:, None, None], axis=1)[:, 0]

@@ -46,7 +46,7 @@ def config_from_hf(d: dict[str, Any], name: str) -> ModelConfig:
     theta = float(d.get("rope_theta", rope.get("rope_theta", 10000.0)))
     try:
         D, H = int(d["hidden_size"]), int(d["num_attention_heads"])
-        E = int(d.get("head_dim") or D // H)
+        Dh = int(d.get("head_dim") or D // H)
         bias = bool(d.get("attention_bias", False))
         return ModelConfig(
             name=name,
@@ -55,14 +55,14 @@ def config_from_hf(d: dict[str, Any], name: str) -> ModelConfig:
             n_heads=H,
             n_kv_heads=int(d.get("num_key_value_heads") or H),
             d_model=D,
-            d_head=E,
+            d_head=Dh,
             d_mlp=int(d["intermediate_size"]),
             vocab_size=int(d["vocab_size"]),
             n_ctx=int(d.get("max_position_embeddings", 2048)),
             norm="rmsnorm",
             norm_eps=float(d.get("rms_norm_eps", 1e-6)),
             positional="rope",
-            rope_inv_freq=rope_inv_freq(E, theta, rope),
+            rope_inv_freq=rope_inv_freq(Dh, theta, rope),
             activation="silu",
             gated_mlp=True,
             qkv_bias=True if family == "qwen2" else bias,
@@ -77,7 +77,7 @@ def config_from_hf(d: dict[str, Any], name: str) -> ModelConfig:
 
 
 def params_from_hf(t: Tensors, cfg: ModelConfig) -> dict[str, Any]:
-    L, H, K, D, E, F, V = (
+    L, H, K, D, Dh, F, V = (
         cfg.n_layers,
         cfg.n_heads,
         cfg.n_kv_heads,
@@ -88,24 +88,24 @@ def params_from_hf(t: Tensors, cfg: ModelConfig) -> dict[str, Any]:
     )
     a, m = "model.layers.{i}.self_attn.", "model.layers.{i}.mlp."
 
-    def heads_in(w, n):  # [L, n*E, D] → [L, n, D, E]
-        return w.reshape(L, n, E, D).transpose(0, 1, 3, 2)
+    def heads_in(w, n):  # [L, n*Dh, D] → [L, n, D, Dh]
+        return w.reshape(L, n, Dh, D).transpose(0, 1, 3, 2)
 
     blocks = {
         "ln1": {"scale": t.stack("model.layers.{i}.input_layernorm.weight", L, (D,))},
-        "w_q": heads_in(t.stack(a + "q_proj.weight", L, (H * E, D)), H),
-        "w_k": heads_in(t.stack(a + "k_proj.weight", L, (K * E, D)), K),
-        "w_v": heads_in(t.stack(a + "v_proj.weight", L, (K * E, D)), K),
-        "w_o": t.stack(a + "o_proj.weight", L, (D, H * E)).transpose(0, 2, 1).reshape(L, H, E, D),
+        "w_q": heads_in(t.stack(a + "q_proj.weight", L, (H * Dh, D)), H),
+        "w_k": heads_in(t.stack(a + "k_proj.weight", L, (K * Dh, D)), K),
+        "w_v": heads_in(t.stack(a + "v_proj.weight", L, (K * Dh, D)), K),
+        "w_o": t.stack(a + "o_proj.weight", L, (D, H * Dh)).transpose(0, 2, 1).reshape(L, H, Dh, D),
         "ln2": {"scale": t.stack("model.layers.{i}.post_attention_layernorm.weight", L, (D,))},
         "w_in": t.stack(m + "up_proj.weight", L, (F, D)).transpose(0, 2, 1),
         "w_gate": t.stack(m + "gate_proj.weight", L, (F, D)).transpose(0, 2, 1),
         "w_out": t.stack(m + "down_proj.weight", L, (D, F)).transpose(0, 2, 1),
     }
     if cfg.qkv_bias:
-        blocks["b_q"] = t.stack(a + "q_proj.bias", L, (H * E,)).reshape(L, H, E)
-        blocks["b_k"] = t.stack(a + "k_proj.bias", L, (K * E,)).reshape(L, K, E)
-        blocks["b_v"] = t.stack(a + "v_proj.bias", L, (K * E,)).reshape(L, K, E)
+        blocks["b_q"] = t.stack(a + "q_proj.bias", L, (H * Dh,)).reshape(L, H, Dh)
+        blocks["b_k"] = t.stack(a + "k_proj.bias", L, (K * Dh,)).reshape(L, K, Dh)
+        blocks["b_v"] = t.stack(a + "v_proj.bias", L, (K * Dh,)).reshape(L, K, Dh)
     if cfg.o_bias:
         blocks["b_o"] = t.stack(a + "o_proj.bias", L, (D,))
     if cfg.mlp_bias:
@@ -130,7 +130,7 @@ def config_from_gguf(f: GGUFFile, name: str) -> ModelConfig:
         int(f.meta(f"{arch}.embedding_length")),
         int(f.meta(f"{arch}.attention.head_count")),
     )
-    E = int(f.meta(f"{arch}.attention.key_length", D // H))
+    Dh = int(f.meta(f"{arch}.attention.key_length", D // H))
     scaling = None
     if f.meta(f"{arch}.rope.scaling.type", None) not in (None, "none"):
         scaling = {
@@ -139,7 +139,7 @@ def config_from_gguf(f: GGUFFile, name: str) -> ModelConfig:
         }
     factors = f.dequantize("rope_freqs.weight") if "rope_freqs.weight" in f.tensors else None
     try:
-        inv_freq = rope_inv_freq(E, float(f.meta(f"{arch}.rope.freq_base", 10000.0)), scaling, factors)
+        inv_freq = rope_inv_freq(Dh, float(f.meta(f"{arch}.rope.freq_base", 10000.0)), scaling, factors)
     except NotImplementedError as err:
         raise CheckpointError(f"{name}: {err}") from None
     return ModelConfig(
@@ -149,7 +149,7 @@ def config_from_gguf(f: GGUFFile, name: str) -> ModelConfig:
         n_heads=H,
         n_kv_heads=int(f.meta(f"{arch}.attention.head_count_kv", H)),
         d_model=D,
-        d_head=E,
+        d_head=Dh,
         d_mlp=int(f.meta(f"{arch}.feed_forward_length")),
         vocab_size=int(f.tensors["token_embd.weight"].shape[-1]),
         n_ctx=int(f.meta(f"{arch}.context_length", 2048)),

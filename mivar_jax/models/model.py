@@ -17,8 +17,7 @@ from mivar_jax.graph import Graph
 from mivar_jax.models import transformer
 from mivar_jax.models.config import ModelConfig
 
-forward_jit = jax.jit(transformer.forward, static_argnums=0)
-graph_forward_jit = jax.jit(transformer.graph_forward, static_argnums=0)
+forward_jit = jax.jit(transformer.forward, static_argnums=0, static_argnames="nodes")
 
 
 class TokenBatch(NamedTuple):
@@ -35,7 +34,7 @@ class Model:
     """A transformer in graph form.
 
     ``params`` is the pure parameter pytree; ``config`` (hashable) is the static argument of
-    the pure functions ``mivar_jax.models.forward`` / ``graph_forward``. The methods here check
+    the pure function ``mivar_jax.models.forward``. The methods here check
     their inputs on the host (token range, context length, mask shape), then call the jit-compiled
     pure functions.
     """
@@ -101,56 +100,24 @@ class Model:
             )
         return jnp.asarray(tokens, jnp.int32), jnp.asarray(attention_mask, jnp.int32)
 
-    def forward(self, tokens, attention_mask=None, *, input_embeds=None, logit_positions=None) -> jax.Array:
-        """Logits [N, P, V] (or [N, V] at ``logit_positions``) of the plain forward pass."""
+    def forward(
+        self, tokens, attention_mask=None, intervention=None, *, input_embeds=None, logit_positions=None, nodes=False
+    ):
+        """Logits [N, P, V] (or [N, V] at ``logit_positions``) of a run under ``intervention``
+        (default: the plain model; see ``mivar_jax.models.interventions``), and with ``nodes`` the
+        node outputs [S, N, P, D] too (see ``mivar_jax.models.forward``)."""
         tokens, attention_mask = self.check_batch(tokens, attention_mask)
         logit_positions = self._check_positions(logit_positions, tokens.shape)
         return forward_jit(
-            self.config,
-            self.params,
-            tokens,
-            attention_mask,
-            input_embeds=input_embeds,
-            logit_positions=logit_positions,
-        )
+            self.config, self.params, tokens, attention_mask, intervention,
+            input_embeds=input_embeds, logit_positions=logit_positions, nodes=nodes,
+        )  # fmt: skip
 
     __call__ = forward
 
-    def graph_forward(
-        self,
-        tokens,
-        attention_mask=None,
-        *,
-        corrupted=None,
-        edge_mask=None,
-        taps=None,
-        input_embeds=None,
-        logit_positions=None,
-    ) -> tuple[jax.Array, jax.Array]:
-        """``(logits, node_outputs [S, N, P, D])`` of the graph-form forward (see
-        ``mivar_jax.models.transformer.graph_forward`` for the conventions)."""
-        tokens, attention_mask = self.check_batch(tokens, attention_mask)
-        logit_positions = self._check_positions(logit_positions, tokens.shape)
-        if corrupted is not None and corrupted.ndim == 4 and corrupted.shape[2] not in (1, tokens.shape[1]):
-            raise ValueError(
-                f"corrupted node outputs cover {corrupted.shape[2]} positions, the clean tokens {tokens.shape[1]}: "
-                "clean and corrupted prompts of a pair must have the same length"
-            )
-        return graph_forward_jit(
-            self.config,
-            self.params,
-            tokens,
-            attention_mask,
-            corrupted=corrupted,
-            edge_mask=edge_mask,
-            taps=taps,
-            input_embeds=input_embeds,
-            logit_positions=logit_positions,
-        )
-
     def node_outputs(self, tokens, attention_mask=None, *, input_embeds=None) -> jax.Array:
         """Node outputs [S, N, P, D] of a plain run (e.g. the corrupted run, to patch from)."""
-        return self.graph_forward(tokens, attention_mask, input_embeds=input_embeds)[1]
+        return self.forward(tokens, attention_mask, input_embeds=input_embeds, nodes=True)[1]
 
     @staticmethod
     def _check_positions(logit_positions, shape) -> jax.Array | None:

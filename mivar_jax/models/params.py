@@ -1,7 +1,7 @@
 """Parameters of the decoder (GPT-2 and Llama families) as Flax NNX modules, and their pure pytree.
 
 Every block parameter is stacked on a leading layer axis L, so forward passes ``lax.scan`` over
-layers. Shapes: H query heads, K key/value heads, D model width, E head width, F MLP width, V vocabulary.
+layers. Shapes: H query heads, K key/value heads, D model width, Dh head width, F MLP width, V vocabulary.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ class Blocks(nnx.Module):
     """All L blocks' parameters, stacked on axis 0."""
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, dtype, scale: float):
-        L, H, K, D, E, F = (
+        L, H, K, D, Dh, F = (
             cfg.n_layers,
             cfg.n_heads,
             cfg.n_kv_heads,
@@ -46,14 +46,14 @@ class Blocks(nnx.Module):
 
         self.ln1 = Norm(cfg, (L,), rngs=rngs, dtype=dtype)
         self.w_q, self.w_k, self.w_v = (
-            normal(L, H, D, E),
-            normal(L, K, D, E),
-            normal(L, K, D, E),
+            normal(L, H, D, Dh),
+            normal(L, K, D, Dh),
+            normal(L, K, D, Dh),
         )
-        self.b_q = normal(L, H, E) if cfg.qkv_bias else None
-        self.b_k = normal(L, K, E) if cfg.qkv_bias else None
-        self.b_v = normal(L, K, E) if cfg.qkv_bias else None
-        self.w_o = normal(L, H, E, D)
+        self.b_q = normal(L, H, Dh) if cfg.qkv_bias else None
+        self.b_k = normal(L, K, Dh) if cfg.qkv_bias else None
+        self.b_v = normal(L, K, Dh) if cfg.qkv_bias else None
+        self.w_o = normal(L, H, Dh, D)
         self.b_o = normal(L, D) if cfg.o_bias else None
         self.ln2 = Norm(cfg, (L,), rngs=rngs, dtype=dtype)
         self.w_in = normal(L, D, F)

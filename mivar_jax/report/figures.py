@@ -10,7 +10,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from mivar_jax.circuits import Circuit  # noqa: E402
-from mivar_jax.estimators import Scores  # noqa: E402
+from mivar_jax.scores import Scores  # noqa: E402
 from mivar_jax.stats import edge_variability  # noqa: E402
 
 DPI = 110

@@ -10,8 +10,8 @@ import os
 
 from mivar_jax._io import atomic_write_text
 from mivar_jax.circuits import Circuit
-from mivar_jax.estimators import Scores
 from mivar_jax.report import figures
+from mivar_jax.scores import Scores
 from mivar_jax.study.analysis import JACCARD_INTERVAL, cell_labels, load_npz, plus_minus, read_cell_file
 from mivar_jax.study.rundir import RunDir, read_json
 

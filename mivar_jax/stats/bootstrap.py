@@ -40,14 +40,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mivar_jax import engine
 from mivar_jax._checks import check_int, check_key
 from mivar_jax.aggregation import aggregate_counts, check_aggregation, fixed_point_jit
-from mivar_jax.circuits.pruning import _prune_dense
+from mivar_jax.circuits.pruning import prune_dense
 from mivar_jax.circuits.selection import topn
+from mivar_jax.engine import EDGES, INPUTS
 from mivar_jax.graph import Graph
-from mivar_jax.sharding import EDGES, INPUTS, P, make_mesh, spmd
+from mivar_jax.sharding import Spec
 from mivar_jax.stats._checks import as_scores, to_json_dict
 from mivar_jax.stats.intervals import (
+    Confidence,
     bca_interval,
     bca_levels,
     column_quantiles_tails,
@@ -206,11 +209,11 @@ def _replicate_kernel(graph: Graph, method, how, n_edges, n_replicates, fraction
         w_CxN = jax.vmap(lambda b: _weights(key, method, n, b, n_replicates, fraction))(ids_C)
         agg_CxE = jax.vmap(lambda w: aggregate_counts(s_NxE, how, w, n, fixed))(w_CxN)
         top, ties = topn(agg_CxE, n_edges)
-        kept, nodes = _prune_dense(graph, top)
+        kept, nodes = prune_dense(graph, top)
         return agg_CxE, kept, nodes, ties
 
-    rows = P((EDGES, INPUTS))
-    return jax.jit(spmd(kernel, mesh, (P(), P(), P(), rows), (rows,) * 4))
+    rows = Spec((EDGES, INPUTS))
+    return engine.kernel(kernel, mesh, (Spec(), Spec(), Spec(), rows), (rows,) * 4)
 
 
 def _pair_stats(j_BxB: jax.Array, c_RxB: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -230,7 +233,7 @@ def _pair_stats(j_BxB: jax.Array, c_RxB: jax.Array) -> tuple[jax.Array, jax.Arra
 
 
 @functools.partial(jax.jit, static_argnames=("n_resamples",))
-def _jaccard_intervals(key, j_edges, j_nodes, n_resamples: int = 1000, confidence: float = 0.95):
+def _jaccard_intervals(key, j_edges, j_nodes, n_resamples: int = 1000, confidence: Confidence = 0.95):
     B = j_edges.shape[0]
 
     def stats(c_RxB):
@@ -292,6 +295,14 @@ def _jackknife_aggregate(s_NxE: jax.Array, how: str) -> jax.Array:
     return (pick(lo_pos) + pick(hi_pos)) / 2
 
 
+REPLICATE_MEMORY = 512 * 2**20  # bytes per device for the replicates of one call
+
+
+def bytes_per_replicate(n_inputs: int, n_edges: int, aggregation: str) -> int:
+    """Working memory of one replicate: its aggregate, ranking and masks; the median also sorts [N, E]."""
+    return n_edges * 24 + n_inputs * 4 + (n_inputs * n_edges * 12 if aggregation == "median" else 0)
+
+
 def bootstrap(
     scores,
     n_replicates: int = 100,
@@ -335,15 +346,13 @@ def bootstrap(
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
     if chunk is not None:
         chunk = check_int(chunk, "chunk")
-    if mesh is None and jax.device_count() > 1:
-        mesh = make_mesh()
-    mesh = mesh if mesh is not None and mesh.size > 1 else None
-    n_dev = 1 if mesh is None else mesh.size
+    res = engine.resources(mesh=mesh, memory_budget=REPLICATE_MEMORY)
+    mesh = res.mesh
     if chunk is None:
-        # bytes per replicate: the aggregate, its ranking and masks; the median also sorts [N, E]
-        per = E * 24 + N * 4 + (N * E * 12 if aggregation == "median" else 0)
-        chunk = int(max(1, min(256, (512 * 2**20) // per)))
-    step = chunk * n_dev
+        per = bytes_per_replicate(N, E, aggregation)
+        # a replicate larger than the budget still runs, one per call
+        chunk = engine.fit(res.memory_budget, per, cap=256, what="replicate") if per <= res.memory_budget else 1
+    step = chunk * res.n_devices
     kernel = _replicate_kernel(graph, method, aggregation, n_edges, B, float(fraction), mesh)
 
     s_dev = jnp.asarray(s)
@@ -361,7 +370,7 @@ def bootstrap(
 
     full_agg = _full_aggregate(s_dev, aggregation, fixed)  # = aggregate(s): the same exact sums
     full_top, full_ties = topn(full_agg[None], n_edges)
-    full_kept, _ = _prune_dense(graph, full_top)
+    full_kept, _ = prune_dense(graph, full_top)
     j_edges, j_nodes = jaccard_matrix(kept_BxE), jaccard_matrix(nodes_BxS)
     freq = kept_BxE.mean(0)
     majority = freq >= 0.5

@@ -36,7 +36,7 @@ import numpy as np
 
 from mivar_jax import stats
 from mivar_jax._io import atomic_write_text
-from mivar_jax.estimators import Scores
+from mivar_jax.scores import Scores
 from mivar_jax.study.config import REFERENCE, StudyConfig, estimator_label
 from mivar_jax.study.rundir import RunDir, RunDirError, read_json, write_json
 

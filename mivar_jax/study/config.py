@@ -25,9 +25,9 @@ import typing
 from typing import Any
 
 from mivar_jax.aggregation import AGGREGATIONS
-from mivar_jax.estimators.common import ABLATIONS
-from mivar_jax.estimators.gradient import GRADIENT_METHODS, IG_CONVENTIONS, POOLINGS, STEP_METHODS
+from mivar_jax.estimators import ESTIMATORS, IG_CONVENTIONS, POOLINGS
 from mivar_jax.models.loading import DTYPES
+from mivar_jax.patching import ABLATIONS
 from mivar_jax.stats.bootstrap import BOOTSTRAP_METHODS
 from mivar_jax.tasks.registry import TASKS
 
@@ -112,7 +112,7 @@ class StudyConfig:
         """(method, steps) pairs; steps is None for the methods without integration steps."""
         out: list[tuple[str, int | None]] = []
         for m in self.estimator.methods:
-            out += [(m, s) for s in self.estimator.steps] if m in STEP_METHODS else [(m, None)]
+            out += [(m, s) for s in self.estimator.steps] if ESTIMATORS[m].takes_steps else [(m, None)]
         return out
 
     @property
@@ -342,7 +342,7 @@ def _validate(c: StudyConfig) -> None:
             "use [reference] for exact scores on a subset, or mv.attribute(method='exact') directly"
         )
     for m in e.methods:
-        _choice("estimator.methods", m, GRADIENT_METHODS)
+        _choice("estimator.methods", m, [n for n, est in ESTIMATORS.items() if est.kernel is not None])
     _distinct("estimator.steps", e.steps)
     for s in e.steps:
         _at_least("estimator.steps", s, 1)

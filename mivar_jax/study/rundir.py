@@ -58,7 +58,7 @@ def _now() -> str:
     return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
 
-def write_json(path: str, obj: Any) -> None:
+def write_json(path: str | os.PathLike, obj: Any) -> None:
     """Atomically, as strict JSON: NaN and ±inf (e.g. a faithfulness whose full and empty metrics
     coincide) are written as null."""
     atomic_write_text(path, json.dumps(_finite(obj), indent=1, allow_nan=False) + "\n")

@@ -52,9 +52,10 @@ from mivar_jax import stats, tasks
 from mivar_jax._io import atomic_write_bytes, atomic_write_text
 from mivar_jax._timing import Stopwatch
 from mivar_jax.circuits import Circuit
-from mivar_jax.estimators import Scores, attribute
+from mivar_jax.estimators import attribute
 from mivar_jax.evaluation import evaluate
 from mivar_jax.models import load_model
+from mivar_jax.scores import Scores
 from mivar_jax.study.analysis import plus_minus
 from mivar_jax.study.config import REFERENCE, Cell, ConfigError, StudyConfig, default_config, estimator_label
 from mivar_jax.study.rundir import RunDir, RunDirError, write_json

@@ -64,7 +64,7 @@ class TaskData:
     """A task's dataset: N clean/corrupted pairs with answers, template ids and the metric's name.
 
     Arrays: ``clean``, ``corrupted``, ``attention_mask`` [N, P] int32; ``answer_pos`` [N];
-    ``correct`` [N, A], ``incorrect`` [N, B] token ids (-1 = padding); ``template``, ``family`` [N];
+    ``correct`` [N, Ac], ``incorrect`` [N, Ai] token ids (-1 = padding); ``template``, ``family`` [N];
     ``uid`` [N] stable example ids (they key the counterfactual noise, so a slice keeps its noise).
     ``noise`` is the counterfactual-noise amplitude σ, finite and ≥ 0 (see ``mivar_jax.tasks.noise``).
     ``info["tokenizer"]``: the fingerprint of the tokenizer that made the ids (``{"name", "sha256",
@@ -258,7 +258,7 @@ def _tokenizer_name(data: TaskData) -> str:
 def check_for_model(data: TaskData, model) -> None:
     """Check ``data`` against ``model`` on the host, before any JAX work; raise a ValueError otherwise.
 
-    Checked: shapes ([N, P] prompts and mask, [N] answer positions, [N, A] / [N, B] answer sets);
+    Checked: shapes ([N, P] prompts and mask, [N] answer positions, [N, Ac] / [N, Ai] answer sets);
     ``clean`` / ``corrupted`` ids in [0, V) (V = ``model.config.vocab_size``) and P within the
     context (``model.check_batch``); ``correct`` / ``incorrect`` ids in [0, V) or -1 (padding), at
     least one real id per row; ``answer_pos`` in [0, P) and on a real token of the mask; the

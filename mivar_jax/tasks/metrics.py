@@ -1,6 +1,7 @@
 """Task metrics: jit-able functions of the logits at the answer position.
 
-Answer sets are int32 arrays [N, A] padded with -1. Every metric returns one value per input [N].
+Answer sets are int32 arrays [N, Ac] (correct) and [N, Ai] (incorrect), padded with -1. Every
+metric returns one value per input [N].
 """
 
 from __future__ import annotations
@@ -9,20 +10,20 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float, Int
+from jaxtyping import Array, ArrayLike, Float, Int
 
 
-def _masked_mean(values_NxA: jax.Array, ids_NxA: jax.Array) -> jax.Array:
+def _masked_mean(values_NxA: jax.Array, ids_NxA: ArrayLike) -> jax.Array:
     valid = ids_NxA >= 0
     return jnp.where(valid, values_NxA, 0).sum(-1) / jnp.maximum(valid.sum(-1), 1)
 
 
-def _gather(x_NxV: jax.Array, ids_NxA: jax.Array) -> jax.Array:
+def _gather(x_NxV: ArrayLike, ids_NxA: ArrayLike) -> jax.Array:
     return jnp.take_along_axis(x_NxV, jnp.maximum(ids_NxA, 0), axis=-1)
 
 
 def logit_diff(
-    logits_NxV: Float[Array, "N V"], correct_NxA: Int[Array, "N A"], incorrect_NxB: Int[Array, "N B"]
+    logits_NxV: Float[ArrayLike, "N V"], correct_NxAc: Int[ArrayLike, "N Ac"], incorrect_NxAi: Int[ArrayLike, "N Ai"]
 ) -> Float[Array, " N"]:
     """Mean logit of the correct answers minus mean logit of the incorrect ones.
 
@@ -30,22 +31,24 @@ def logit_diff(
     two forms of one verb), so this is the mean over pairs of logit(correct form) − logit(incorrect).
     """
     logits_NxV = logits_NxV.astype(jnp.float32)
-    return _masked_mean(_gather(logits_NxV, correct_NxA), correct_NxA) - _masked_mean(
-        _gather(logits_NxV, incorrect_NxB), incorrect_NxB
+    return _masked_mean(_gather(logits_NxV, correct_NxAc), correct_NxAc) - _masked_mean(
+        _gather(logits_NxV, incorrect_NxAi), incorrect_NxAi
     )
 
 
 def prob_diff(
-    logits_NxV: Float[Array, "N V"], correct_NxA: Int[Array, "N A"], incorrect_NxB: Int[Array, "N B"]
+    logits_NxV: Float[ArrayLike, "N V"], correct_NxAc: Int[ArrayLike, "N Ac"], incorrect_NxAi: Int[ArrayLike, "N Ai"]
 ) -> Float[Array, " N"]:
     """Probability mass on the correct answers minus mass on the incorrect ones (Greater-Than:
     years > YY minus years ≤ YY), softmax over the whole vocabulary."""
     probs = jax.nn.softmax(logits_NxV.astype(jnp.float32), axis=-1)
     mass = lambda ids: jnp.where(ids >= 0, _gather(probs, ids), 0).sum(-1)
-    return mass(correct_NxA) - mass(incorrect_NxB)
+    return mass(correct_NxAc) - mass(incorrect_NxAi)
 
 
-def kl_divergence(logits_NxV: Float[Array, "N V"], reference_logits_NxV: Float[Array, "N V"]) -> Float[Array, " N"]:
+def kl_divergence(
+    logits_NxV: Float[ArrayLike, "N V"], reference_logits_NxV: Float[ArrayLike, "N V"]
+) -> Float[Array, " N"]:
     """KL(reference ‖ logits) per input, in nats (e.g. KL(clean model ‖ patched model))."""
     log_p = jax.nn.log_softmax(reference_logits_NxV.astype(jnp.float32), -1)
     log_q = jax.nn.log_softmax(logits_NxV.astype(jnp.float32), -1)

@@ -39,7 +39,7 @@ class TaskSpec:
             out += [(len(out) + i, family, t) for i, t in enumerate(templates)]
         return out
 
-    def family_of(self, template_id: int) -> int:
+    def family_of(self, template_id: int | np.integer) -> int:
         return list(self.families).index(self.templates[template_id][1])
 
     def select(self, templates: None | str | Sequence[str | int]) -> list[int]:

@@ -1,5 +1,5 @@
-"""What every estimator shares: the metric read off the residual stream, the clean run, and the
-reference values that edges are patched to (corrupted run, zeros, or dataset means)."""
+"""What patched runs read: the reference values that edges are patched to (corrupted run, zeros, or
+dataset means), the clean run, and the metric read off the residual stream."""
 
 from __future__ import annotations
 
@@ -7,12 +7,11 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jaxtyping import Array, Float, Int
 
 from mivar_jax.models.config import ModelConfig
 from mivar_jax.models.layers import norm, unembed
-from mivar_jax.models.transformer import graph_forward
+from mivar_jax.models.transformer import forward
 from mivar_jax.tasks.data import TaskBatch, TaskData
 from mivar_jax.tasks.metrics import get_metric, logit_diff
 from mivar_jax.tasks.noise import corrupted_input
@@ -24,8 +23,8 @@ def answer_metric(
     cfg: ModelConfig,
     params,
     x_NxD: Float[Array, "N D"],
-    correct: Int[Array, "N A"],
-    incorrect: Int[Array, "N B"],
+    correct: Int[Array, "N Ac"],
+    incorrect: Int[Array, "N Ai"],
     metric: str,
 ) -> Float[Array, " N"]:
     """The task metric from final residual-stream vectors at the answer position.
@@ -37,18 +36,18 @@ def answer_metric(
     w_u = params["tok_embed"] if cfg.tied_embeddings else params["unembed"].T  # [V, D]
     ids = jnp.concatenate([correct, incorrect], -1)
     h = norm(cfg, params["ln_f"], x_NxD)
-    logits_NxK = jnp.einsum("nd,nkd->nk", h, w_u[jnp.maximum(ids, 0)])
+    logits_NxA = jnp.einsum("nd,nkd->nk", h, w_u[jnp.maximum(ids, 0)])  # A = Ac + Ai: the answers' logits
     a, b = correct.shape[1], incorrect.shape[1]
     remap = lambda ids_, offset: jnp.where(ids_ >= 0, offset + jnp.arange(ids_.shape[1]), -1)
-    return logit_diff(logits_NxK, remap(correct, 0), remap(incorrect, a)[:, :b])
+    return logit_diff(logits_NxA, remap(correct, 0), remap(incorrect, a)[:, :b])
 
 
 def run_nodes(
     cfg: ModelConfig, params, b: TaskBatch, metric: str, input_embeds=None
 ) -> tuple[Float[Array, "S N P D"], Float[Array, " N"]]:
     """Node outputs and the metric of a plain run on the clean prompts (or on ``input_embeds``)."""
-    logits, nodes = graph_forward(
-        cfg, params, b.clean, b.attention_mask, input_embeds=input_embeds, logit_positions=b.answer_pos
+    logits, nodes = forward(
+        cfg, params, b.clean, b.attention_mask, input_embeds=input_embeds, logit_positions=b.answer_pos, nodes=True
     )
     return nodes, get_metric(metric)(logits, b.correct, b.incorrect)
 
@@ -56,7 +55,7 @@ def run_nodes(
 @functools.partial(jax.jit, static_argnums=0)
 def mean_node_outputs(cfg: ModelConfig, params, b: TaskBatch, n_real: Int[Array, ""]):
     """Σ over real positions of the first ``n_real`` inputs of each clean node output, and the count."""
-    _, nodes = graph_forward(cfg, params, b.clean, b.attention_mask, logit_positions=b.answer_pos)
+    _, nodes = forward(cfg, params, b.clean, b.attention_mask, logit_positions=b.answer_pos, nodes=True)
     weight = (b.attention_mask * (jnp.arange(b.clean.shape[0]) < n_real)[:, None]).astype(nodes.dtype)
     return jnp.einsum("snpd,np->sd", nodes, weight), weight.sum()
 
@@ -87,8 +86,8 @@ def reference_values(
     dtype = params["tok_embed"].dtype
     if ablation == "patch":
         x_ref = corrupted_input(cfg, params, b, noise, noise_seed)
-        _, nodes = graph_forward(
-            cfg, params, b.corrupted, b.attention_mask, input_embeds=x_ref, logit_positions=b.answer_pos
+        _, nodes = forward(
+            cfg, params, b.corrupted, b.attention_mask, input_embeds=x_ref, logit_positions=b.answer_pos, nodes=True
         )
         return nodes, x_ref
     if ablation == "zero":
@@ -102,19 +101,3 @@ def reference_values(
 def check_ablation(ablation: str) -> None:
     if ablation not in ABLATIONS:
         raise ValueError(f"unknown ablation {ablation!r}; choose from {list(ABLATIONS)}")
-
-
-def finite_or_raise(per_input: np.ndarray, names: tuple[str, ...], rows: np.ndarray | None = None) -> None:
-    """Refuse non-finite scores, naming the first inputs and edges (or nodes) affected."""
-    bad = ~np.isfinite(per_input)
-    if not bad.any():
-        return
-    inputs, items = np.nonzero(bad)
-    examples = ", ".join(
-        f"input {int(rows[i]) if rows is not None else int(i)} × {names[j]}"
-        for i, j in list(zip(inputs, items, strict=True))[:5]
-    )
-    raise FloatingPointError(
-        f"{int(bad.sum())} non-finite scores in {len(np.unique(inputs))} inputs and {len(np.unique(items))} "
-        f"edges/nodes, e.g. {examples}"
-    )

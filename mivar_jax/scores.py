@@ -1,4 +1,5 @@
-"""Scores: per-input attribution scores, the central object of the engine."""
+"""Scores: per-input attribution scores, the central object of the engine (aggregated over inputs
+by ``mivar_jax.aggregation.aggregate``)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ from typing import Any
 import numpy as np
 
 from mivar_jax._io import atomic_write_bytes
-from mivar_jax.aggregation import aggregate
 from mivar_jax.graph import Graph
 
 FORMAT_VERSION = 1
@@ -55,10 +55,6 @@ class Scores:
     def names(self) -> tuple[str, ...]:
         return self.graph.edge_names if self.level == "edge" else self.graph.src_names
 
-    def aggregate(self, how: str = "mean", weights: Any = None) -> np.ndarray:
-        """Scores aggregated over inputs ([E] or [S]); see ``mivar_jax.aggregation``."""
-        return np.asarray(aggregate(self.per_input, how, weights))
-
     def __getitem__(self, rows) -> Scores:
         """The scores of some inputs (an index array, slice or boolean mask)."""
         rows = np.atleast_1d(np.arange(self.n_inputs)[rows])
@@ -71,7 +67,9 @@ class Scores:
 
     def to_graph_json(self, path: str | os.PathLike | None = None, how: str = "mean", in_graph: Any = None) -> dict:
         """The reference library's graph JSON with aggregated scores (node scores at node level)."""
-        agg = self.aggregate(how)
+        from mivar_jax.aggregation import aggregate  # aggregation imports this module
+
+        agg = np.asarray(aggregate(self, how))
         if self.level == "edge":
             return self.graph.to_json(path, scores=agg, in_graph=in_graph)
         return self.graph.to_json(path, node_scores=agg, in_graph=in_graph)
