@@ -10,13 +10,7 @@ from mivar_jax.circuits import Circuit
 from mivar_jax.estimators import attribute
 from mivar_jax.evaluation import CircuitEvaluation, CurveResult, evaluate, evaluate_curve
 from mivar_jax.graph import Graph, GraphJSON
-from mivar_jax.models import (
-    CheckpointError,
-    Model,
-    ModelConfig,
-    load_model,
-    registered_models,
-)
+from mivar_jax.models import CheckpointError, Model, ModelConfig, load_model, registered_models
 from mivar_jax.scores import Scores
 from mivar_jax.study import Study, StudyConfig
 

@@ -117,10 +117,7 @@ def aggregate_counts(
     acc = sums[-1]
     for j in range(n_limbs - 2, -1, -1):  # one fixed sequence of float32 operations
         acc = acc * 2.0**bits + sums[j]
-    total = acc * 2.0**-GRID_BITS * fixed.scale  # both factors powers of two: exact
-    if how == "sum":
-        return total
-    return (jnp.abs(total) if how == "abs-mean" else total) / counts_N.sum()
+    return _finish(acc * 2.0**-GRID_BITS * fixed.scale, how, counts_N)  # both factors powers of two: exact
 
 
 _aggregate_counts_jit = jax.jit(aggregate_counts, static_argnums=(1, 3))
@@ -128,16 +125,16 @@ fixed_point_jit = jax.jit(fixed_point, static_argnums=(1, 2))
 
 
 def _aggregate_float(s: jax.Array, how: str, w: jax.Array) -> jax.Array:
-    total = w.sum()
     if how == "median":
         return _weighted_median(s, w)
+    return _finish(w @ (jnp.abs(s) if how == "mean-abs" else s), how, w)
+
+
+def _finish(total_E: jax.Array, how: str, w_N: jax.Array) -> jax.Array:
+    """The aggregate from the weighted sum Σ w s (Σ w |s| for ``mean-abs``)."""
     if how == "sum":
-        return w @ s
-    if how == "mean":
-        return (w @ s) / total
-    if how == "mean-abs":
-        return (w @ jnp.abs(s)) / total
-    return jnp.abs(w @ s) / total
+        return total_E
+    return (jnp.abs(total_E) if how == "abs-mean" else total_E) / w_N.sum()
 
 
 def _weighted_median(s_NxE: jax.Array, w_N: jax.Array) -> jax.Array:

@@ -92,7 +92,7 @@ def run(
     """Run a study (or resume one) and print its stability verdict."""
     from mivar_jax.models import CheckpointError
     from mivar_jax.sharding import initialize_distributed
-    from mivar_jax.study import ConfigError, RunDirError, Study
+    from mivar_jax.study import ConfigError, RunDir, RunDirError, Study
 
     initialize_distributed()
     run_dir = str(resume)
@@ -100,17 +100,12 @@ def run(
         if resume is not None:
             if out is not None:
                 _fail("--resume continues a run in its own directory; drop --out")
-            s = Study.from_file(study) if study is not None else None
-            reporter = RichReporter()
-            if s is None:
-                results = Study.resume(resume, reporter=reporter, progress=progress, report=report)
-            else:
-                results = s.run(resume, resume=True, reporter=reporter, progress=progress, report=report)
+            s = Study.from_file(study) if study is not None else Study(RunDir.open(resume).config)
         else:
             s = Study.from_file(study) if study is not None else Study()
             stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
             run_dir = str(out or Path("runs") / f"{s.config.name}-{stamp}")
-            results = s.run(run_dir, reporter=RichReporter(), progress=progress, report=report)
+        results = s.run(run_dir, resume=resume is not None, reporter=RichReporter(), progress=progress, report=report)
     except (ConfigError, RunDirError, CheckpointError) as e:
         _fail(str(e))
     except KeyboardInterrupt:
@@ -139,9 +134,7 @@ def models():
     """Registered model names (sources can also be HF directories, GGUF files or cached hub names)."""
     from mivar_jax.models import registered_models
 
-    table = Table(title="registered models")
-    table.add_column("name")
-    table.add_column("what it is", justify="left")
+    table = Table("name", "what it is", title="registered models")
     for name, text in registered_models().items():
         table.add_row(name, text)
     console.print(table)
@@ -154,9 +147,7 @@ def tasks():
     """Tasks, their paraphrase families, counterfactual types and metric."""
     from mivar_jax.tasks import list_tasks
 
-    table = Table(title="tasks")
-    for col in ("task", "families (templates)", "counterfactuals", "metric", "description"):
-        table.add_column(col, justify="left")
+    table = Table("task", "families (templates)", "counterfactuals", "metric", "description", title="tasks")
     for name, t in list_tasks().items():
         fams = ", ".join(f"{f} ({len(v)})" for f, v in t["families"].items())
         table.add_row(name, fams, ", ".join(t["counterfactuals"]), t["metric"], t["description"])

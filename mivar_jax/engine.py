@@ -1,6 +1,6 @@
 """The one driver. Every batched job (each estimator, circuit evaluation, the bootstrap) runs through
 it: sizes checked once, the data checked against the model, the device mesh, work sized by one
-memory model, jitted SPMD kernels, batches of inputs, progress.
+memory model, jitted SPMD kernels, batches of inputs (``batches``), progress.
 
 Memory model: a job's working memory on one device is ``fixed + items × per_item`` bytes, where the
 job states the cost of one of its items (one input of a gradient estimator, one (edge, input)
@@ -11,9 +11,10 @@ fit ``memory_budget`` (bytes per device, default ``DEFAULT_MEMORY_BUDGET``).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import jax
+import numpy as np
 from jax.sharding import Mesh
 
 from mivar_jax._checks import check_int, mib
@@ -56,16 +57,19 @@ def resources(model=None, data=None, *, batch_size=None, memory_budget=None, mes
     return Resources(mesh, batch_size, memory_budget or DEFAULT_MEMORY_BUDGET)
 
 
-def fit(memory_budget: int, per_item: int, *, fixed: int = 0, cap: int, what: str, fix: str = "") -> int:
+def fit(
+    memory_budget: int, per_item: int, *, fixed: int = 0, cap: int, what: str, fix: str = "", must_fit: bool = True
+) -> int:
     """How many items of ``per_item`` bytes fit ``memory_budget`` beside ``fixed`` bytes (at most
-    ``cap``); a MemoryError naming ``what`` (one item) and ``fix`` when not even one does."""
+    ``cap``); when not even one does, a MemoryError naming ``what`` (one item) and ``fix``, or 1
+    without ``must_fit`` (the item then runs alone)."""
     n = (memory_budget - fixed) // per_item
-    if n < 1:
+    if n < 1 and must_fit:
         raise MemoryError(
             f"a memory budget of {mib(memory_budget)} is too small for one {what}: it needs about "
             f"{mib(fixed + per_item)}" + (f"; {fix}" if fix else "")
         )
-    return int(min(n, cap))
+    return int(min(max(n, 1), cap))
 
 
 def kernel(fn: Callable, mesh: Mesh | None, in_specs, out_specs) -> Callable:
@@ -73,4 +77,16 @@ def kernel(fn: Callable, mesh: Mesh | None, in_specs, out_specs) -> Callable:
     return jax.jit(spmd(fn, mesh, in_specs, out_specs))
 
 
-__all__ = ["DEFAULT_MEMORY_BUDGET", "EDGES", "INPUTS", "Resources", "fit", "kernel", "resources"]
+def batches(data, res: Resources, per_device: int, *, widths=None, axis: str | None = None) -> Iterator[tuple]:
+    """The driver's loop: ``(width, batch, rows)`` over ``data``, ``per_device`` inputs on each device
+    along mesh ``axis`` (default: every device), inputs grouped by ``widths`` [N] (the window a
+    patch can change; one group when None), every batch of a group one shape
+    (``TaskData.batches``): results are read back as ``np.asarray(out)[: len(rows)]``."""
+    widths = np.zeros(len(data), np.int64) if widths is None else np.asarray(widths)
+    devices = res.n_devices if axis is None else res.axis(axis)
+    for width in np.unique(widths):
+        for b, rows in data.batches(per_device, devices, rows=np.nonzero(widths == width)[0]):
+            yield int(width), b, rows
+
+
+__all__ = ["DEFAULT_MEMORY_BUDGET", "EDGES", "INPUTS", "Resources", "batches", "fit", "kernel", "resources"]

@@ -114,28 +114,18 @@ class CircuitEvaluation:
 
     def summary(self) -> dict | list[dict]:
         """Means per circuit as plain floats (a dict for one circuit, a list for a stack)."""
-        rows = [
-            {
-                "n_edges": int(n),
-                "metric": float(m),
-                "faithfulness": float(f),
-                "faithfulness_se": float(fs),
-                "circuit_error_task": float(et),
-                "circuit_error_task_se": float(ets),
-                "circuit_error_vocab": float(ev),
-                "circuit_error_vocab_se": float(evs),
-                "kl": float(k),
-            }
-            for n, m, f, fs, et, ets, ev, evs, k in zip(
-                *(np.atleast_1d(v) for v in (self.n_edges, self.metric_mean, self.faithfulness, self.faithfulness_se,
-                                              self.circuit_error("task"), self.circuit_error_se("task"),
-                                              self.circuit_error("vocab"), self.circuit_error_se("vocab"),
-                                              self.kl_mean)),
-                strict=True,
-            )
-        ]  # fmt: skip
+        columns = {
+            "n_edges": self.n_edges, "metric": self.metric_mean, "faithfulness": self.faithfulness,
+            "faithfulness_se": self.faithfulness_se, "circuit_error_task": self.circuit_error("task"),
+            "circuit_error_task_se": self.circuit_error_se("task"), "circuit_error_vocab": self.circuit_error("vocab"),
+            "circuit_error_vocab_se": self.circuit_error_se("vocab"), "kl": self.kl_mean,
+        }  # fmt: skip
+        columns = {k: np.atleast_1d(v) for k, v in columns.items()}
         common = {"full_metric": float(self.full_metric.mean()), "empty_metric": float(self.empty_metric.mean())}
-        rows = [dict(r, **common) for r in rows]
+        rows = [
+            {k: int(v[c]) if k == "n_edges" else float(v[c]) for k, v in columns.items()} | common
+            for c in range(len(columns["metric"]))
+        ]
         return rows[0] if self.metric.ndim == 1 else rows
 
 
@@ -277,7 +267,7 @@ def evaluate(
     cfg = model.config
     local = min(res.batch_size or 8, len(data))
     chunk = circuit_chunk(cfg, local, data.n_positions, res.memory_budget)
-    means = dataset_means(model, data, local) if ablation == "mean" else jnp.zeros(())
+    means = dataset_means(model, data, local, ablation)
 
     C = masks.shape[0]
     n_chunks = -(-C // chunk)
@@ -289,21 +279,19 @@ def evaluate(
     # differ: inputs are grouped by the window of trailing positions a circuit can change.
     widths = windows(data, ablation, local)
     with progress_bar(progress, len(data) * C, "evaluate") as bar:
-        for width in np.unique(widths):
-            windowed = int(width) < data.n_positions
-            baseline, run = _kernels(cfg, data.metric, ablation, res.mesh, int(width) if windowed else None)
-            for b, rows in data.batches(local, devices=res.n_devices, rows=np.nonzero(widths == width)[0]):
-                n_real = len(rows)
-                full, z_ref, caches, m_full, m_empty = baseline(model.params, b, data.noise, data.noise_seed, means)
-                full_m[rows] = np.asarray(m_full)[:n_real]
-                empty_m[rows] = np.asarray(m_empty)[:n_real]
-                for k in range(n_chunks):
-                    res_k = run(model.params, b, z_ref, caches, full, jnp.asarray(padded[k * chunk : (k + 1) * chunk]))
-                    n_c = min(chunk, C - k * chunk)
-                    for out, r in zip(outs, res_k, strict=True):
-                        out[k * chunk : k * chunk + n_c, rows] = np.asarray(r)[:n_c, :n_real]
-                    if bar is not None:
-                        bar(n_real * n_c)
+        for width, b, rows in engine.batches(data, res, local, widths=widths):
+            n_real = len(rows)
+            baseline, run = _kernels(cfg, data.metric, ablation, res.mesh, width if width < data.n_positions else None)
+            full, z_ref, caches, m_full, m_empty = baseline(model.params, b, data.noise, data.noise_seed, means)
+            full_m[rows] = np.asarray(m_full)[:n_real]
+            empty_m[rows] = np.asarray(m_empty)[:n_real]
+            for k in range(n_chunks):
+                res_k = run(model.params, b, z_ref, caches, full, jnp.asarray(padded[k * chunk : (k + 1) * chunk]))
+                n_c = min(chunk, C - k * chunk)
+                for out, r in zip(outs, res_k, strict=True):
+                    out[k * chunk : k * chunk + n_c, rows] = np.asarray(r)[:n_c, :n_real]
+                if bar is not None:
+                    bar(n_real * n_c)
     metric, agree_task, agree_vocab, kl = outs
     squeeze = (lambda a: a[0]) if single else (lambda a: a)
     return CircuitEvaluation(

@@ -78,21 +78,16 @@ class Graph:
     # ----------------------------------------------------------------------------- indices
     def src_index(self, name: str) -> int:
         """Index of a source node (``input``, ``a3.h1``, ``m2``)."""
-        try:
-            return self._src_lookup[name]
-        except KeyError:
-            raise KeyError(
-                f"unknown source node {name!r} for a {self.n_layers}-layer, {self.n_heads}-head graph"
-            ) from None
+        return self._index("source node", name)
 
     def dst_index(self, name: str) -> int:
         """Index of a destination slot (``a3.h1<q>``, ``m2``, ``logits``)."""
-        try:
-            return self._dst_lookup[name]
-        except KeyError:
-            raise KeyError(
-                f"unknown destination slot {name!r} for a {self.n_layers}-layer, {self.n_heads}-head graph"
-            ) from None
+        return self._index("destination slot", name)
+
+    def _index(self, what: str, name: str) -> int:
+        if name not in self._lookups[what]:
+            raise KeyError(f"unknown {what} {name!r} for a {self.n_layers}-layer, {self.n_heads}-head graph")
+        return self._lookups[what][name]
 
     def edge_index(self, name: str) -> int:
         """Flat index of an edge named ``"src->dst"`` (e.g. ``"a0.h1->a2.h3<q>"``)."""
@@ -127,12 +122,10 @@ class Graph:
         return self.src_names + ("logits",)
 
     @functools.cached_property
-    def _src_lookup(self) -> dict[str, int]:
-        return {n: i for i, n in enumerate(self.src_names)}
-
-    @functools.cached_property
-    def _dst_lookup(self) -> dict[str, int]:
-        return {n: i for i, n in enumerate(self.dst_names)}
+    def _lookups(self) -> dict[str, dict[str, int]]:
+        """Name → index, of the source nodes and of the destination slots."""
+        names = {"source node": self.src_names, "destination slot": self.dst_names}
+        return {what: {n: i for i, n in enumerate(ns)} for what, ns in names.items()}
 
     @functools.cached_property
     def src_layer(self) -> np.ndarray:
@@ -172,18 +165,13 @@ class Graph:
 
     @functools.cached_property
     def edge_dst(self) -> np.ndarray:
-        """[E] int32 destination slot of each edge."""
-        return self._edge_pairs[0]
+        """[E] int32 destination slot of each edge (edges sorted by destination, then source)."""
+        return _frozen(np.nonzero(self.valid.T)[0].astype(np.int32))
 
     @functools.cached_property
     def edge_src(self) -> np.ndarray:
         """[E] int32 source node of each edge."""
-        return self._edge_pairs[1]
-
-    @functools.cached_property
-    def _edge_pairs(self) -> tuple[np.ndarray, np.ndarray]:
-        dst, src = np.nonzero(self.valid.T)  # sorted by dst, then src
-        return _frozen(dst.astype(np.int32)), _frozen(src.astype(np.int32))
+        return _frozen(np.nonzero(self.valid.T)[1].astype(np.int32))
 
     @functools.cached_property
     def _dense_to_flat(self) -> np.ndarray:
@@ -202,10 +190,7 @@ class Graph:
         (a head's q/k/v slots, an MLP's slot); ``input`` has none (reference: forward_to_backward)."""
         own = np.zeros((self.n_src, self.n_dst), bool)
         for layer in range(self.n_layers):
-            base_src, base_dst = (
-                1 + layer * (self.n_heads + 1),
-                layer * self.slots_per_layer,
-            )
+            base_src, base_dst = (1 + layer * (self.n_heads + 1), layer * self.slots_per_layer)
             for h in range(self.n_heads):
                 own[base_src + h, [base_dst + i * self.n_heads + h for i in range(3)]] = True
             own[base_src + self.n_heads, base_dst + 3 * self.n_heads] = True
@@ -229,12 +214,8 @@ class Graph:
 
     # ----------------------------------------------------------------------------- EAP-IG JSON
     def config_dict(self) -> dict[str, Any]:
-        return {
-            "n_layers": self.n_layers,
-            "n_heads": self.n_heads,
-            "parallel_attn_mlp": self.parallel_attn_mlp,
-            "d_model": self.d_model,
-        }
+        """The Graph's fields (the JSON ``cfg``): ``Graph(**config_dict())`` is the same graph."""
+        return dataclasses.asdict(self)
 
     def to_json(
         self,
@@ -251,26 +232,20 @@ class Graph:
         [n_src] defaults to the nodes touched by an included edge; ``node_scores`` [n_src] is
         written only when given. ``logits`` is always in the graph, as in the reference.
         """
-        scores = np.zeros(self.n_edges, np.float32) if scores is None else self._flat_checked(scores, "scores")
-        in_graph = (
-            np.ones(self.n_edges, bool) if in_graph is None else self._flat_checked(in_graph, "in_graph").astype(bool)
-        )
+        scores = np.zeros(self.n_edges, np.float32) if scores is None else self._checked(scores, "scores")
+        in_graph = np.ones(self.n_edges, bool) if in_graph is None else self._checked(in_graph, "in_graph").astype(bool)
         if nodes_in_graph is None:
             nodes_in_graph = np.zeros(self.n_src, bool)
             nodes_in_graph[self.edge_src[in_graph]] = True
-            dst_used = np.zeros(self.n_dst, bool)
-            dst_used[self.edge_dst[in_graph]] = True
-            nodes_in_graph |= (self.own_slots & dst_used[None, :]).any(axis=1)
-        nodes_in_graph = self._node_checked(nodes_in_graph, "nodes_in_graph").astype(bool)
+            nodes_in_graph |= self.own_slots[:, np.unique(self.edge_dst[in_graph])].any(axis=1)
+        nodes_in_graph = self._checked(nodes_in_graph, "nodes_in_graph", self.n_src).astype(bool)
+        nodes: dict[str, dict[str, Any]] = {
+            n: {"in_graph": x} for n, x in zip(self.src_names, nodes_in_graph.tolist(), strict=True)
+        }
         if node_scores is not None:
-            node_scores = self._node_checked(node_scores, "node_scores").astype(np.float64)
-
-        nodes: dict[str, dict[str, Any]] = {}
-        for i, name in enumerate(self.src_names):
-            entry: dict[str, Any] = {"in_graph": bool(nodes_in_graph[i])}
-            if node_scores is not None:
-                entry["score"] = float(node_scores[i])
-            nodes[name] = entry
+            node_scores = self._checked(node_scores, "node_scores", self.n_src).astype(np.float64)
+            for name, score in zip(self.src_names, node_scores.tolist(), strict=True):
+                nodes[name]["score"] = score
         nodes["logits"] = {"in_graph": True}
         edges = {
             name: {"score": float(s), "in_graph": bool(g)}
@@ -309,47 +284,39 @@ class Graph:
         scores = np.zeros(graph.n_edges, np.float32)
         in_graph = np.zeros(graph.n_edges, bool)
         seen = np.zeros(graph.n_edges, bool)
-        for name, info in d["edges"].items():
-            try:
-                e = graph.edge_index(name)
-            except KeyError as err:
-                raise ValueError(f"graph JSON: {err.args[0]}") from None
-            score = info.get("score")
-            scores[e] = np.nan if score is None else float(score)
-            in_graph[e] = bool(info.get("in_graph", False))
-            seen[e] = True
-        if not seen.all():
-            raise ValueError(
-                f"graph JSON lists {int(seen.sum())} of the graph's {graph.n_edges} edges; "
-                f"first missing: {graph.edge_names[int(np.argmin(seen))]!r}"
-            )
         nodes_in_graph = np.zeros(graph.n_src, bool)
         node_scores = np.full(graph.n_src, np.nan, np.float32)
         any_score = False
-        for name, info in d["nodes"].items():
-            if name == "logits":
-                continue
-            try:
+        try:  # edge_index / src_index raise a KeyError for a name not in this graph
+            for name, info in d["edges"].items():
+                e = graph.edge_index(name)
+                score = info.get("score")
+                scores[e] = np.nan if score is None else float(score)
+                in_graph[e] = bool(info.get("in_graph", False))
+                seen[e] = True
+            if not seen.all():
+                raise ValueError(
+                    f"graph JSON lists {int(seen.sum())} of the graph's {graph.n_edges} edges; "
+                    f"first missing: {graph.edge_names[int(np.argmin(seen))]!r}"
+                )
+            for name, info in d["nodes"].items():
+                if name == "logits":
+                    continue
                 i = graph.src_index(name)
-            except KeyError as err:
-                raise ValueError(f"graph JSON: {err.args[0]}") from None
-            info = info if isinstance(info, dict) else {"in_graph": info}
-            nodes_in_graph[i] = bool(info.get("in_graph", False))
-            if info.get("score") is not None:
-                node_scores[i] = float(info["score"])
-                any_score = True
+                info = info if isinstance(info, dict) else {"in_graph": info}
+                nodes_in_graph[i] = bool(info.get("in_graph", False))
+                if info.get("score") is not None:
+                    node_scores[i] = float(info["score"])
+                    any_score = True
+        except KeyError as err:
+            raise ValueError(f"graph JSON: {err.args[0]}") from None
         return GraphJSON(graph, scores, in_graph, nodes_in_graph, node_scores if any_score else None)
 
-    def _flat_checked(self, values: Any, what: str) -> np.ndarray:
-        values = np.asarray(values)
-        if values.shape != (self.n_edges,):
-            raise ValueError(f"{what} must have shape ({self.n_edges},), got {values.shape}")
-        return values
-
-    def _node_checked(self, values: Any, what: str) -> np.ndarray:
-        values = np.asarray(values)
-        if values.shape != (self.n_src,):
-            raise ValueError(f"{what} must have shape ({self.n_src},), got {values.shape}")
+    def _checked(self, values: Any, what: str, n: int | None = None) -> np.ndarray:
+        """``values`` as an array of shape [n] (default: [E])."""
+        values, n = np.asarray(values), (self.n_edges if n is None else n)
+        if values.shape != (n,):
+            raise ValueError(f"{what} must have shape ({n},), got {values.shape}")
         return values
 
 

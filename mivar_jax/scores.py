@@ -106,11 +106,9 @@ class Scores:
             raise ValueError(f"{path}: not a readable Scores file ({err})") from None
         if meta.get("format_version") != FORMAT_VERSION:
             raise ValueError(f"{path}: Scores format {meta.get('format_version')}, this version reads {FORMAT_VERSION}")
-        g = meta["graph"]
-        graph = Graph(g["n_layers"], g["n_heads"], g["parallel_attn_mlp"], g["d_model"])
         return cls(
             tensors["per_input"],
-            graph,
+            Graph(**meta["graph"]),
             meta["level"],
             meta["method"],
             meta["params"],

@@ -66,7 +66,7 @@ def hf_dirs(tmp_path_factory):
                     "low_freq_factor": 1.0,
                     "high_freq_factor": 4.0,
                     "original_max_position_embeddings": 16,
-                },
+                }
             },
         ),
         "llama-tied": ("llama", {"tie_word_embeddings": True, "num_key_value_heads": 1}),

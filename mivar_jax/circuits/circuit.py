@@ -64,14 +64,11 @@ class Circuit:
 
     def jaccard(self, other: Circuit, nodes: bool = False) -> float:
         """|A ∩ B| / |A ∪ B| of the edge sets (or node sets); 1 for two empty circuits."""
-        self._check_same_graph(other)
+        if other.graph != self.graph:
+            raise ValueError(f"circuits of different graphs: {self.graph} vs {other.graph}")
         a, b = (self.nodes, other.nodes) if nodes else (self.edges, other.edges)
         union = (a | b).sum()
         return float((a & b).sum() / union) if union else 1.0
-
-    def _check_same_graph(self, other: Circuit) -> None:
-        if other.graph != self.graph:
-            raise ValueError(f"circuits of different graphs: {self.graph} vs {other.graph}")
 
     def __repr__(self) -> str:
         sel = "" if self.n_selected is None else f", {self.n_selected} selected before pruning"

@@ -28,21 +28,13 @@ def slot_owner(graph: Graph) -> np.ndarray:
     return owner
 
 
-def _depth(graph: Graph) -> int:
-    """An upper bound on the number of edges of any path: input, (heads, MLP) per layer, logits."""
-    return 2 * graph.n_layers + 2
-
-
 @functools.partial(jax.jit, static_argnums=0)
 def prune_dense(graph: Graph, masks_CxE: Bool[Array, "C E"]) -> tuple[Bool[Array, "C E"], Bool[Array, "C nodes"]]:
     """``prune`` for a stack [C, E] of masks, unchecked and jit-able (inside the bootstrap's kernels)."""
-    S = graph.n_src
-    owner = slot_owner(graph)
-    edge_src, edge_node = graph.edge_src, owner[graph.edge_dst]
-    C = masks_CxE.shape[0]
-    w_CxE = masks_CxE.astype(jnp.float32)
+    S, C = graph.n_src, masks_CxE.shape[0]
+    edge_src, edge_node = graph.edge_src, slot_owner(graph)[graph.edge_dst]
     # Node adjacency [C, S, S+1]: any circuit edge from source u into a slot of node n.
-    adj = jnp.zeros((C, S, S + 1), jnp.float32).at[:, edge_src, edge_node].add(w_CxE) > 0
+    adj = jnp.zeros((C, S, S + 1), jnp.float32).at[:, edge_src, edge_node].add(masks_CxE.astype(jnp.float32)) > 0
     adj_f = adj.astype(jnp.float32)
     start = jnp.zeros(S + 1, bool).at[0].set(True)
     end = jnp.zeros(S + 1, bool).at[S].set(True)
@@ -55,21 +47,12 @@ def prune_dense(graph: Graph, masks_CxE: Bool[Array, "C E"]) -> tuple[Bool[Array
         step = jnp.einsum("bsn,bn->bs", adj_f, reach_Cxnodes.astype(jnp.float32)) > 0
         return jnp.concatenate([step, jnp.ones((C, 1), bool)], 1)
 
-    reach_from_input = jax.lax.fori_loop(0, _depth(graph), forward, jnp.broadcast_to(start, (C, S + 1)))
-    reach_to_logits = jax.lax.fori_loop(0, _depth(graph), backward, jnp.broadcast_to(end, (C, S + 1)))
+    depth = 2 * graph.n_layers + 2  # a bound on the edges of any path: input, (heads, MLP) per layer, logits
+    reach_from_input = jax.lax.fori_loop(0, depth, forward, jnp.broadcast_to(start, (C, S + 1)))
+    reach_to_logits = jax.lax.fori_loop(0, depth, backward, jnp.broadcast_to(end, (C, S + 1)))
     kept = masks_CxE & reach_from_input[:, edge_src] & reach_to_logits[:, edge_node]
-    nodes = _nodes_of(graph, kept)
-    return kept, nodes
-
-
-def _nodes_of(graph: Graph, kept_CxE: jax.Array) -> jax.Array:
-    """[C, S+1] bool: the nodes touched by the kept edges (both ends)."""
-    S, C = graph.n_src, kept_CxE.shape[0]
-    owner = slot_owner(graph)
-    w = kept_CxE.astype(jnp.float32)
-    touched = jnp.zeros((C, S + 1), jnp.float32)
-    touched = touched.at[:, graph.edge_src].add(w).at[:, owner[graph.edge_dst]].add(w)
-    return touched > 0
+    w = kept.astype(jnp.float32)  # the nodes touched by the kept edges (both ends)
+    return kept, jnp.zeros((C, S + 1), jnp.float32).at[:, edge_src].add(w).at[:, edge_node].add(w) > 0
 
 
 def prune(graph: Graph, masks: Bool[ArrayLike, "*C E"]) -> tuple[Bool[Array, "*C E"], Bool[Array, "*C nodes"]]:
@@ -78,8 +61,7 @@ def prune(graph: Graph, masks: Bool[ArrayLike, "*C E"]) -> tuple[Bool[Array, "*C
     masks = jnp.asarray(masks, bool)
     if masks.shape[-1] != graph.n_edges:
         raise ValueError(f"edge masks must have a last axis of {graph.n_edges} edges, got shape {masks.shape}")
-    flat = masks.reshape(-1, graph.n_edges)
-    kept, nodes = prune_dense(graph, flat)
+    kept, nodes = prune_dense(graph, masks.reshape(-1, graph.n_edges))
     return kept.reshape(masks.shape), nodes.reshape(masks.shape[:-1] + (graph.n_src + 1,))
 
 
@@ -90,8 +72,7 @@ def bottleneck_rank(graph: Graph, rank_E: np.ndarray) -> int:
     n > this value: the smallest connected n is ``bottleneck_rank + 1``. A min-max dynamic
     programme over the nodes in topological order (the source order, then ``logits``)."""
     S = graph.n_src
-    owner = slot_owner(graph)
-    node_of_edge = owner[graph.edge_dst]
+    node_of_edge = slot_owner(graph)[graph.edge_dst]
     best = np.full(S + 1, np.inf)
     best[0] = -np.inf
     order = np.argsort(node_of_edge, kind="stable")

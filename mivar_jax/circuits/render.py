@@ -62,8 +62,7 @@ def _edges_to_draw(circuit, color_by, frequency):
 def to_dot(circuit, color_by: str = "score", frequency: Any = None) -> str:
     g = circuit.graph
     lines = ["digraph circuit {", "  rankdir=LR;", '  node [shape=box, style="rounded,filled", fillcolor="#f2f2f2"];']
-    for n in np.nonzero(circuit.nodes)[0]:
-        lines.append(f'  "{g.node_names[n]}";')
+    lines += [f'  "{g.node_names[n]}";' for n in np.nonzero(circuit.nodes)[0]]
     for src, node, label, value, rgb in _edges_to_draw(circuit, color_by, frequency):
         width = 1 + 3 * value if color_by == "frequency" else 1.5
         attrs = f'color="{_hex(rgb)}", penwidth={width:.2f}, tooltip="{value:.4g}"'
@@ -97,26 +96,24 @@ def render(circuit, path: str | os.PathLike, color_by: str = "score", frequency:
     g = circuit.graph
     nodes = np.nonzero(circuit.nodes)[0]
     # columns (input, each layer's heads, each MLP, logits) that hold a node, packed side by side
-    columns = sorted({_position(g, n)[0] for n in nodes})
-    col = {x: i for i, x in enumerate(columns)}
-    pos = {n: (col[_position(g, n)[0]], _position(g, n)[1]) for n in nodes}
-    width = max(6.0, 1.15 * len(columns) + 1)
+    xy = {n: _position(g, n) for n in nodes}
+    col = {x: i for i, x in enumerate(sorted({x for x, _ in xy.values()}))}
+    pos = {n: (col[x], y) for n, (x, y) in xy.items()}
+    width = max(6.0, 1.15 * len(col) + 1)
     fig, ax = plt.subplots(figsize=(min(width, 24.0), max(3, 0.45 * g.n_heads + 1)))
     for src, node, _, _, rgb in _edges_to_draw(circuit, color_by, frequency):
         (x0, y0), (x1, y1) = pos[src], pos[node]
         ax.annotate("", (x1, y1), (x0, y0), arrowprops=dict(arrowstyle="->", color=rgb, lw=1.2, alpha=0.9))
     for n in nodes:
-        x, y = pos[n]
         ax.text(
-            x,
-            y,
+            *pos[n],
             g.node_names[n],
             ha="center",
             va="center",
             fontsize=7,
             bbox=dict(boxstyle="round", fc="#f2f2f2", ec="#888888"),
         )
-    ax.set_xlim(-0.7, max(len(columns) - 0.3, 0.7))
+    ax.set_xlim(-0.7, max(len(col) - 0.3, 0.7))
     ax.set_ylim(-1, g.n_heads)
     ax.invert_yaxis()
     ax.axis("off")

@@ -73,8 +73,7 @@ def topn_masks(values_CxE: Float[Array, "C E"], n: int, absolute: bool = True) -
 def greedy_mask(graph: Graph, values_E: np.ndarray, n: int, absolute: bool = True) -> np.ndarray:
     """[E] bool: the reference library's greedy selection of n edges, grown from ``logits``."""
     rank = np.asarray(ranking(jnp.asarray(values_E), absolute))
-    owner = slot_owner(graph)
-    node_of_edge = owner[graph.edge_dst]
+    node_of_edge = slot_owner(graph)[graph.edge_dst]
     into = {node: np.nonzero(node_of_edge == node)[0] for node in range(graph.n_src + 1)}
     mask = np.zeros(graph.n_edges, bool)
     heap: list[tuple[float, int]] = []

@@ -59,10 +59,6 @@ _STATE = CleanState(
 _OUT = Spec(EDGES, INPUTS)
 
 
-def _metric(cfg, metric, params, b: TaskBatch, final_NxWxD, start) -> jax.Array:
-    return _metric_at(cfg, metric, params, b, at_positions(final_NxWxD, b.answer_pos - start))
-
-
 def _metric_at(cfg, metric, params, b: TaskBatch, x_NxD) -> jax.Array:
     return answer_metric(cfg, params, x_NxD, b.correct, b.incorrect, metric)
 
@@ -143,7 +139,8 @@ def _mlp_edges(cfg, metric, width, params, b, st: CleanState, layer, src):
 
 def _logit_edges(cfg, metric, width, params, b, st: CleanState, src):
     """Edges into ``logits``: [C, N]."""
-    return jax.vmap(lambda s: _metric(cfg, metric, params, b, st.final + st.delta[s], 0) - st.metric)(src)
+    final = lambda s: at_positions(st.final + st.delta[s], b.answer_pos)
+    return jax.vmap(lambda s: _metric_at(cfg, metric, params, b, final(s)) - st.metric)(src)
 
 
 def _nodes(cfg, metric, width, params, b, st: CleanState, layer, src, is_head):
@@ -251,38 +248,34 @@ def exact_scores(
         ]
         groups = [x for x in groups if len(x.items)]
     n_edge_dev = res.axis(EDGES)
-    local_batch = min(res.batch_size or 8, len(data))
-    means = dataset_means(model, data, local_batch) if o.ablation == "mean" else jnp.zeros(())
-    n_positions = data.n_positions
-
+    local = min(res.batch_size or 8, len(data))
+    means = dataset_means(model, data, local, o.ablation)
+    P = data.n_positions
     per_input = np.full((len(data), n_items), np.nan if subset is not None else 0.0, np.float32)
     clean_metric = np.zeros(len(data), np.float32)
-    widths = windows(data, o.ablation, local_batch)
-    for width in np.unique(widths):
+    cap = min(max(len(x.items) for x in groups), 4096)
+    for width, b, rows in engine.batches(data, res, local, widths=windows(data, o.ablation, local), axis=INPUTS):
+        kernels = _kernels(cfg, data.metric, o.ablation, width, res.mesh)
         chunk = engine.fit(
-            res.memory_budget, local_batch * bytes_per_patch(cfg, n_positions, int(width)),
-            fixed=local_batch * bytes_per_input_state(cfg, n_positions), cap=min(max(len(x.items) for x in groups), 4096),
-            what="edge", fix=f"{local_batch} inputs of {n_positions} positions; lower batch_size or raise the budget",
+            res.memory_budget, local * bytes_per_patch(cfg, P, width), fixed=local * bytes_per_input_state(cfg, P),
+            cap=cap, what="edge", fix=f"{local} inputs of {P} positions; lower batch_size or raise the budget",
         )  # fmt: skip
-        kernels = _kernels(cfg, data.metric, o.ablation, int(width), res.mesh)
-        for b, rows in data.batches(local_batch, devices=res.axis(INPUTS), rows=np.nonzero(widths == width)[0]):
-            n_real = len(rows)
-            st = kernels["prepare"](params, b, data.noise, data.noise_seed, means)
-            clean_metric[rows] = np.asarray(st.metric)[:n_real]
-            for group in groups:
-                # per-device chunk: the budget's, or the group's size rounded up to a power of two
-                # (few compilations; device-independent, so results do not depend on the mesh)
-                step = min(chunk, 1 << int(np.ceil(np.log2(len(group.items))))) * n_edge_dev
-                for first in range(0, len(group.items), step):
-                    take = np.arange(first, min(first + step, len(group.items)))
-                    n_take = len(take)
-                    take = np.concatenate([take, np.full(step - n_take, take[-1])])
-                    args = [jnp.asarray(a[take]) for a in group.args]
-                    layer = () if group.kernel == "logits" else (jnp.int32(group.layer),)
-                    out = np.asarray(kernels[group.kernel](params, b, st, *layer, *args))  # [step, batch]
-                    per_input[np.ix_(rows, group.items[take[:n_take]])] = out[:n_take, :n_real].T
-                    if progress is not None:
-                        progress(n_take * n_real)
+        st = kernels["prepare"](params, b, data.noise, data.noise_seed, means)
+        clean_metric[rows] = np.asarray(st.metric)[: len(rows)]
+        for group in groups:
+            # per-device chunk: the budget's, or the group's size rounded up to a power of two
+            # (few compilations; device-independent, so results do not depend on the mesh)
+            step = min(chunk, 1 << int(np.ceil(np.log2(len(group.items))))) * n_edge_dev
+            for first in range(0, len(group.items), step):
+                take = np.arange(first, min(first + step, len(group.items)))
+                n_take = len(take)
+                take = np.concatenate([take, np.full(step - n_take, take[-1])])
+                args = [jnp.asarray(a[take]) for a in group.args]
+                layer = () if group.kernel == "logits" else (jnp.int32(group.layer),)
+                out = np.asarray(kernels[group.kernel](params, b, st, *layer, *args))  # [step, batch]
+                per_input[np.ix_(rows, group.items[take[:n_take]])] = out[:n_take, : len(rows)].T
+                if progress is not None:
+                    progress(n_take * len(rows))
     return per_input, clean_metric
 
 

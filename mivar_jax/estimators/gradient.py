@@ -224,10 +224,10 @@ def run_dense(model, data, o: Options, res: engine.Resources, estimator: Estimat
         what=f"input of {data.n_positions} positions",
     )  # fmt: skip
     local = min(local, len(data))
-    means = dataset_means(model, data, local) if o.ablation == "mean" else jnp.zeros(())
+    means = dataset_means(model, data, local, o.ablation)
     kernel = _dense_kernel(cfg, estimator, o, res.mesh)
     outs, metrics = [], []
-    for b, rows in data.batches(local, devices=res.n_devices):
+    for _, b, rows in engine.batches(data, res, local):
         items, clean_metric = kernel(model.params, b, data.noise, data.noise_seed, means)
         outs.append(np.asarray(items)[: len(rows)])
         metrics.append(np.asarray(clean_metric)[: len(rows)])

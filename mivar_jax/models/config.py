@@ -44,16 +44,7 @@ class ModelConfig:
 
     def __post_init__(self):
         problems = []
-        for field in (
-            "n_layers",
-            "n_heads",
-            "n_kv_heads",
-            "d_model",
-            "d_head",
-            "d_mlp",
-            "vocab_size",
-            "n_ctx",
-        ):
+        for field in ("n_layers", "n_heads", "n_kv_heads", "d_model", "d_head", "d_mlp", "vocab_size", "n_ctx"):
             if int(getattr(self, field)) < 1:
                 problems.append(f"{field} must be ≥ 1 (got {getattr(self, field)})")
         if self.n_kv_heads and self.n_heads % self.n_kv_heads:
@@ -79,10 +70,7 @@ class ModelConfig:
 
 
 def rope_inv_freq(
-    d_head: int,
-    theta: float,
-    scaling: dict[str, Any] | None = None,
-    freq_factors: Any = None,
+    d_head: int, theta: float, scaling: dict[str, Any] | None = None, freq_factors: Any = None
 ) -> tuple[float, ...]:
     """Rotary inverse frequencies θ^(-2i/d), then the scaling of HF's ``rope_parameters``.
 
@@ -98,10 +86,7 @@ def rope_inv_freq(
         inv = [f / float(scaling["factor"]) for f in inv]
     elif rope_type == "llama3":
         factor = float(scaling["factor"])
-        low, high = (
-            float(scaling["low_freq_factor"]),
-            float(scaling["high_freq_factor"]),
-        )
+        low, high = (float(scaling["low_freq_factor"]), float(scaling["high_freq_factor"]))
         old_len = float(scaling["original_max_position_embeddings"])
         low_wavelen, high_wavelen = old_len / low, old_len / high
         out = []

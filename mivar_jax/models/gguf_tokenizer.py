@@ -16,12 +16,7 @@ _LLAMA3 = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[
 _QWEN2 = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
-_SPLITS = {
-    "llama-bpe": _LLAMA3,
-    "llama3": _LLAMA3,
-    "llama-v3": _LLAMA3,
-    "qwen2": _QWEN2,
-}
+_SPLITS = {"llama-bpe": _LLAMA3, "llama3": _LLAMA3, "llama-v3": _LLAMA3, "qwen2": _QWEN2}
 _GPT2_LIKE = ("gpt2", "default", "smollm", None)
 
 _CONTROL, _USER_DEFINED = 3, 4  # llama.cpp token types
@@ -46,14 +41,7 @@ def _byte_alphabet() -> dict[int, str]:
 def build_gguf_tokenizer(f: GGUFFile, name: str | None = None):
     """The file's tokenizer as a ``PreTrainedTokenizerFast`` (no special tokens added on encode);
     its ``name_or_path`` is ``name`` (default: the file's path)."""
-    from tokenizers import (
-        AddedToken,
-        Regex,
-        Tokenizer,
-        decoders,
-        models,
-        pre_tokenizers,
-    )
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     kind = f.meta("tokenizer.ggml.model", None)
@@ -88,10 +76,7 @@ def build_gguf_tokenizer(f: GGUFFile, name: str | None = None):
         )
     elif pre == "smollm":
         tok.pre_tokenizer = pre_tokenizers.Sequence(
-            [
-                pre_tokenizers.Digits(individual_digits=True),
-                pre_tokenizers.ByteLevel(add_prefix_space=False),
-            ]
+            [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
         )
     else:
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

@@ -75,14 +75,7 @@ def config_from_hf(d: dict[str, Any], name: str) -> ModelConfig:
 
 
 def params_from_hf(t: Tensors, cfg: ModelConfig) -> dict[str, Any]:
-    L, H, D, Dh, F, V = (
-        cfg.n_layers,
-        cfg.n_heads,
-        cfg.d_model,
-        cfg.d_head,
-        cfg.d_mlp,
-        cfg.vocab_size,
-    )
+    L, H, D, Dh, F, V = (cfg.n_layers, cfg.n_heads, cfg.d_model, cfg.d_head, cfg.d_mlp, cfg.vocab_size)
     pre = "transformer." if "transformer.wte.weight" in t else ""
     h = pre + "h.{i}."
     c_attn_w = t.stack(h + "attn.c_attn.weight", L, (D, 3 * D))  # [L, D, 3D]
@@ -95,10 +88,7 @@ def params_from_hf(t: Tensors, cfg: ModelConfig) -> dict[str, Any]:
         "tok_embed": t.get(pre + "wte.weight", (V, D)),
         "pos_embed": t.get(pre + "wpe.weight", (cfg.n_ctx, D)),
         "blocks": {
-            "ln1": {
-                "scale": t.stack(h + "ln_1.weight", L, (D,)),
-                "bias": t.stack(h + "ln_1.bias", L, (D,)),
-            },
+            "ln1": {"scale": t.stack(h + "ln_1.weight", L, (D,)), "bias": t.stack(h + "ln_1.bias", L, (D,))},
             "w_q": heads_w(c_attn_w[..., :D]),
             "w_k": heads_w(c_attn_w[..., D : 2 * D]),
             "w_v": heads_w(c_attn_w[..., 2 * D :]),
@@ -107,19 +97,13 @@ def params_from_hf(t: Tensors, cfg: ModelConfig) -> dict[str, Any]:
             "b_v": c_attn_b[:, 2 * D :].reshape(L, H, Dh),
             "w_o": t.stack(h + "attn.c_proj.weight", L, (D, D)).reshape(L, H, Dh, D),
             "b_o": t.stack(h + "attn.c_proj.bias", L, (D,)),
-            "ln2": {
-                "scale": t.stack(h + "ln_2.weight", L, (D,)),
-                "bias": t.stack(h + "ln_2.bias", L, (D,)),
-            },
+            "ln2": {"scale": t.stack(h + "ln_2.weight", L, (D,)), "bias": t.stack(h + "ln_2.bias", L, (D,))},
             "w_in": t.stack(h + "mlp.c_fc.weight", L, (D, F)),
             "b_in": t.stack(h + "mlp.c_fc.bias", L, (F,)),
             "w_out": t.stack(h + "mlp.c_proj.weight", L, (F, D)),
             "b_out": t.stack(h + "mlp.c_proj.bias", L, (D,)),
         },
-        "ln_f": {
-            "scale": t.get(pre + "ln_f.weight", (D,)),
-            "bias": t.get(pre + "ln_f.bias", (D,)),
-        },
+        "ln_f": {"scale": t.get(pre + "ln_f.weight", (D,)), "bias": t.get(pre + "ln_f.bias", (D,))},
     }
     if not cfg.tied_embeddings:
         params["unembed"] = np.ascontiguousarray(t.get("lm_head.weight", (V, D)).T)
@@ -129,30 +113,16 @@ def params_from_hf(t: Tensors, cfg: ModelConfig) -> dict[str, Any]:
 
 
 def config_from_gguf(f: GGUFFile, name: str) -> ModelConfig:
-    D, H = (
-        int(f.meta("gpt2.embedding_length")),
-        int(f.meta("gpt2.attention.head_count")),
-    )
-    return ModelConfig(
-        name=name,
-        family="gpt2",
-        n_layers=int(f.meta("gpt2.block_count")),
-        n_heads=H,
-        n_kv_heads=H,
-        d_model=D,
-        d_head=D // H,
-        d_mlp=int(f.meta("gpt2.feed_forward_length", 4 * D)),
-        vocab_size=int(f.tensors["token_embd.weight"].shape[-1]),
-        n_ctx=int(f.meta("gpt2.context_length")),
-        norm="layernorm",
-        norm_eps=float(f.meta("gpt2.attention.layer_norm_epsilon", 1e-5)),
-        positional="learned",
-        activation="gelu_tanh",
-        qkv_bias=True,
-        o_bias=True,
-        mlp_bias=True,
-        tied_embeddings="output.weight" not in f.tensors,
-    )
+    """The config of a GGUF file: its metadata read as HF config keys (``config_from_hf``)."""
+    get = lambda key, default=...: f.meta(f"gpt2.{key}", default)
+    D = int(get("embedding_length"))
+    d = {
+        "n_embd": D, "n_head": get("attention.head_count"), "n_layer": get("block_count"),
+        "n_inner": get("feed_forward_length", 4 * D), "vocab_size": f.tensors["token_embd.weight"].shape[-1],
+        "n_positions": get("context_length"), "layer_norm_epsilon": get("attention.layer_norm_epsilon", 1e-5),
+        "tie_word_embeddings": "output.weight" not in f.tensors,
+    }  # fmt: skip
+    return config_from_hf(d, name)
 
 
 def gguf_name_map(cfg: ModelConfig) -> GGUFNameMap:

@@ -164,8 +164,8 @@ class EdgeMix(Intervention):
     corrupted: Float[ArrayLike, "S N P D"]
     is_stream = True
 
-    def check(self, cfg: ModelConfig, n: int, p: int) -> None:
-        g, c, m = cfg.graph, self.corrupted, jnp.shape(self.edge_mask)
+    def bind(self, cfg, x):
+        g, c, n, p = cfg.graph, self.corrupted, *x.shape[:2]
         if c.ndim != 4 or c.shape[0] != g.n_src or c.shape[3] != cfg.d_model:
             raise ValueError(
                 f"corrupted must have shape [{g.n_src}, N, P, {cfg.d_model}] (broadcastable), got {c.shape}"
@@ -177,13 +177,10 @@ class EdgeMix(Intervention):
             )
         if c.shape[1] not in (1, n):
             raise ValueError(f"corrupted has {c.shape[1]} inputs but the clean batch has {n}")
-        if m not in ((g.n_src, g.n_dst), (g.n_edges,)):
-            raise ValueError(f"edge_mask must be dense [{g.n_src}, {g.n_dst}] or flat [{g.n_edges}], got {m}")
-
-    def bind(self, cfg, x):
-        g = cfg.graph
-        n, p = x.shape[:2]
-        self.check(cfg, n, p)
+        if jnp.shape(self.edge_mask) not in ((g.n_src, g.n_dst), (g.n_edges,)):
+            raise ValueError(
+                f"edge_mask must be dense [{g.n_src}, {g.n_dst}] or flat [{g.n_edges}], got {jnp.shape(self.edge_mask)}"
+            )
         m = jnp.asarray(self.edge_mask, x.dtype)
         if m.shape == (g.n_edges,):
             m = jnp.zeros((g.n_src, g.n_dst), x.dtype).at[g.edge_src, g.edge_dst].set(m)
@@ -383,22 +380,16 @@ class Window(Intervention):
         return tuple(put_window(cached(c), new, self.start, axis=2) for c, new in zip(lx, (k, v), strict=True))
 
 
-STREAMS = (Residual, EdgeMix)
-MODIFIERS = (Taps, ProjectionTaps, Replace, Window)
-
-
 def split(interventions) -> tuple[Intervention | None, tuple[Intervention, ...]]:
     """(the stream or None, the modifiers) of one intervention or a tuple of them."""
     if interventions is None:
         interventions = ()
     if isinstance(interventions, Intervention):
         interventions = (interventions,)
-    streams = [iv for iv in interventions if isinstance(iv, Intervention) and iv.is_stream]
     bad = [iv for iv in interventions if not isinstance(iv, Intervention)]
     if bad:
-        raise TypeError(
-            f"expected interventions ({', '.join(c.__name__ for c in STREAMS + MODIFIERS)}), got {bad[0]!r}"
-        )
+        raise TypeError(f"expected interventions (see mivar_jax.models.interventions), got {bad[0]!r}")
+    streams = [iv for iv in interventions if iv.is_stream]
     if len(streams) > 1:
         raise ValueError(f"at most one stream intervention (Residual or EdgeMix) per run, got {len(streams)}")
     return (streams[0] if streams else None), tuple(iv for iv in interventions if not iv.is_stream)

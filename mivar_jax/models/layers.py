@@ -180,10 +180,7 @@ def mlp(cfg: ModelConfig, p: Params, x: Float[Array, "N P D"]) -> Float[Array, "
 
 
 def embed(
-    cfg: ModelConfig,
-    params: Params,
-    tokens: Int[ArrayLike, "N P"],
-    positions: Int[Array, "N P"],
+    cfg: ModelConfig, params: Params, tokens: Int[ArrayLike, "N P"], positions: Int[Array, "N P"]
 ) -> Float[Array, "N P D"]:
     """The ``input`` node: token embeddings (+ learned position embeddings)."""
     x = params["tok_embed"][tokens]
@@ -207,17 +204,6 @@ def at_positions(x_NxPxD: jax.Array, logit_positions: Int[ArrayLike, " N"] | Non
     if logit_positions is None:
         return x_NxPxD
     return jnp.take_along_axis(x_NxPxD, logit_positions[:, None, None], axis=1)[:, 0]
-
-
-def prepare(cfg, params, tokens, attention_mask, input_embeds):
-    if attention_mask is None:
-        attention_mask = jnp.ones(tokens.shape, jnp.int32)
-    positions = position_ids(attention_mask)
-    if input_embeds is None:
-        x = embed(cfg, params, tokens, positions)
-    else:
-        x = input_embeds.astype(params["tok_embed"].dtype)
-    return attention_mask, positions, x
 
 
 def take_window(a: jax.Array, start: Int[Array, ""] | Int[Array, " N"], width: int, axis: int) -> jax.Array:

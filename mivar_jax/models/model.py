@@ -148,14 +148,7 @@ class Model:
 
     @property
     def pad_token_id(self) -> int:
-        tok = self.tokenizer
-        for candidate in (
-            getattr(tok, "pad_token_id", None),
-            getattr(tok, "eos_token_id", None),
-        ):
-            if candidate is not None:
-                return int(candidate)
-        return 0
+        return pad_token_id(self.tokenizer)
 
     def token_id(self, text: str) -> int:
         """The id of a string that must encode to exactly one token (e.g. ``" Mary"``)."""

@@ -32,24 +32,13 @@ class Blocks(nnx.Module):
     """All L blocks' parameters, stacked on axis 0."""
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, dtype, scale: float):
-        L, H, K, D, Dh, F = (
-            cfg.n_layers,
-            cfg.n_heads,
-            cfg.n_kv_heads,
-            cfg.d_model,
-            cfg.d_head,
-            cfg.d_mlp,
-        )
+        L, H, K, D, Dh, F = (cfg.n_layers, cfg.n_heads, cfg.n_kv_heads, cfg.d_model, cfg.d_head, cfg.d_mlp)
 
         def normal(*shape):
             return nnx.Param(scale * jax.random.normal(rngs.params(), shape, dtype))
 
         self.ln1 = Norm(cfg, (L,), rngs=rngs, dtype=dtype)
-        self.w_q, self.w_k, self.w_v = (
-            normal(L, H, D, Dh),
-            normal(L, K, D, Dh),
-            normal(L, K, D, Dh),
-        )
+        self.w_q, self.w_k, self.w_v = (normal(L, H, D, Dh), normal(L, K, D, Dh), normal(L, K, D, Dh))
         self.b_q = normal(L, H, Dh) if cfg.qkv_bias else None
         self.b_k = normal(L, K, Dh) if cfg.qkv_bias else None
         self.b_v = normal(L, K, Dh) if cfg.qkv_bias else None
@@ -71,14 +60,7 @@ class Transformer(nnx.Module):
     used for tests and benchmarks; the loaders fill the same structure from checkpoints.
     """
 
-    def __init__(
-        self,
-        cfg: ModelConfig,
-        *,
-        rngs: nnx.Rngs,
-        dtype=jnp.float32,
-        scale: float = 0.02,
-    ):
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, dtype=jnp.float32, scale: float = 0.02):
         V, D = cfg.vocab_size, cfg.d_model
         self.tok_embed = nnx.Param(scale * jax.random.normal(rngs.params(), (V, D), dtype))
         self.pos_embed = (

@@ -60,9 +60,14 @@ def mean_node_outputs(cfg: ModelConfig, params, b: TaskBatch, n_real: Int[Array,
     return jnp.einsum("snpd,np->sd", nodes, weight), weight.sum()
 
 
-def dataset_means(model, data: TaskData, batch_size: int) -> Float[Array, "S 1 1 D"]:
+def dataset_means(
+    model, data: TaskData, batch_size: int, ablation: str = "mean"
+) -> Float[Array, "S 1 1 D"] | Float[Array, ""]:
     """Mean ablation values: each node's clean output averaged over the dataset's inputs and real
-    positions (one D-vector per node, broadcast over inputs and positions)."""
+    positions (one D-vector per node, broadcast over inputs and positions); a placeholder scalar
+    for the other ``ablation`` kinds (which read no means)."""
+    if ablation != "mean":
+        return jnp.zeros(())
     total, count = 0.0, 0.0
     for b, rows in data.batches(batch_size):
         s, c = mean_node_outputs(model.config, model.params, b, len(rows))
@@ -71,13 +76,7 @@ def dataset_means(model, data: TaskData, batch_size: int) -> Float[Array, "S 1 1
 
 
 def reference_values(
-    cfg: ModelConfig,
-    params,
-    b: TaskBatch,
-    ablation: str,
-    noise,
-    noise_seed,
-    means: jax.Array | None,
+    cfg: ModelConfig, params, b: TaskBatch, ablation: str, noise, noise_seed, means: jax.Array | None
 ) -> tuple[Float[Array, "S N P D"], Float[Array, "N P D"]]:
     """What patched edges read instead of the clean values, ``(z̃ [S, N, P, D], x̃ [N, P, D])``:
     the corrupted run's node outputs and input (with counterfactual noise), zeros, or means."""

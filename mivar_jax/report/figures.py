@@ -16,8 +16,9 @@ from mivar_jax.stats import edge_variability  # noqa: E402
 DPI = 110
 
 
-def _save(fig, path: str) -> str:
-    fig.tight_layout()
+def _save(fig, path: str, tight: bool = True) -> str:
+    if tight:
+        fig.tight_layout()
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
     return path
@@ -28,8 +29,7 @@ def score_distributions(scores: Scores, path: str, top: int = 12, title: str = "
     every input drawn as a point, so the spread behind each mean is visible; each edge is labelled
     with its signal-to-noise ratio |mean|/std (``stats.EdgeVariability.snr``)."""
     s = scores.per_input
-    mean = s.mean(0)
-    order = np.argsort(-np.abs(mean), kind="stable")[:top]
+    order = np.argsort(-np.abs(s.mean(0)), kind="stable")[:top]
     snr = np.asarray(edge_variability(scores).snr)[order]
     fig, ax = plt.subplots(figsize=(9, 0.42 * len(order) + 1.4))
     data = [s[:, e] for e in order][::-1]
@@ -52,22 +52,18 @@ def jaccard_heatmaps(matrices: dict[str, np.ndarray], path: str, size: int) -> s
     cols = min(k, 4)
     rows = -(-k // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols + 0.8, 3.4 * rows), squeeze=False)
-    im = None
     for ax, (name, j) in zip(axes.flat, matrices.items(), strict=False):
         im = ax.imshow(j, vmin=0, vmax=1, cmap="viridis", interpolation="nearest")
         off = j[~np.eye(len(j), dtype=bool)]
         ax.set_title(f"{name}\nmean {off.mean():.3f}", fontsize=8)
-        ax.set_xlabel("replicate", fontsize=8)
-        ax.set_ylabel("replicate", fontsize=8)
-        ax.xaxis.get_major_locator().set_params(integer=True)
-        ax.yaxis.get_major_locator().set_params(integer=True)
+        for axis in (ax.xaxis, ax.yaxis):
+            axis.set_label_text("replicate", fontsize=8)
+            axis.get_major_locator().set_params(integer=True)
     for ax in list(axes.flat)[k:]:
         ax.axis("off")
     fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8, label="Jaccard")
     fig.suptitle(f"Bootstrap: pairwise Jaccard of the pruned top-{size} circuits", fontsize=10)
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
-    return path
+    return _save(fig, path, tight=False)  # no tight_layout: the colorbar spans every panel
 
 
 def inclusion_frequencies(freq: dict[str, np.ndarray], names: tuple[str, ...], path: str, size: int, top: int = 30):
@@ -79,49 +75,39 @@ def inclusion_frequencies(freq: dict[str, np.ndarray], names: tuple[str, ...], p
     a.barh(range(len(order)), f0[order], color=["tab:green" if v >= 0.5 else "tab:orange" for v in f0[order]])
     a.set_yticks(range(len(order)), [names[e] for e in order], fontsize=7)
     a.axvline(0.5, color="grey", ls="--", lw=0.8)
-    a.set_xlim(0, 1)
-    a.set_xlabel("inclusion frequency (share of replicates)")
+    a.set(xlim=(0, 1), xlabel="inclusion frequency (share of replicates)")
     a.set_title(f"{first}: top {len(order)} edges (green: majority circuit)", fontsize=9)
     for name, f in freq.items():
         nz = np.sort(f[f > 0])[::-1]
         b.plot(np.arange(1, nz.size + 1), nz, label=name, lw=1.2)
     b.axvline(size, color="grey", ls=":", lw=0.8)
-    b.set_xscale("log")
-    b.set_ylim(0, 1.02)
-    b.set_xlabel("edge rank (edges ever included)")
-    b.set_ylabel("inclusion frequency")
+    b.set(xscale="log", ylim=(0, 1.02), xlabel="edge rank (edges ever included)", ylabel="inclusion frequency")
     b.set_title(f"Inclusion frequencies, top-{size} circuits", fontsize=9)
     b.legend(fontsize=6)
     return _save(fig, path)
-
-
-def _size_axis(ax, sizes) -> None:
-    ax.set_xscale("log")
-    ax.set_xticks(sizes, [str(n) for n in sizes])
-    ax.minorticks_off()
 
 
 def faithfulness_curve(rows: list[dict], path: str, n_edges_total: int) -> str:
     """Circuit size vs faithfulness (the CPR curve over the swept sizes) and vs bootstrap mean
     Jaccard, one line per cell (first aggregation)."""
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
-    cells = list(dict.fromkeys(r["cell"] for r in rows))
     agg = rows[0]["aggregation"]
-    for cell in cells:
+    for cell in dict.fromkeys(r["cell"] for r in rows):
         rs = sorted((r for r in rows if r["cell"] == cell and r["aggregation"] == agg), key=lambda r: r["size"])
         sizes = [r["size"] for r in rs]
         if all(r["faithfulness"] is not None for r in rs):
             a.plot(sizes, [r["faithfulness"] for r in rs], marker="o", ms=3, label=rs[0]["label"])
         b.plot(sizes, [r["mean_jaccard"] for r in rs], marker="o", ms=3, label=rs[0]["label"])
     for ax in (a, b):
-        _size_axis(ax, sizes)
+        ax.set_xscale("log")
+        ax.set_xticks(sizes, [str(n) for n in sizes])
+        ax.minorticks_off()
         ax.set_xlabel(f"circuit size n (top-n edges before pruning, of {n_edges_total:,})")
     a.axhline(1, color="grey", lw=0.8, ls="--")
     a.set_ylabel("faithfulness (m(C) − m(∅)) / (m(full) − m(∅))")
     a.set_title("Faithfulness vs circuit size (CPR curve)", fontsize=10)
     b.axhline(0.8, color="tab:red", lw=0.8, ls="--", label="stability bar 0.8")
-    b.set_ylim(0, 1.02)
-    b.set_ylabel("bootstrap mean pairwise Jaccard")
+    b.set(ylim=(0, 1.02), ylabel="bootstrap mean pairwise Jaccard")
     b.set_title("Stability vs circuit size", fontsize=10)
     b.legend(fontsize=6)
     if a.lines:
@@ -144,15 +130,13 @@ def variance_decomposition(decomposition: dict, path: str) -> str:
     for i, v in enumerate(done.values()):
         left = 0.0
         for e in v["table"]:
-            k = effects.index(e["effect"])
-            ax.barh(i, e["ss_share"], left=left, color=colors[k], label=e["effect"])
+            ax.barh(i, e["ss_share"], left=left, color=colors[effects.index(e["effect"])], label=e["effect"])
             left += e["ss_share"]
     handles, labels = ax.get_legend_handles_labels()
     unique = dict(zip(labels, handles, strict=True))
     ax.legend(unique.values(), unique.keys(), fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     ax.set_yticks(range(len(done)), list(done), fontsize=8)
-    ax.set_xlim(0, 1)
-    ax.set_xlabel("share of the total sum of squares")
+    ax.set(xlim=(0, 1), xlabel="share of the total sum of squares")
     ax.set_title("Variance decomposition over the study grid", fontsize=10)
     return _save(fig, path)
 

@@ -154,7 +154,6 @@ def _html(rd: RunDir, results, fig_dir: str, majority: Circuit) -> str:
     cfg = results.config
     verdict = results.verdict
     kind = verdict.split(":")[0]
-    env = read_json(rd.file("environment.json"))
     summary = [_display_row(r) for r in results.headline_rows()]
     summary_cols = list(summary[0]) if summary else []
     cells = [_display_cell(c) for c in results.cells]
@@ -183,8 +182,8 @@ def _html(rd: RunDir, results, fig_dir: str, majority: Circuit) -> str:
         if name == "variance_decomposition":
             for key, dec in results.decomposition.items():
                 if "table" in dec:
-                    parts.append(f"<h3>{html.escape(key)}</h3>")
-                    parts.append(_table(dec["table"], ["effect", "df", "ss", "ms", "component", "share", "ss_share"]))
+                    columns = ["effect", "df", "ss", "ms", "component", "share", "ss_share"]
+                    parts += [f"<h3>{html.escape(key)}</h3>", _table(dec["table"], columns)]
                 else:
                     parts.append(f"<p>{html.escape(key)}: {html.escape(dec.get('skipped', ''))}</p>")
         parts.append(_figure(fig_dir, name, caption))
@@ -194,13 +193,12 @@ def _html(rd: RunDir, results, fig_dir: str, majority: Circuit) -> str:
             rows = [{"estimator": k, **{m: v for m, v in s.items() if not isinstance(v, dict)},
                      **{f"top{n} Jaccard": j for n, j in s.get("topn_jaccard", {}).items()}} for k, s in by_est.items()]  # fmt: skip
             if rows:
-                parts.append(f"<h3>{level} level</h3>")
-                parts.append(_table(rows, list(dict.fromkeys(k for r in rows for k in r))))
+                parts += [f"<h3>{level} level</h3>", _table(rows, list(dict.fromkeys(k for r in rows for k in r)))]
     parts += [
         "<h2>Configuration</h2>",
         f"<pre>{html.escape(cfg.to_toml())}</pre>",
         "<h2>Environment</h2>",
-        f"<pre>{html.escape(json.dumps(env, indent=1))}</pre>",
+        f"<pre>{html.escape(json.dumps(read_json(rd.file('environment.json')), indent=1))}</pre>",
         "</body></html>",
     ]
     return "\n".join(parts)

@@ -11,8 +11,7 @@ from mivar_jax._checks import check_scores_finite
 
 def as_scores(scores, min_inputs: int = 1, name: str = "scores") -> np.ndarray:
     """Per-input scores [N, E] as float32, from a Scores or an array; refuses NaN/inf and bad shapes."""
-    per_input = getattr(scores, "per_input", scores)
-    s = np.asarray(per_input, np.float32)
+    s = np.asarray(getattr(scores, "per_input", scores), np.float32)
     if s.ndim != 2:
         raise ValueError(f"{name} must be per-input scores [N, E], got shape {s.shape}")
     if s.shape[0] < min_inputs or s.shape[1] < 1:
@@ -23,30 +22,18 @@ def as_scores(scores, min_inputs: int = 1, name: str = "scores") -> np.ndarray:
 
 def to_json_dict(obj, extra: dict | None = None) -> dict:
     """A dataclass of arrays and scalars as JSON-ready plain lists and numbers (inf/NaN → None)."""
-
-    def plain(v):
-        if isinstance(v, np.ndarray | np.generic):
-            return v.tolist()
-        if dataclasses.is_dataclass(v):
-            return to_json_dict(v)
-        if isinstance(v, dict):
-            return {k: plain(x) for k, x in v.items()}
-        if isinstance(v, list | tuple):
-            return [plain(x) for x in v]
-        return v
-
-    d = {f.name: plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    d = _nan_to_none(d)
-    if extra:
-        d.update(extra)
-    return d
+    return {f.name: _plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)} | (extra or {})
 
 
-def _nan_to_none(v):
+def _plain(v):
+    if isinstance(v, np.ndarray | np.generic):
+        return _plain(v.tolist())
+    if dataclasses.is_dataclass(v):
+        return to_json_dict(v)
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [_plain(x) for x in v]
     if isinstance(v, float):
         return v if np.isfinite(v) else None
-    if isinstance(v, dict):
-        return {k: _nan_to_none(x) for k, x in v.items()}
-    if isinstance(v, list):
-        return [_nan_to_none(x) for x in v]
     return v

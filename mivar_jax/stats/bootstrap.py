@@ -349,9 +349,8 @@ def bootstrap(
     res = engine.resources(mesh=mesh, memory_budget=REPLICATE_MEMORY)
     mesh = res.mesh
     if chunk is None:
-        per = bytes_per_replicate(N, E, aggregation)
-        # a replicate larger than the budget still runs, one per call
-        chunk = engine.fit(res.memory_budget, per, cap=256, what="replicate") if per <= res.memory_budget else 1
+        per = bytes_per_replicate(N, E, aggregation)  # a replicate larger than the budget runs alone
+        chunk = engine.fit(res.memory_budget, per, cap=256, what="replicate", must_fit=False)
     step = chunk * res.n_devices
     kernel = _replicate_kernel(graph, method, aggregation, n_edges, B, float(fraction), mesh)
 

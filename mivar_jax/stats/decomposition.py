@@ -86,6 +86,11 @@ def _check(values, factors, design):
     return y.reshape(levels + (-1,)), factors, tuple(int(n) for n in levels)
 
 
+def _subsets(items) -> list[tuple[int, ...]]:
+    """Every subset of ``items`` as a tuple, by size, then in ``itertools.combinations`` order."""
+    return [u for r in range(len(items) + 1) for u in itertools.combinations(items, r)]
+
+
 def decompose(values, factors: Sequence[str], design: str = "crossed") -> Decomposition:
     """Decompose the variance of ``values`` [*levels, *items] over ``factors`` (module docstring)."""
     y, factors, levels = _check(values, factors, design)
@@ -93,28 +98,21 @@ def decompose(values, factors: Sequence[str], design: str = "crossed") -> Decomp
     n_items = y.shape[-1]
     total_ss = float(((y - y.mean(axis=tuple(range(k)), keepdims=True)) ** 2).sum())
     if design == "crossed":
-        subsets = [s for r in range(1, k + 1) for s in itertools.combinations(range(k), r)]
-        marg = {}
-        for r in range(k + 1):
-            for u in itertools.combinations(range(k), r):
-                other = tuple(i for i in range(k) if i not in u)
-                marg[u] = y.mean(axis=other, keepdims=True) if other else y
+        subsets = _subsets(range(k))[1:]  # the effects: every non-empty subset of the factors
+        marg = {u: y.mean(axis=tuple(i for i in range(k) if i not in u), keepdims=True) for u in _subsets(range(k))}
         ss, df = [], []
         for t in subsets:
-            effect = sum(
-                (-1) ** (len(t) - len(u)) * marg[u] for r in range(len(t) + 1) for u in itertools.combinations(t, r)
-            )
+            effect = sum((-1) ** (len(t) - len(u)) * marg[u] for u in _subsets(t))
             ss.append(float((np.broadcast_to(effect, y.shape) ** 2).sum()))
             df.append(int(np.prod([levels[i] - 1 for i in t])))
         ss, df = np.array(ss), np.array(df, np.int64)
         ms = ss / df
-        raw = np.array(
-            [
-                sum((-1) ** (len(u) - len(t)) * ms[subsets.index(u)] for u in subsets if set(t) <= set(u))
-                / np.prod([levels[i] for i in range(k) if i not in t])
-                for t in subsets
-            ]
-        )
+
+        def component(t):  # σ²_T = Σ_{U⊇T} (−1)^{|U|−|T|} MS_U / Π_{j∉T} n_j
+            ms_sum = sum((-1) ** (len(u) - len(t)) * ms[subsets.index(u)] for u in subsets if set(t) <= set(u))
+            return ms_sum / np.prod([levels[i] for i in range(k) if i not in t])
+
+        raw = np.array([component(t) for t in subsets])
         names = tuple("×".join(factors[i] for i in t) for t in subsets)
     else:
         # nested: term j = variation of the level-j cell means within their level-(j−1) cells

@@ -58,5 +58,4 @@ def _variability(s_NxE: Float[Array, "N E"]):
 def edge_variability(scores) -> EdgeVariability:
     """Per-edge statistics of per-input scores (a Scores or an [N, E] array, N ≥ 2)."""
     s = as_scores(scores, min_inputs=2)
-    out = [np.asarray(a) for a in _variability(jnp.asarray(s))]
-    return EdgeVariability(*out, n_inputs=int(s.shape[0]))
+    return EdgeVariability(*(np.asarray(a) for a in _variability(jnp.asarray(s))), n_inputs=int(s.shape[0]))

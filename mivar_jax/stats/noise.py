@@ -47,9 +47,7 @@ class EstimatorNoise:
         }
 
     def to_json(self) -> dict:
-        d = to_json_dict(self)
-        d["topn_jaccard"] = {str(k): v for k, v in self.topn_jaccard.items()}
-        return d
+        return to_json_dict(self, extra={"topn_jaccard": {str(k): v for k, v in self.topn_jaccard.items()}})
 
 
 def average_ranks(x_E: jax.Array) -> jax.Array:

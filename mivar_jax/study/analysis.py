@@ -48,10 +48,7 @@ SUMMARY_COLUMNS = (
     "eval_inputs", "faithfulness", "faithfulness_se", "circuit_error_task", "circuit_error_task_se",
     "circuit_error_vocab", "circuit_error_vocab_se", "kl", "verdict",
 )  # fmt: skip
-EVALUATION_KEYS = (
-    "faithfulness", "faithfulness_se", "circuit_error_task", "circuit_error_task_se", "circuit_error_vocab",
-    "circuit_error_vocab_se", "kl",
-)  # fmt: skip
+EVALUATION_KEYS = SUMMARY_COLUMNS[SUMMARY_COLUMNS.index("faithfulness") : -1]  # faithfulness … kl
 JACCARD_INTERVAL = "Monte-Carlo interval over the B replicates"  # what jaccard_mc_low/high are
 
 
@@ -68,26 +65,22 @@ class StudyResults:
 
     def headline_rows(self) -> list[dict]:
         """The summary rows at the headline size with the first aggregation: one per cell."""
-        c = self.config
-        return [
-            r for r in self.rows if r["size"] == c.bootstrap.size and r["aggregation"] == c.circuits.aggregations[0]
-        ]
+        head = (self.config.circuits.aggregations[0], self.config.bootstrap.size)
+        return [r for r in self.rows if (r["aggregation"], r["size"]) == head]
 
     @property
     def verdict(self) -> str:
         rows = self.headline_rows()
         n_stable = sum(r["stable"] for r in rows)
         j = np.array([r["mean_jaccard"] for r in rows])
-        undetermined = sum(r["verdict"].startswith("undetermined") for r in rows)
         word = "stable" if n_stable == len(rows) else "unstable" if n_stable == 0 else "mixed"
-        word = "undetermined" if undetermined else word
+        word = "undetermined" if any(r["verdict"].startswith("undetermined") for r in rows) else word
         text = (
             f"{word}: the top-{self.config.bootstrap.size} circuit is stable under bootstrap in {n_stable} of "
             f"{len(rows)} cells (mean pairwise Jaccard {j.min():.3f} … {j.max():.3f}; the bar: ≥ 0.8 with B ≥ 100"
             f", here B = {self.config.bootstrap.replicates})"
         )
-        across = self.perturbations.get("mean_by_factor", {})
-        if across:
+        if across := self.perturbations.get("mean_by_factor", {}):
             text += "; across the grid: " + ", ".join(f"{k} {v:.3f}" for k, v in across.items())
         return text
 
@@ -112,15 +105,33 @@ def analyse(rd: RunDir) -> StudyResults:
     (a damaged or unreadable file is a ``RunDirError`` naming it and the fix)."""
     cfg = rd.config
     cells = cfg.cells()
-    missing = [c.id for c in cells if not rd.is_done(c.id)]
-    if missing:
+    if missing := [c.id for c in cells if not rd.is_done(c.id)]:
         raise RuntimeError(f"{len(missing)} cells are not complete (e.g. {missing[0]}); resume the run first")
     for name in [c.id for c in cells] + ([REFERENCE] if rd.is_done(REFERENCE) else []):
-        problems = rd.check_cell(name)
-        if problems:
+        if problems := rd.check_cell(name):
             rel, why = problems[0]
             raise RunDirError(f"{os.path.join(rd.cell_dir(name), rel)} is damaged ({why}); {rd.fix_hint()}")
-    return _analyse(rd, cfg, cells)
+    os.makedirs(rd.file("results"), exist_ok=True)
+    infos = [read_cell_file(rd, os.path.join(rd.cell_dir(c.id), "cell.json")) for c in cells]
+    for info in infos:
+        info.pop("checksums", None)
+    rows = _summary_rows(rd, cfg, cells, infos)
+    write_json(rd.file("results", "summary.json"), rows)
+    _write_csv(rd.file("results", "summary.csv"), rows, SUMMARY_COLUMNS)
+
+    head = cfg.circuits.sizes.index(cfg.bootstrap.size)
+    zs = [read_cell_file(rd, os.path.join(rd.cell_dir(c.id), "circuits.npz"), load_npz) for c in cells]
+    full = np.stack([np.unpackbits(z["full_packed"], axis=-1, count=int(z["n_edges"])).astype(bool) for z in zs])
+    aggregated = np.stack([z["aggregated"] for z in zs])  # full: [C, A, S, E], aggregated: [C, A, E]
+    perturbations = _perturbations(cfg, full[:, 0, head])
+    write_json(rd.file("results", "perturbations.json"), perturbations)
+    decomposition = _decompositions(rd, cfg, cells, rows, full, aggregated)
+    write_json(rd.file("results", "decomposition.json"), decomposition)
+    noise = _estimator_noise(rd, cfg, cells) if rd.is_done(REFERENCE) else {}
+    write_json(rd.file("results", "estimator_noise.json"), noise)
+    results = StudyResults(cfg, rows, perturbations, decomposition, noise, infos)
+    write_json(rd.file("results", "study.json"), {"verdict": results.verdict, "name": cfg.name, "cells": infos})
+    return results
 
 
 def read_cell_file(rd: RunDir, path: str, load=read_json):
@@ -140,42 +151,14 @@ def load_npz(path: str) -> dict[str, np.ndarray]:
         return {k: z[k] for k in z.files}
 
 
-def _analyse(rd: RunDir, cfg: StudyConfig, cells) -> StudyResults:
-    os.makedirs(rd.file("results"), exist_ok=True)
-    infos = [read_cell_file(rd, os.path.join(rd.cell_dir(c.id), "cell.json")) for c in cells]
-    for info in infos:
-        info.pop("checksums", None)
-    rows = _summary_rows(rd, cfg, cells, infos)
-    write_json(rd.file("results", "summary.json"), rows)
-    _write_csv(rd.file("results", "summary.csv"), rows, SUMMARY_COLUMNS)
-
-    head = cfg.circuits.sizes.index(cfg.bootstrap.size)
-    full, aggregated = [], []
-    for c in cells:
-        z = read_cell_file(rd, os.path.join(rd.cell_dir(c.id), "circuits.npz"), load_npz)
-        full.append(np.unpackbits(z["full_packed"], axis=-1, count=int(z["n_edges"])).astype(bool))
-        aggregated.append(z["aggregated"])
-    full, aggregated = np.stack(full), np.stack(aggregated)  # [C, A, S, E], [C, A, E]
-    perturbations = _perturbations(cfg, full[:, 0, head])
-    write_json(rd.file("results", "perturbations.json"), perturbations)
-    decomposition = _decompositions(rd, cfg, cells, rows, full, aggregated)
-    write_json(rd.file("results", "decomposition.json"), decomposition)
-    noise = _estimator_noise(rd, cfg, cells) if rd.is_done(REFERENCE) else {}
-    write_json(rd.file("results", "estimator_noise.json"), noise)
-    results = StudyResults(cfg, rows, perturbations, decomposition, noise, infos)
-    write_json(rd.file("results", "study.json"), {"verdict": results.verdict, "name": cfg.name, "cells": infos})
-    return results
-
-
 def _summary_rows(rd: RunDir, cfg: StudyConfig, cells, infos: list[dict]) -> list[dict]:
     rows, labels = [], cell_labels(cfg)
     for c, info in zip(cells, infos, strict=True):
         folder = rd.cell_dir(c.id)
         boots = read_cell_file(rd, os.path.join(folder, "bootstrap.json"))
         ev_path = os.path.join(folder, "evaluation.json")
-        evals = {}
-        if os.path.exists(ev_path):
-            evals = {(r["aggregation"], r["size"]): r for r in read_cell_file(rd, ev_path) if r["circuit"] == "full"}
+        ev_rows = read_cell_file(rd, ev_path) if os.path.exists(ev_path) else []
+        evals = {(r["aggregation"], r["size"]): r for r in ev_rows if r["circuit"] == "full"}
         snr = {(r["aggregation"], r["size"]): r["snr_median"] for r in info.get("circuits", [])}
         settings = info.get("estimator_settings") or cfg.estimator_settings(c.method, c.steps)
         eval_inputs = info.get("eval_inputs")
@@ -187,9 +170,7 @@ def _summary_rows(rd: RunDir, cfg: StudyConfig, cells, infos: list[dict]) -> lis
                     "cell": c.id,
                     "label": labels[c.id],
                     **c.levels,
-                    "ablation": settings.get("ablation"),
-                    "ig_convention": settings.get("ig_convention"),
-                    "pooling": settings.get("pooling"),
+                    **{k: settings.get(k) for k in ("ablation", "ig_convention", "pooling")},
                     "aggregation": b["aggregation"],
                     "size": b["size"],
                     "n_edges_mean": b["size_mean"],
@@ -198,11 +179,8 @@ def _summary_rows(rd: RunDir, cfg: StudyConfig, cells, infos: list[dict]) -> lis
                     "jaccard_mc_high": hi,
                     "jaccard_interval": JACCARD_INTERVAL,
                     "jaccard_cv": b["jaccard_cv"],
-                    "n_empty": b.get("n_empty"),
-                    "replicates_with_cut_ties": b.get("replicates_with_cut_ties"),
-                    "mean_jaccard_to_full": b["mean_jaccard_to_full"],
-                    "mean_node_jaccard": b["mean_node_jaccard"],
-                    "stable": b["stable"],
+                    **{k: b.get(k) for k in ("n_empty", "replicates_with_cut_ties")},  # absent in older runs
+                    **{k: b[k] for k in ("mean_jaccard_to_full", "mean_node_jaccard", "stable")},
                     "snr_median": snr.get((b["aggregation"], b["size"])),
                     "eval_inputs": e.get("n_inputs", None if eval_inputs is None else len(eval_inputs)),
                     **{k: e.get(k) for k in EVALUATION_KEYS},
@@ -225,21 +203,16 @@ def _write_csv(path: str, rows: list[dict], columns) -> None:
     atomic_write_text(path, "\n".join(lines) + "\n")
 
 
-def _grid(cfg: StudyConfig) -> tuple[list[str], tuple[int, ...]]:
-    factors = cfg.factors()
-    return list(factors), tuple(len(v) for v in factors.values())
-
-
 def _perturbations(cfg: StudyConfig, circuits_CxE: np.ndarray) -> dict:
-    names, shape = _grid(cfg)
+    factors = cfg.factors()
     j = np.asarray(stats.jaccard_matrix(circuits_CxE))
-    coords = list(itertools.product(*(range(n) for n in shape)))
+    coords = list(itertools.product(*factors.values()))  # each cell's levels
     by_factor = {}
-    for f, name in enumerate(names):
+    for f, name in enumerate(factors):
         pairs = [
             j[a, b]
             for a, b in itertools.combinations(range(len(coords)), 2)
-            if [i for i in range(len(names)) if coords[a][i] != coords[b][i]] == [f]
+            if [i for i in range(len(factors)) if coords[a][i] != coords[b][i]] == [f]
         ]
         if pairs:
             by_factor[name] = float(np.mean(pairs))
@@ -259,37 +232,33 @@ def _crossed(values: np.ndarray, names: list[str]) -> dict:
     if not keep:
         return {"skipped": "no factor of the grid has two or more levels"}
     drop = tuple(i for i in range(len(names)) if i not in keep)
-    y = values.squeeze(axis=drop) if drop else values
-    return stats.decompose(y, [names[i] for i in keep], design="crossed").to_json()
+    return stats.decompose(values.squeeze(axis=drop), [names[i] for i in keep], design="crossed").to_json()
 
 
 def _decompositions(rd, cfg: StudyConfig, cells, rows, full, aggregated) -> dict:
-    names, shape = _grid(cfg)
+    factors = cfg.factors()
+    names, shape = list(factors), tuple(len(v) for v in factors.values())
     A, S = len(cfg.circuits.aggregations), len(cfg.circuits.sizes)
-    out = {}
     # (a) aggregated scores [*grid, A, E]
-    out["aggregated_scores"] = _crossed(aggregated.reshape(shape + (A, -1)), names + ["aggregation"])
+    out = {"aggregated_scores": _crossed(aggregated.reshape(shape + (A, -1)), names + ["aggregation"])}
     # (b) membership [*grid, A, S, E'] over the edges in any circuit
     used = full.reshape(-1, full.shape[-1]).any(0)
     member = full[..., used].astype(np.float64).reshape(shape + (A, S, -1))
     out["membership"] = _crossed(member, names + ["aggregation", "size"])
     # (c) scalar outcomes [*grid, A, S]
     for outcome in OUTCOMES:
-        vals = np.array([np.nan if r[outcome] is None else r[outcome] for r in rows], np.float64)
+        vals = np.array([r[outcome] for r in rows], np.float64)  # None → NaN
         if np.isnan(vals).any():
             out[outcome] = {"skipped": f"{outcome} was not computed in every cell"}
             continue
         out[outcome] = _crossed(vals.reshape(shape + (A, S)), names + ["aggregation", "size"])
     # (d) nested: cells, then bootstrap replicates within a cell, at the headline size
-    how, n = cfg.circuits.aggregations[0], cfg.bootstrap.size
     if len(cells) < 2:
         out["membership_nested"] = {"skipped": "one cell: no between-cell variation to compare"}
     else:
-        reps = []
-        for c in cells:
-            z = read_cell_file(rd, os.path.join(rd.cell_dir(c.id), "bootstrap.npz"), load_npz)
-            reps.append(np.unpackbits(z[f"{how}-n{n}/circuits_packed"], axis=1, count=full.shape[-1]).astype(bool))
-        reps = np.stack(reps)  # [C, B, E]
+        key = f"{cfg.circuits.aggregations[0]}-n{cfg.bootstrap.size}/circuits_packed"
+        zs = (read_cell_file(rd, os.path.join(rd.cell_dir(c.id), "bootstrap.npz"), load_npz) for c in cells)
+        reps = np.stack([np.unpackbits(z[key], axis=1, count=full.shape[-1]).astype(bool) for z in zs])  # [C, B, E]
         used = reps.reshape(-1, reps.shape[-1]).any(0)
         out["membership_nested"] = stats.decompose(
             reps[..., used].astype(np.float64), ["cell", "replicate"], design="nested"
@@ -300,8 +269,7 @@ def _decompositions(rd, cfg: StudyConfig, cells, rows, full, aggregated) -> dict
 def _estimator_noise(rd: RunDir, cfg: StudyConfig, cells) -> dict:
     ref = rd.cell_dir(REFERENCE)
     exact = read_cell_file(rd, os.path.join(ref, "exact-node.safetensors"), Scores.load)
-    n_src = exact.per_input.shape[1]
-    node_sizes = tuple(n for n in (5, 10, 20, 50) if n <= n_src)
+    node_sizes = tuple(n for n in (5, 10, 20, 50) if n <= exact.per_input.shape[1])
     out = {"node": {}, "edge": {}}
     for method, steps in cfg.estimators:
         label = estimator_label(method, steps)
@@ -312,12 +280,10 @@ def _estimator_noise(rd: RunDir, cfg: StudyConfig, cells) -> dict:
         subset = read_cell_file(rd, os.path.join(ref, "edge-subset.npy"), np.load)
         exact_edges = read_cell_file(rd, edge_path, Scores.load)
         x = exact_edges.per_input[:, subset]
-        first = cells[0]
-        same_data = [c for c in cells if c.dataset == first.dataset]
-        for c in same_data:
+        sizes = tuple(n for n in (5, 10, 20) if n <= len(subset))
+        for c in [c for c in cells if c.dataset == cells[0].dataset]:  # the cells of the reference's inputs
             scores = read_cell_file(rd, os.path.join(rd.cell_dir(c.id), "scores.safetensors"), Scores.load)
             a = scores.per_input[_rows_of(scores.uid, exact_edges.uid, len(x)), :][:, subset]
-            sizes = tuple(n for n in (5, 10, 20) if n <= len(subset))
             out["edge"][c.estimator] = stats.estimator_noise(a, x, n_edges=sizes).summary() | {"edges": len(subset)}
     return out
 

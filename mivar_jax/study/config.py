@@ -110,10 +110,8 @@ class StudyConfig:
     @property
     def estimators(self) -> list[tuple[str, int | None]]:
         """(method, steps) pairs; steps is None for the methods without integration steps."""
-        out: list[tuple[str, int | None]] = []
-        for m in self.estimator.methods:
-            out += [(m, s) for s in self.estimator.steps] if ESTIMATORS[m].takes_steps else [(m, None)]
-        return out
+        e = self.estimator
+        return [(m, s) for m in e.methods for s in (e.steps if ESTIMATORS[m].takes_steps else (None,))]
 
     @property
     def families(self) -> tuple[str, ...]:
@@ -216,13 +214,8 @@ class Cell:
 
     @property
     def levels(self) -> dict[str, Any]:
-        return {
-            "seed": self.seed,
-            "family": self.family,
-            "counterfactual": self.counterfactual,
-            "noise": self.noise,
-            "estimator": self.estimator,
-        }
+        """The cell's level of each factor of the grid (``StudyConfig.factors``)."""
+        return {f: getattr(self, f) for f in ("seed", "family", "counterfactual", "noise", "estimator")}
 
 
 def estimator_label(method: str, steps: int | None) -> str:
@@ -249,24 +242,20 @@ def default_config() -> StudyConfig:
 
 # ---------------------------------------------------------------------- parsing and validation
 def _build(cls, d: Any, where: str):
+    """A (section) dataclass from a table; ``where``: the section's key ("" for the study)."""
     if not isinstance(d, dict):
         raise ConfigError(f"{where or 'the study'} must be a table (section), got {type(d).__name__}")
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - set(fields))
+    key = lambda name: f"{where}.{name}" if where else name
+    unknown = sorted(set(d) - set(hints))
     if unknown:
-        key = f"{where}.{unknown[0]}" if where else unknown[0]
         raise ConfigError(
-            f"unknown key {key!r}; allowed keys{' in [' + where + ']' if where else ''}: {sorted(fields)}"
+            f"unknown key {key(unknown[0])!r}; allowed keys{' in [' + where + ']' if where else ''}: {sorted(hints)}"
         )
     kwargs = {}
     for name, value in d.items():
-        key = f"{where}.{name}" if where else name
-        hint = hints[name]
-        if dataclasses.is_dataclass(hint):
-            kwargs[name] = _build(hint, value, key)
-        else:
-            kwargs[name] = _coerce(value, hint, key)
+        parse = _build if dataclasses.is_dataclass(hints[name]) else _coerce  # a section, or a value
+        kwargs[name] = parse(hints[name], value, key(name))
     return cls(**kwargs)
 
 
@@ -276,12 +265,12 @@ def _type_name(hint) -> str:
     return {int: "an integer", float: "a number", str: "a string", bool: "a boolean"}[hint]
 
 
-def _coerce(value: Any, hint, key: str):
+def _coerce(hint, value: Any, key: str):
     if typing.get_origin(hint) is tuple:
         item = typing.get_args(hint)[0]
         if not isinstance(value, list | tuple):
             raise ConfigError(f"{key} must be {_type_name(hint)}, got {type(value).__name__} {value!r}")
-        return tuple(_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value))
+        return tuple(_coerce(item, v, f"{key}[{i}]") for i, v in enumerate(value))
     ok = {
         bool: isinstance(value, bool),
         int: isinstance(value, int) and not isinstance(value, bool),
@@ -300,11 +289,15 @@ def _choice(key: str, value, allowed) -> None:
         raise ConfigError(f"{key} = {value!r} is not allowed; choose from {list(allowed)}")
 
 
-def _distinct(key: str, values, *, nonempty: bool = True) -> None:
+def _distinct(key: str, values, check=None, allowed=None, *, nonempty: bool = True) -> None:
+    """``values`` without repeats (and at least one unless not ``nonempty``), each passing
+    ``check(key, value, allowed)`` when given."""
     if nonempty and not values:
         raise ConfigError(f"{key} must list at least one value")
     if len(set(values)) != len(values):
         raise ConfigError(f"{key} lists a value twice: {list(values)}")
+    for v in values if check is not None else ():
+        check(key, v, allowed)
 
 
 def _at_least(key: str, value, low) -> None:
@@ -322,18 +315,10 @@ def _validate(c: StudyConfig) -> None:
     _choice("data.task", d.task, sorted(TASKS))
     spec = TASKS[d.task]
     _at_least("data.n", d.n, 2)
-    _distinct("data.seeds", d.seeds)
-    for s in d.seeds:
-        _at_least("data.seeds", s, 0)
-    _distinct("data.families", d.families, nonempty=False)
-    for f in d.families:
-        _choice("data.families", f, list(spec.families))
-    _distinct("data.counterfactuals", d.counterfactuals, nonempty=False)
-    for cf in d.counterfactuals:
-        _choice("data.counterfactuals", cf, spec.counterfactuals)
-    _distinct("data.noise", d.noise)
-    for sigma in d.noise:
-        _at_least("data.noise", sigma, 0.0)
+    _distinct("data.seeds", d.seeds, _at_least, 0)
+    _distinct("data.families", d.families, _choice, list(spec.families), nonempty=False)
+    _distinct("data.counterfactuals", d.counterfactuals, _choice, spec.counterfactuals, nonempty=False)
+    _distinct("data.noise", d.noise, _at_least, 0.0)
     e = c.estimator
     _distinct("estimator.methods", e.methods)
     if "exact" in e.methods:
@@ -343,30 +328,23 @@ def _validate(c: StudyConfig) -> None:
         )
     for m in e.methods:
         _choice("estimator.methods", m, [n for n, est in ESTIMATORS.items() if est.kernel is not None])
-    _distinct("estimator.steps", e.steps)
-    for s in e.steps:
-        _at_least("estimator.steps", s, 1)
+    _distinct("estimator.steps", e.steps, _at_least, 1)
     _choice("estimator.ablation", e.ablation, ABLATIONS)
     _choice("estimator.ig_convention", e.ig_convention, IG_CONVENTIONS)
     _choice("estimator.pooling", e.pooling, POOLINGS)
     _at_least("estimator.batch_size", e.batch_size, 0)
     _at_least("estimator.memory_budget_mib", e.memory_budget_mib, 16)
     ci = c.circuits
-    _distinct("circuits.sizes", ci.sizes)
-    for n in ci.sizes:
-        _at_least("circuits.sizes", n, 1)
-    _distinct("circuits.aggregations", ci.aggregations)
-    for a in ci.aggregations:
-        _choice("circuits.aggregations", a, AGGREGATIONS)
+    _distinct("circuits.sizes", ci.sizes, _at_least, 1)
+    _distinct("circuits.aggregations", ci.aggregations, _choice, AGGREGATIONS)
     _at_least("circuits.eval_inputs", ci.eval_inputs, 0)
     b = c.bootstrap
     _at_least("bootstrap.replicates", b.replicates, 2)
     _choice("bootstrap.method", b.method, BOOTSTRAP_METHODS)
     _choice("bootstrap.size", b.size, ci.sizes)
-    if not 0 < b.confidence < 1:
-        raise ConfigError(f"bootstrap.confidence = {b.confidence} is impossible; it must lie in (0, 1)")
-    if not 0 < b.fraction < 1:
-        raise ConfigError(f"bootstrap.fraction = {b.fraction} is impossible; it must lie in (0, 1)")
+    for key, p in (("bootstrap.confidence", b.confidence), ("bootstrap.fraction", b.fraction)):
+        if not 0 < p < 1:
+            raise ConfigError(f"{key} = {p} is impossible; it must lie in (0, 1)")
     if b.method == "disjoint-splits" and d.n // b.replicates < 1:
         raise ConfigError(
             f"bootstrap.replicates = {b.replicates} disjoint splits of data.n = {d.n} inputs leave none per split"

@@ -102,19 +102,15 @@ def _files(folder: str) -> list[str]:
 
 def environment() -> dict[str, Any]:
     """What produced a run: package versions, devices, processes, platform, git commit."""
-    versions = {}
+    versions, commit = dict.fromkeys(PACKAGES), ""
     for p in PACKAGES:
-        try:
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
             versions[p] = importlib.metadata.version(p)
-        except importlib.metadata.PackageNotFoundError:
-            versions[p] = None
     here = os.path.dirname(os.path.abspath(__file__))
-    try:
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
         commit = subprocess.run(
             ["git", "-C", here, "rev-parse", "HEAD"], capture_output=True, text=True, check=False, timeout=10
         ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        commit = ""
     return {
         "packages": versions,
         "backend": jax.default_backend(),
@@ -197,8 +193,7 @@ class RunDir:
             raise RunDirError(f"{rd.path} is not a mivar run directory (no manifest.json)") from None
         if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
             raise RunDirError(f"{rd.path} is not a mivar run directory (manifest format {manifest!r})")
-        version = manifest.get("format_version")
-        if version not in READ_VERSIONS:
+        if (version := manifest.get("format_version")) not in READ_VERSIONS:
             raise RunDirError(
                 f"{rd.path} was written in run-directory format {version}; this mivar_jax "
                 f"({importlib.metadata.version('mivar_jax')}) reads formats {list(READ_VERSIONS)}. Re-run the "
@@ -230,8 +225,7 @@ class RunDir:
     def config(self) -> StudyConfig:
         d = read_json(self.file("config.json"))
         if isinstance(d, dict) and isinstance(d.get("estimator"), dict):
-            # written before estimator.pooling existed, when the library's default was "source"
-            d["estimator"].setdefault("pooling", "source")
+            d["estimator"].setdefault("pooling", "source")  # runs from before estimator.pooling used "source"
         return StudyConfig.from_dict(d)
 
     def set_status(self, status: str, **extra: Any) -> None:
@@ -261,9 +255,8 @@ class RunDir:
 
     def done_cells(self) -> list[str]:
         root = self.file("cells")
-        if not os.path.isdir(root):
-            return []
-        return sorted(c for c in os.listdir(root) if not c.startswith(".") and self.is_done(c))
+        names = os.listdir(root) if os.path.isdir(root) else []
+        return sorted(c for c in names if not c.startswith(".") and self.is_done(c))
 
     @contextlib.contextmanager
     def cell(self, cell_id: str):

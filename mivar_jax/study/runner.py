@@ -38,8 +38,11 @@ cells are compared replicate by replicate), the estimators are deterministic.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import io
+import itertools
 import os
 import sys
 import tempfile
@@ -56,7 +59,7 @@ from mivar_jax.estimators import attribute
 from mivar_jax.evaluation import evaluate
 from mivar_jax.models import load_model
 from mivar_jax.scores import Scores
-from mivar_jax.study.analysis import plus_minus
+from mivar_jax.study.analysis import analyse, plus_minus
 from mivar_jax.study.config import REFERENCE, Cell, ConfigError, StudyConfig, default_config, estimator_label
 from mivar_jax.study.rundir import RunDir, RunDirError, write_json
 from mivar_jax.tasks import TaskData
@@ -121,8 +124,6 @@ class Study:
         """Run every cell not yet complete in ``out_dir``, then the study-level analysis and (with
         ``report``) the report. Returns the analysis (``mivar_jax.study.analysis.StudyResults``).
         With several processes (``jax.distributed``), each computes and process 0 writes."""
-        from mivar_jax.study import analysis
-
         reporter = reporter or Reporter(sys.stderr if progress else None)
         if jax.process_index() != 0:  # identical SPMD work; only process 0 keeps files
             out_dir, resume = tempfile.mkdtemp(prefix="mivar-worker-"), False
@@ -138,8 +139,7 @@ class Study:
         try:
             if rd is not None:
                 for name in self._names():
-                    what = rd.damage(name) if rd.is_done(name) else None
-                    if what is not None:
+                    if rd.is_done(name) and (what := rd.damage(name)) is not None:
                         reporter.damaged(name, what)
                         rd.reopen(name)
             todo = [n for n in self._names() if rd is None or not rd.is_done(n)]
@@ -151,7 +151,7 @@ class Study:
                 reporter.say(f"loaded {model} in {seconds:.1f} s")
             rd.set_status("running")
             self._run(rd, reporter, progress, model, datasets)
-            results = analysis.analyse(rd)
+            results = analyse(rd)
             if report:
                 from mivar_jax.report import write_report
 
@@ -166,8 +166,7 @@ class Study:
     # ------------------------------------------------------------------ checks
     def _names(self) -> list[str]:
         """The cells to run, in order: the grid, then the reference (when there is one)."""
-        cfg = self.config
-        return [c.id for c in cfg.cells()] + ([REFERENCE] if cfg.reference.level != "none" else [])
+        return [c.id for c in self.config.cells()] + ([REFERENCE] if self.config.reference.level != "none" else [])
 
     def _prepare(self) -> tuple:
         """Load the model and build every dataset of the grid, checking the study against them:
@@ -180,32 +179,27 @@ class Study:
             except (ValueError, OSError) as err:  # CheckpointError is a ValueError
                 raise ConfigError(f"model.source: {err}") from None
         self._check_against_model(model)
-        datasets: dict[str, TaskData] = {}
-        for cell in cfg.cells():
-            if cell.dataset not in datasets:
-                datasets[cell.dataset] = self._make_dataset(model, cell)
-        return model, datasets, t.seconds
+        by_dataset = {c.dataset: c for c in cfg.cells()}  # one cell per dataset (they differ in the estimator only)
+        return model, {name: self._make_dataset(model, c) for name, c in by_dataset.items()}, t.seconds
 
     def _check_against_model(self, model) -> None:
         cfg = self.config
         E, name = model.graph.n_edges, model.config.name
-        too_big = [n for n in cfg.circuits.sizes if n > E]
-        if too_big:
+        if too_big := [n for n in cfg.circuits.sizes if n > E]:
             raise ConfigError(f"circuits.sizes {too_big} exceed the {E} edges of {name}; choose sizes ≤ {E}")
         if cfg.reference.level != "none" and cfg.reference.edges > E:
             raise ConfigError(f"reference.edges = {cfg.reference.edges} exceeds the {E} edges of {name}")
         if model.tokenizer is None:
             raise ConfigError(f"model.source: {name} was loaded without a tokenizer; studies build datasets from text")
         d = cfg.data
-        for family in cfg.families:
-            for cf in cfg.counterfactuals:
-                templates = None if family == "all" else family
-                most = tasks.capacity(d.task, model.tokenizer, templates=templates, counterfactual=cf)
-                if d.n > most:
-                    raise ConfigError(
-                        f"data.n = {d.n} exceeds the {most} distinct pairs task {d.task!r} can draw with "
-                        f"{name}'s tokenizer (family {family!r}, counterfactual {cf!r}); lower data.n"
-                    )
+        for family, cf in itertools.product(cfg.families, cfg.counterfactuals):
+            templates = None if family == "all" else family
+            most = tasks.capacity(d.task, model.tokenizer, templates=templates, counterfactual=cf)
+            if d.n > most:
+                raise ConfigError(
+                    f"data.n = {d.n} exceeds the {most} distinct pairs task {d.task!r} can draw with "
+                    f"{name}'s tokenizer (family {family!r}, counterfactual {cf!r}); lower data.n"
+                )
 
     def _make_dataset(self, model, cell: Cell) -> TaskData:
         d = self.config.data
@@ -233,10 +227,9 @@ class Study:
         reporter.start(len(names), len(names) - len(todo))
         if not todo:
             return
+        os.makedirs(rd.file("data"), exist_ok=True)
         for key, data in datasets.items():
-            path = rd.file("data", f"{key}.npz")
-            if not os.path.exists(path):
-                os.makedirs(os.path.dirname(path), exist_ok=True)
+            if not os.path.exists(path := rd.file("data", f"{key}.npz")):
                 data.save(path)
         for i, cell in enumerate(cells):
             if rd.is_done(cell.id):
@@ -247,10 +240,8 @@ class Study:
         if cfg.reference.level != "none" and not rd.is_done(REFERENCE):
             first = datasets[cells[0].dataset]
             rows = self.input_rows(cells[0], len(first), cfg.reference.inputs)
-            data = first[rows]
-            self._commit(
-                rd, reporter, len(cells), names, lambda work: self._reference(model, data, rows, work, progress)
-            )
+            compute = lambda work: self._reference(model, first[rows], rows, work, progress)
+            self._commit(rd, reporter, len(cells), names, compute)
 
     @staticmethod
     def _commit(rd: RunDir, reporter: Reporter, index: int, names: list[str], compute) -> None:
@@ -274,10 +265,7 @@ class Study:
         cfg = self.config
         g = model.graph
         path = os.path.join(work, "scores.safetensors")
-        scores = _load_scores(path, data)
-        if scores is None:
-            scores = self._attribute(model, data, cell.method, cell.steps, "edge", progress)
-            scores.save(path)
+        scores = _cached(path, data, lambda: self._attribute(model, data, cell.method, cell.steps, "edge", progress))
         aggs, sizes, head = cfg.circuits.aggregations, cfg.circuits.sizes, cfg.bootstrap.size
         key = jax.random.key(cfg.seed)
         full = np.zeros((len(aggs), len(sizes), g.n_edges), bool)
@@ -293,16 +281,14 @@ class Study:
                 full[a, s], majority[a, s], aggregated[a] = b.full_circuit, b.majority_circuit, b.full_aggregate
                 boot_rows.append({"aggregation": how, "size": n, **b.summary()})
                 tag = f"{how}-n{n}"
-                arrays.update(
-                    {
-                        f"{tag}/jaccard": b.jaccard.astype(np.float32),
-                        f"{tag}/node_jaccard": b.node_jaccard.astype(np.float32),
-                        f"{tag}/jaccard_to_full": b.jaccard_to_full,
-                        f"{tag}/jaccard_to_majority": b.jaccard_to_majority,
-                        f"{tag}/sizes": b.sizes,
-                        f"{tag}/inclusion_frequency": b.inclusion_frequency.astype(np.float32),
-                    }
-                )
+                arrays |= {
+                    f"{tag}/jaccard": b.jaccard.astype(np.float32),
+                    f"{tag}/node_jaccard": b.node_jaccard.astype(np.float32),
+                    f"{tag}/jaccard_to_full": b.jaccard_to_full,
+                    f"{tag}/jaccard_to_majority": b.jaccard_to_majority,
+                    f"{tag}/sizes": b.sizes,
+                    f"{tag}/inclusion_frequency": b.inclusion_frequency.astype(np.float32),
+                }
                 if n == head:
                     arrays[f"{tag}/circuits_packed"] = np.packbits(b.circuits, axis=1)
         write_json(os.path.join(work, "bootstrap.json"), boot_rows)
@@ -315,12 +301,11 @@ class Study:
         os.makedirs(os.path.join(work, "circuits"), exist_ok=True)
         s_head = sizes.index(head)
         for a, how in enumerate(aggs):
-            Circuit(g, full[a, s_head], scores=aggregated[a]).to_graph_json(
-                os.path.join(work, "circuits", f"{how}-n{head}.json")
-            )
+            path = os.path.join(work, "circuits", f"{how}-n{head}.json")
+            Circuit(g, full[a, s_head], scores=aggregated[a]).to_graph_json(path)
         variability = stats.edge_variability(scores)
         snr = np.asarray(variability.snr)
-        freq = {how: arrays[f"{how}-n{head}/inclusion_frequency"] for how in aggs}
+        freq = [arrays[f"{how}-n{head}/inclusion_frequency"] for how in aggs]
         _write_edges_csv(os.path.join(work, "edges.csv"), g.edge_names, variability, aggs, aggregated, freq, head)
         circuits = [
             {"aggregation": how, "size": n, "edges": int(full[a, s].sum()), "snr_median": _median(snr[full[a, s]])}
@@ -328,23 +313,19 @@ class Study:
             for s, n in enumerate(sizes)
         ]
 
-        evaluation, eval_rows = None, None
+        headline = next(r for r in boot_rows if r["size"] == head and r["aggregation"] == aggs[0])
+        text = f"n={head}: {headline['verdict']}"
+        eval_rows = faith = faith_se = None
         if cfg.circuits.evaluate:
             eval_rows = self.input_rows(cell, len(data), cfg.circuits.eval_inputs)
             masks = np.concatenate([full.reshape(-1, g.n_edges), majority[:, s_head]])
             ev = evaluate(model, data[eval_rows], masks, ablation=cfg.estimator.ablation, progress=progress)
-            rows = ev.summary()
             labels = [(how, n, "full") for how in aggs for n in sizes] + [(how, head, "majority") for how in aggs]
             evaluation = [
                 {"aggregation": h, "size": n, "circuit": kind, "n_inputs": len(eval_rows), **r}
-                for (h, n, kind), r in zip(labels, rows, strict=True)
+                for (h, n, kind), r in zip(labels, ev.summary(), strict=True)
             ]
             write_json(os.path.join(work, "evaluation.json"), evaluation)
-
-        headline = next(r for r in boot_rows if r["size"] == head and r["aggregation"] == aggs[0])
-        text = f"n={head}: {headline['verdict']}"
-        faith = faith_se = None
-        if evaluation is not None:
             e = next(r for r in evaluation if r["size"] == head and r["aggregation"] == aggs[0])
             faith, faith_se = e["faithfulness"], e.get("faithfulness_se")
             text += f"; faithfulness {plus_minus(faith, faith_se)}"
@@ -370,19 +351,16 @@ class Study:
         """Exact node scores (and exact scores of ``reference.edges`` random edges) on ``data``
         (the first cell's dataset's inputs ``rows``), and every estimator's node scores of them."""
         cfg = self.config
-        files = {}
-        files["exact-node"] = _cached(os.path.join(work, "exact-node.safetensors"), data,
-                                      lambda: self._attribute(model, data, "exact", None, "node", progress))  # fmt: skip
-        for method, steps in cfg.estimators:
-            name = f"{estimator_label(method, steps)}-node"
-            files[name] = _cached(os.path.join(work, f"{name}.safetensors"), data,
-                                  lambda m=method, s=steps: self._attribute(model, data, m, s, "node", progress))  # fmt: skip
+        files = [("exact-node", "exact", None, "node", None)]  # (file name, method, steps, level, edge subset)
+        files += [(f"{estimator_label(m, s)}-node", m, s, "node", None) for m, s in cfg.estimators]
         if cfg.reference.edges:
             rng = np.random.default_rng(cfg.seed)
             subset = np.sort(rng.choice(model.graph.n_edges, cfg.reference.edges, replace=False))
-            files["exact-edge"] = _cached(os.path.join(work, "exact-edge.safetensors"), data,
-                                          lambda: self._attribute(model, data, "exact", None, "edge", progress, subset))  # fmt: skip
+            files.append(("exact-edge", "exact", None, "edge", subset))
             np.save(os.path.join(work, "edge-subset.npy"), subset)
+        for name, method, steps, level, edges in files:
+            path = os.path.join(work, f"{name}.safetensors")
+            _cached(path, data, functools.partial(self._attribute, model, data, method, steps, level, progress, edges))
         return {
             "cell": REFERENCE,
             "dataset": cfg.cells()[0].dataset,
@@ -391,7 +369,7 @@ class Study:
             "estimator_settings": {estimator_label(m, s): cfg.estimator_settings(m, s) for m, s in cfg.estimators},
             "level": cfg.reference.level,
             "edges": cfg.reference.edges,
-            "files": sorted(files),
+            "files": sorted(name for name, *_ in files),
             "headline": f"exact node scores of {len(data)} inputs"
             + (f" and {cfg.reference.edges} edges" if cfg.reference.edges else ""),
         }
@@ -407,24 +385,16 @@ def _median(x: np.ndarray) -> float | None:
     return float(np.median(x)) if x.size else None
 
 
-def _load_scores(path: str, data: TaskData) -> Scores | None:
-    """Scores saved by an interrupted run of this cell, if they are whole and of these inputs."""
-    if not os.path.exists(path):
-        return None
-    try:
-        scores = Scores.load(path)
-    except ValueError:
-        return None
-    if scores.uid is None or not np.array_equal(scores.uid, data.uid):
-        return None
-    return scores
-
-
 def _cached(path: str, data: TaskData, compute) -> Scores:
-    scores = _load_scores(path, data)
-    if scores is None:
-        scores = compute()
-        scores.save(path)
+    """The scores saved at ``path`` by an interrupted run, if they are whole and of these inputs;
+    else ``compute()``'s, saved there."""
+    if os.path.exists(path):
+        with contextlib.suppress(ValueError):  # a partly written file
+            scores = Scores.load(path)
+            if scores.uid is not None and np.array_equal(scores.uid, data.uid):
+                return scores
+    scores = compute()
+    scores.save(path)
     return scores
 
 
@@ -437,8 +407,7 @@ def _save_npz(path: str, arrays: dict) -> None:
 def _write_edges_csv(path, names, var, aggs, aggregated, freq, head) -> None:
     cols = ["edge", "mean", "std", "cv", "snr", "sign_agreement", "n_needed"]
     cols += [f"score_{h}" for h in aggs] + [f"frequency_{h}_n{head}" for h in aggs]
-    numeric = [var.mean, var.std, var.cv, var.snr, var.sign_agreement, var.n_needed, *aggregated]
-    numeric += [freq[h] for h in aggs]
+    numeric = [var.mean, var.std, var.cv, var.snr, var.sign_agreement, var.n_needed, *aggregated, *freq]
     table = np.stack([np.asarray(c, np.float64) for c in numeric], 1)
     lines = [",".join(cols)]
     lines += [n + "," + ",".join(f"{v:.6g}" for v in row) for n, row in zip(names, table, strict=True)]

@@ -8,6 +8,7 @@ real token, whose next-token logits the metric reads; answer sets are int32 [N, 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 import json
 import math
@@ -27,6 +28,7 @@ from mivar_jax.models.model import check_token_ids, pad_token_id
 
 FORMAT_VERSION = 1
 _ARRAYS = ("clean", "corrupted", "attention_mask", "answer_pos", "correct", "incorrect", "template", "family", "uid")
+_META = ("task", "metric", "counterfactual", "clean_text", "corrupted_text", "noise", "noise_seed", "info")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,8 +132,7 @@ class TaskData:
 
     def __getitem__(self, index: int | slice | Sequence[int] | np.ndarray) -> TaskData:
         """Rows ``index`` (an int, slice, index array or boolean mask), padding trimmed to fit."""
-        rows = np.arange(len(self))[index]
-        rows = np.atleast_1d(rows)
+        rows = np.atleast_1d(np.arange(len(self))[index])
         if rows.size == 0:
             raise IndexError("selection is empty")
         width = int(self.attention_mask[rows].sum(1).max())
@@ -161,27 +162,23 @@ class TaskData:
                     raise ValueError(
                         f"cannot concatenate datasets with different {attr}: {getattr(first, attr)!r} vs {getattr(p, attr)!r}"
                     )
-        digests = {_digest(p): _tokenizer_name(p) for p in parts if _digest(p) is not None}
+        fingerprints = [fp for p in parts if isinstance(fp := p.info.get("tokenizer"), dict)]
+        digests = {fp["sha256"]: str(fp.get("name", "?")) for fp in fingerprints if fp.get("sha256") is not None}
         if len(digests) > 1:
             raise ValueError(f"cannot concatenate datasets made with different tokenizers: {sorted(digests.values())}")
-        width = max(p.n_positions for p in parts)
-        pad_id = first.info.get("pad_id", 0)
+        pad_id = first.info.get("pad_id", 0)  # padding of the prompts to the widest part (answer sets: -1)
+        fill = {"clean": pad_id, "corrupted": pad_id, "attention_mask": 0, "correct": -1, "incorrect": -1}
 
-        def widen(a, fill, cols):
-            return np.concatenate([np.pad(x, ((0, 0), (0, cols - x.shape[1])), constant_values=fill) for x in a])
+        def joined(name):
+            arrays = [getattr(p, name) for p in parts]
+            if name in fill:
+                cols = max(a.shape[1] for a in arrays)
+                arrays = [np.pad(a, ((0, 0), (0, cols - a.shape[1])), constant_values=fill[name]) for a in arrays]
+            return np.concatenate(arrays)
 
-        answers = lambda name: max(getattr(p, name).shape[1] for p in parts)
         return dataclasses.replace(
             first,
-            clean=widen([p.clean for p in parts], pad_id, width),
-            corrupted=widen([p.corrupted for p in parts], pad_id, width),
-            attention_mask=widen([p.attention_mask for p in parts], 0, width),
-            answer_pos=np.concatenate([p.answer_pos for p in parts]),
-            correct=widen([p.correct for p in parts], -1, answers("correct")),
-            incorrect=widen([p.incorrect for p in parts], -1, answers("incorrect")),
-            template=np.concatenate([p.template for p in parts]),
-            family=np.concatenate([p.family for p in parts]),
-            uid=np.concatenate([p.uid for p in parts]),
+            **{name: joined(name) for name in _ARRAYS},
             clean_text=sum((p.clean_text for p in parts), ()),
             corrupted_text=sum((p.corrupted_text for p in parts), ()),
             counterfactual=first.counterfactual if len({p.counterfactual for p in parts}) == 1 else "mixed",
@@ -190,17 +187,7 @@ class TaskData:
     # ------------------------------------------------------------------ files
     def save(self, path: str | os.PathLike) -> None:
         """Write one ``.npz`` file (arrays + JSON metadata), atomically."""
-        meta = {
-            "format_version": FORMAT_VERSION,
-            "task": self.task,
-            "metric": self.metric,
-            "counterfactual": self.counterfactual,
-            "clean_text": list(self.clean_text),
-            "corrupted_text": list(self.corrupted_text),
-            "noise": self.noise,
-            "noise_seed": self.noise_seed,
-            "info": self.info,
-        }
+        meta = {"format_version": FORMAT_VERSION} | {name: getattr(self, name) for name in _META}
         buf = io.BytesIO()
         np.savez_compressed(buf, meta=np.array(json.dumps(meta)), **{name: getattr(self, name) for name in _ARRAYS})
         atomic_write_bytes(path, buf.getvalue())
@@ -219,17 +206,8 @@ class TaskData:
             raise ValueError(
                 f"{path}: TaskData format {meta.get('format_version')}, this version reads {FORMAT_VERSION}"
             )
-        return cls(
-            task=meta["task"],
-            metric=meta["metric"],
-            counterfactual=meta["counterfactual"],
-            clean_text=tuple(meta["clean_text"]),
-            corrupted_text=tuple(meta["corrupted_text"]),
-            noise=meta["noise"],
-            noise_seed=meta["noise_seed"],
-            info=meta["info"],
-            **arrays,
-        )
+        texts = {name: tuple(meta[name]) for name in ("clean_text", "corrupted_text")}
+        return cls(**({name: meta[name] for name in _META} | texts), **arrays)
 
     def __repr__(self) -> str:
         return (
@@ -243,16 +221,6 @@ def check_noise(noise: Any, what: str = "noise amplitude") -> float:
     if isinstance(noise, bool) or not isinstance(noise, numbers.Real) or not math.isfinite(noise) or noise < 0:
         raise ValueError(f"{what} must be a finite number ≥ 0, got {noise!r}")
     return float(noise)
-
-
-def _digest(data: TaskData) -> str | None:
-    fp = data.info.get("tokenizer")
-    return fp.get("sha256") if isinstance(fp, dict) else None
-
-
-def _tokenizer_name(data: TaskData) -> str:
-    fp = data.info.get("tokenizer")
-    return str(fp.get("name", "?")) if isinstance(fp, dict) else str(fp or "?")
 
 
 def check_for_model(data: TaskData, model) -> None:
@@ -308,8 +276,7 @@ def check_for_model(data: TaskData, model) -> None:
                 f"{a} row {empty[0]} has no answer id (only -1 padding); every row needs at least one id in [0, {V}) "
                 f"({empty.size} such rows)"
             )
-    pos = np.asarray(data.answer_pos)
-    P = mask.shape[1]
+    pos, P = np.asarray(data.answer_pos), mask.shape[1]
     outside = np.nonzero((pos < 0) | (pos >= P))[0]
     if outside.size:
         r = outside[0]
@@ -348,16 +315,16 @@ def build(
     """Tokenise and pad examples; drop (and count) pairs whose clean and corrupted lengths differ.
     ``progress`` shows a progress bar."""
     dropped: Counter = Counter()
-    bos = [] if not prepend_bos else [_bos_id(tokenizer)]
-    answer_cache: dict[str, int] = {}
+    if prepend_bos and getattr(tokenizer, "bos_token_id", None) is None:
+        raise ValueError("prepend_bos=True but the tokenizer has no BOS token")
+    bos = [int(tokenizer.bos_token_id)] if prepend_bos else []
 
+    @functools.cache
     def answer_id(text: str) -> int:
-        if text not in answer_cache:
-            tid = single_token(tokenizer, text)
-            if tid is None:
-                raise ValueError(f"answer {text!r} is {len(encode(tokenizer, text))} tokens, not one")
-            answer_cache[text] = tid
-        return answer_cache[text]
+        tid = single_token(tokenizer, text)
+        if tid is None:
+            raise ValueError(f"answer {text!r} is {len(encode(tokenizer, text))} tokens, not one")
+        return tid
 
     rows = []
     with progress_bar(progress, len(examples), f"{task}: tokenizing") as bar:
@@ -407,10 +374,3 @@ def build(
         info=info,
     )
     return data, dropped
-
-
-def _bos_id(tokenizer) -> int:
-    value = getattr(tokenizer, "bos_token_id", None)
-    if value is None:
-        raise ValueError("prepend_bos=True but the tokenizer has no BOS token")
-    return int(value)

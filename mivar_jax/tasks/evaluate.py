@@ -55,11 +55,9 @@ class ModelEvaluation:
 
 def evaluate_model(model, data: TaskData, *, batch_size: int = 64) -> ModelEvaluation:
     """The task metric of the full model on every clean and corrupted prompt (noise applied)."""
-    if len(data) == 0:
-        raise ValueError("empty dataset")
+    check_for_model(data, model)
     metric = get_metric(data.metric)
     clean, corrupted = [], []
-    check_for_model(data, model)
     for b, rows in data.batches(batch_size):
         c, k = _metrics(metric, model.config, model.params, b, data.noise, data.noise_seed)
         clean.append(np.asarray(c)[: len(rows)])

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from mivar_jax.tasks.data import Example, encode, single_token
-from mivar_jax.tasks.spec import TaskSpec, draw_distinct, single_token_words
+from mivar_jax.tasks.data import encode, single_token
+from mivar_jax.tasks.spec import TaskSpec, pick, single_token_words
 
 FAMILIES = {
     "lasted": (
@@ -74,27 +74,19 @@ def _capacity(tokenizer, template_ids: list[int], counterfactual: str) -> int:
 def _sample(
     tokenizer, rng: np.random.Generator, n: int, template_ids: list[int], counterfactual: str, progress: bool = False
 ):
-    templates = [t for i, (_, _, t) in enumerate(SPEC.templates) if i in template_ids]
     (kind, nouns, years), dropped = _candidates(tokenizer)
-    pool = len(templates) * len(nouns) * len(years)
+    pool = len(template_ids) * len(nouns) * len(years)
 
-    def draw() -> Example:
-        k = int(rng.integers(len(template_ids)))
-        t_id, template = template_ids[k], templates[k]
-        noun = nouns[rng.integers(len(nouns))]
-        yy = years[rng.integers(len(years))]
-        clean = template.format(noun=noun, YY=f"{yy:02d}")
-        corrupted = template.format(noun=noun, YY="01")
+    def fill(template: str):
+        noun, yy = pick(rng, nouns), pick(rng, years)
         if kind == "two-digit":
-            correct = tuple(f"{d:02d}" for d in range(yy + 1, 100))
-            incorrect = tuple(f"{d:02d}" for d in range(0, yy + 1))
-        else:
-            tens = yy // 10
-            correct = tuple(str(d) for d in range(tens + 1, 10))
-            incorrect = tuple(str(d) for d in range(0, tens))
-        return Example(clean, corrupted, correct, incorrect, t_id, SPEC.family_of(t_id))
+            correct, incorrect = [f"{d:02d}" for d in range(yy + 1, 100)], [f"{d:02d}" for d in range(yy + 1)]
+        else:  # the tens digit: YY's own decade counts on neither side
+            correct, incorrect = [str(d) for d in range(yy // 10 + 1, 10)], [str(d) for d in range(yy // 10)]
+        clean, corrupted = template.format(noun=noun, YY=f"{yy:02d}"), template.format(noun=noun, YY="01")
+        return clean, corrupted, tuple(correct), tuple(incorrect)
 
-    examples = draw_distinct(n, pool, draw, "greater-than", progress=progress)
+    examples = SPEC.draw_distinct(rng, n, template_ids, pool, fill, progress)
     return examples, {"variant": kind, "pool_size": pool, "dropped_candidates": {"nouns": dropped}}
 
 

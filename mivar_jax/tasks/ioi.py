@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mivar_jax.tasks.data import Example
-from mivar_jax.tasks.spec import TaskSpec, draw_distinct, single_token_words
+from mivar_jax.tasks.spec import TaskSpec, pick, single_token_words
 
 # {X} and {Y} are the first mentions (ABBA: X = IO; BABA: X = S); {S2} is the repeated subject.
 FAMILIES = {
@@ -59,65 +58,47 @@ OBJECTS = (
 
 def _candidates(tokenizer):
     """Single-token names, places and objects (and the dropped ones), or a ValueError."""
-    names, dropped_names = single_token_words(tokenizer, NAMES)
-    places, dropped_places = single_token_words(tokenizer, PLACES)
-    objects, dropped_objects = single_token_words(tokenizer, OBJECTS)
+    kept, dropped = zip(*(single_token_words(tokenizer, w) for w in (NAMES, PLACES, OBJECTS)), strict=True)
+    names, places, objects = kept
     if len(names) < 3:
         raise ValueError(f"ioi: only {len(names)} candidate names are single tokens for this tokenizer; 3 are needed")
     if not places or not objects:
         raise ValueError("ioi: no candidate place or object is a single token for this tokenizer")
-    return (names, places, objects), (dropped_names, dropped_places, dropped_objects)
+    return (names, places, objects), dropped
 
 
 def _count(names, places, objects, templates, counterfactual) -> int:
     """Distinct pairs: both orders × IO × S × C (abc: any third name; abb: C = IO) × the template's place
     and object, summed over templates."""
-    third = len(names) - 2 if counterfactual == "abc" else 1
+    combos = 2 * len(names) * (len(names) - 1) * (len(names) - 2 if counterfactual == "abc" else 1)
     return sum(
-        2
-        * len(names)
-        * (len(names) - 1)
-        * third
-        * (len(places) if "{place}" in t else 1)
-        * (len(objects) if "{object}" in t else 1)
-        for t in templates
+        combos * (len(places) if "{place}" in t else 1) * (len(objects) if "{object}" in t else 1) for t in templates
     )
 
 
 def _capacity(tokenizer, template_ids: list[int], counterfactual: str) -> int:
-    templates = [t for i, (_, _, t) in enumerate(SPEC.templates) if i in template_ids]
-    return _count(*_candidates(tokenizer)[0], templates, counterfactual)
+    return _count(*_candidates(tokenizer)[0], SPEC.texts(template_ids), counterfactual)
 
 
 def _sample(
     tokenizer, rng: np.random.Generator, n: int, template_ids: list[int], counterfactual: str, progress: bool = False
 ):
-    templates = [t for i, (_, _, t) in enumerate(SPEC.templates) if i in template_ids]
-    (names, places, objects), (dropped_names, dropped_places, dropped_objects) = _candidates(tokenizer)
-    pool = _count(names, places, objects, templates, counterfactual)
+    (names, places, objects), dropped = _candidates(tokenizer)
+    pool = _count(names, places, objects, SPEC.texts(template_ids), counterfactual)
 
-    def draw() -> Example:
-        k = int(rng.integers(len(template_ids)))
-        t_id, template = template_ids[k], templates[k]
+    def fill(template: str):
         io, s, c = (names[i] for i in rng.choice(len(names), size=3, replace=False))
         x, y = (io, s) if rng.random() < 0.5 else (s, io)  # ABBA or BABA
-        fill = {
-            "X": x,
-            "Y": y,
-            "place": places[rng.integers(len(places))],
-            "object": objects[rng.integers(len(objects))],
-        }
-        clean = template.format(S2=s, **fill)
-        corrupted = template.format(S2=c if counterfactual == "abc" else io, **fill)
-        return Example(clean, corrupted, (" " + io,), (" " + s,), t_id, SPEC.family_of(t_id))
+        words = {"X": x, "Y": y, "place": pick(rng, places), "object": pick(rng, objects)}
+        corrupted = template.format(S2=c if counterfactual == "abc" else io, **words)
+        return template.format(S2=s, **words), corrupted, (" " + io,), (" " + s,)
 
-    examples = draw_distinct(n, pool, draw, "ioi", progress=progress)
     info = {
         "pool_size": pool,
         "candidates": {"names": len(names), "places": len(places), "objects": len(objects)},
-        "dropped_candidates": {"names": dropped_names, "places": dropped_places, "objects": dropped_objects},
+        "dropped_candidates": dict(zip(("names", "places", "objects"), dropped, strict=True)),
     }
-    return examples, info
+    return SPEC.draw_distinct(rng, n, template_ids, pool, fill, progress), info
 
 
 SPEC = TaskSpec(

@@ -30,10 +30,8 @@ def logit_diff(
     IOI: logit(IO) − logit(S). SVA: the verb pairs are aligned (correct[k] and incorrect[k] are
     two forms of one verb), so this is the mean over pairs of logit(correct form) − logit(incorrect).
     """
-    logits_NxV = logits_NxV.astype(jnp.float32)
-    return _masked_mean(_gather(logits_NxV, correct_NxAc), correct_NxAc) - _masked_mean(
-        _gather(logits_NxV, incorrect_NxAi), incorrect_NxAi
-    )
+    mean = lambda ids: _masked_mean(_gather(logits_NxV.astype(jnp.float32), ids), ids)
+    return mean(correct_NxAc) - mean(incorrect_NxAi)
 
 
 def prob_diff(

@@ -46,10 +46,7 @@ def _resolve(name: str, tokenizer, counterfactual: str | None):
 
 
 def capacity(
-    name: str,
-    tokenizer,
-    templates: None | str | Sequence[str | int] = None,
-    counterfactual: str | None = None,
+    name: str, tokenizer, templates: None | str | Sequence[str | int] = None, counterfactual: str | None = None
 ) -> int:
     """How many distinct clean/corrupted pairs ``make(name, tokenizer, …)`` can draw: the largest valid ``n``.
 

@@ -42,6 +42,10 @@ class TaskSpec:
     def family_of(self, template_id: int | np.integer) -> int:
         return list(self.families).index(self.templates[template_id][1])
 
+    def texts(self, template_ids: Sequence[int]) -> list[str]:
+        """The templates of ``template_ids``, in template order."""
+        return [t for i, _, t in self.templates if i in template_ids]
+
     def select(self, templates: None | str | Sequence[str | int]) -> list[int]:
         """Template ids from ``None`` (all), a family name, or a list of family names / template ids."""
         if templates is None:
@@ -67,45 +71,51 @@ class TaskSpec:
             raise ValueError(f"{self.name}: no template selected")
         return sorted(set(ids))
 
+    def draw_distinct(
+        self, rng: np.random.Generator, n: int, template_ids: list[int], pool_size: int, fill: Callable, progress=False
+    ) -> list[Example]:
+        """Draw ``n`` examples with distinct (clean, corrupted) texts, or say why not.
 
-def single_token_words(tokenizer, words: Sequence[str], prefix: str = " ") -> tuple[list[str], list[str]]:
-    """Split candidate words into those that are one token (with ``prefix``) and the rest."""
+        Each draw picks one of ``template_ids`` uniformly, then ``fill(template)`` (drawing the rest
+        from ``rng``) gives (clean, corrupted, correct answers, incorrect answers). ``pool_size`` is the
+        number of distinct pairs the draws can return; draws are not uniform over them, so after
+        ``50 n + 1000`` draws without reaching ``n`` it stops with an error rather than spin.
+        ``progress`` shows a progress bar.
+        """
+        if n < 1:
+            raise ValueError(f"n must be ≥ 1, got {n}")
+        if n > pool_size:
+            raise ValueError(f"{self.name} can generate at most {pool_size:,} distinct pairs here; got n = {n:,}")
+        templates, limit = self.texts(template_ids), 50 * n + 1000
+        seen: set[tuple[str, str]] = set()
+        out: list[Example] = []
+        with progress_bar(progress, n, f"{self.name}: drawing pairs") as bar:
+            for _ in range(limit):
+                k = int(rng.integers(len(template_ids)))
+                ex = Example(*fill(templates[k]), template_ids[k], self.family_of(template_ids[k]))
+                if (ex.clean, ex.corrupted) not in seen:
+                    seen.add((ex.clean, ex.corrupted))
+                    out.append(ex)
+                    if bar is not None:
+                        bar(1)
+                    if len(out) == n:
+                        return out
+        raise ValueError(
+            f"{self.name}: found only {len(out):,} distinct pairs of the {n:,} asked for after {limit:,} draws "
+            f"(the generator can make at most {pool_size:,}, but draws are not uniform over them); ask for fewer"
+        )
+
+
+def single_token_words(tokenizer, words: Sequence[str | tuple[str, ...]], prefix: str = " ") -> tuple[list, list]:
+    """Split candidate words into those that are one token (with ``prefix``) and the rest; a tuple of
+    word forms (e.g. singular, plural) is kept only if every form is one token."""
     keep, drop = [], []
     for w in words:
-        (keep if single_token(tokenizer, prefix + w) is not None else drop).append(w)
+        forms = (w,) if isinstance(w, str) else w
+        (keep if all(single_token(tokenizer, prefix + f) is not None for f in forms) else drop).append(w)
     return keep, drop
 
 
-def draw_distinct(
-    n: int, pool_size: int, draw: Callable[[], Example], what: str, *, progress: bool = False
-) -> list[Example]:
-    """Draw ``n`` examples with distinct (clean, corrupted) texts, or say why not.
-
-    ``pool_size`` is the number of distinct pairs ``draw`` can return; draws are not uniform over
-    them, so after ``50 n + 1000`` draws without reaching ``n`` it stops with an error rather
-    than spin. ``progress`` shows a progress bar.
-    """
-    if n < 1:
-        raise ValueError(f"n must be ≥ 1, got {n}")
-    if n > pool_size:
-        raise ValueError(f"{what} can generate at most {pool_size:,} distinct pairs here; got n = {n:,}")
-    seen: set[tuple[str, str]] = set()
-    out: list[Example] = []
-    attempts, limit = 0, 50 * n + 1000
-    with progress_bar(progress, n, f"{what}: drawing pairs") as bar:
-        while len(out) < n:
-            attempts += 1
-            if attempts > limit:
-                raise ValueError(
-                    f"{what}: found only {len(out):,} distinct pairs of the {n:,} asked for after {limit:,} draws "
-                    f"(the generator can make at most {pool_size:,}, but draws are not uniform over them); "
-                    "ask for fewer"
-                )
-            ex = draw()
-            key = (ex.clean, ex.corrupted)
-            if key not in seen:
-                seen.add(key)
-                out.append(ex)
-                if bar is not None:
-                    bar(1)
-    return out
+def pick(rng: np.random.Generator, items: Sequence):
+    """One of ``items``, uniformly."""
+    return items[rng.integers(len(items))]

@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mivar_jax.tasks.data import Example, single_token
-from mivar_jax.tasks.spec import TaskSpec, draw_distinct
+from mivar_jax.tasks.spec import TaskSpec, pick, single_token_words
 
 FAMILIES = {
     "prepositional": (
@@ -49,21 +48,15 @@ def _pairs(spec: str) -> list[tuple[str, str]]:
     return [tuple(p.split()) for p in spec.split("|")]  # type: ignore[misc]
 
 
-def _single_token_pairs(tokenizer, pairs):
-    keep = [p for p in pairs if all(single_token(tokenizer, " " + w) is not None for w in p)]
-    return keep, [p for p in pairs if p not in keep]
-
-
 def _candidates(tokenizer):
     """Single-token subjects, place / person attractors, clause verbs, verb pairs (and the dropped ones)."""
-    subjects, d_subj = _single_token_pairs(tokenizer, _pairs(SUBJECTS))
-    places, d_place = _single_token_pairs(tokenizer, _pairs(ATTRACTORS_PLACE))
-    people, d_people = _single_token_pairs(tokenizer, _pairs(ATTRACTORS_PERSON))
-    clause_verbs, d_verbs = _single_token_pairs(tokenizer, _pairs(CLAUSE_VERBS))
-    verbs = [p for p in VERB_PAIRS if all(single_token(tokenizer, v) is not None for v in p)]
+    pairs = [_pairs(s) for s in (SUBJECTS, ATTRACTORS_PLACE, ATTRACTORS_PERSON, CLAUSE_VERBS)]
+    kept, dropped = zip(*(single_token_words(tokenizer, p) for p in pairs), strict=True)
+    subjects, places, people, clause_verbs = kept
+    verbs = single_token_words(tokenizer, VERB_PAIRS, prefix="")[0]
     if not subjects or not places or not people or not clause_verbs or not verbs:
         raise ValueError("sva: the tokenizer leaves no single-token subject, attractor, clause verb or verb pair")
-    return (subjects, places, people, clause_verbs, verbs), (d_subj, d_place, d_people, d_verbs)
+    return (subjects, places, people, clause_verbs, verbs), dropped
 
 
 def _count(subjects, places, people, clause_verbs, templates) -> int:
@@ -75,49 +68,33 @@ def _count(subjects, places, people, clause_verbs, templates) -> int:
 
 
 def _capacity(tokenizer, template_ids: list[int], counterfactual: str) -> int:
-    templates = [t for i, (_, _, t) in enumerate(SPEC.templates) if i in template_ids]
     subjects, places, people, clause_verbs, _ = _candidates(tokenizer)[0]
-    return _count(subjects, places, people, clause_verbs, templates)
+    return _count(subjects, places, people, clause_verbs, SPEC.texts(template_ids))
 
 
 def _sample(
     tokenizer, rng: np.random.Generator, n: int, template_ids: list[int], counterfactual: str, progress: bool = False
 ):
-    templates = [t for i, (_, _, t) in enumerate(SPEC.templates) if i in template_ids]
     (subjects, places, people, clause_verbs, verbs), (d_subj, d_place, d_people, d_verbs) = _candidates(tokenizer)
+    pool = _count(subjects, places, people, clause_verbs, SPEC.texts(template_ids))
 
-    def attractors(t):
-        return people if "verb" in t else places
-
-    pool = _count(subjects, places, people, clause_verbs, templates)
-
-    def draw() -> Example:
-        k = int(rng.integers(len(template_ids)))
-        t_id, template = template_ids[k], templates[k]
-        subj = subjects[rng.integers(len(subjects))]
-        attr = attractors(template)[rng.integers(len(attractors(template)))]
-        verb = clause_verbs[rng.integers(len(clause_verbs))]
+    def fill(template: str):
+        subj = pick(rng, subjects)
+        attr = pick(rng, people if "verb" in template else places)
+        verb = pick(rng, clause_verbs)
         plural, attr_plural = int(rng.integers(2)), int(rng.integers(2))
 
-        def text(subject_plural: int) -> str:
-            return template.format(
-                subj=subj[subject_plural],
-                attr=attr[attr_plural],
-                verb_attr=verb[attr_plural],
-                verb_subj=verb[subject_plural],
-            )
+        def text(s: int) -> str:  # s: the subject's number (0 singular, 1 plural)
+            return template.format(subj=subj[s], attr=attr[attr_plural], verb_attr=verb[attr_plural], verb_subj=verb[s])
 
-        correct = tuple(v[plural] for v in verbs)
-        incorrect = tuple(v[1 - plural] for v in verbs)
-        return Example(text(plural), text(1 - plural), correct, incorrect, t_id, SPEC.family_of(t_id))
+        return text(plural), text(1 - plural), tuple(v[plural] for v in verbs), tuple(v[1 - plural] for v in verbs)
 
-    examples = draw_distinct(n, pool, draw, "sva", progress=progress)
     info = {
         "pool_size": pool,
         "verb_pairs": [list(v) for v in verbs],
         "dropped_candidates": {"subjects": d_subj, "attractors": d_place + d_people, "clause_verbs": d_verbs},
     }
-    return examples, info
+    return SPEC.draw_distinct(rng, n, template_ids, pool, fill, progress), info
 
 
 SPEC = TaskSpec(
