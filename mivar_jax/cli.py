@@ -138,8 +138,13 @@ def models():
     for name, text in registered_models().items():
         table.add_row(name, text)
     console.print(table)
-    console.print("Also accepted as model.source: a local Hugging Face checkpoint directory (GPT-2, Llama, "
-                  "SmolLM, Qwen2), a .gguf file, or a hub name already in the local HF cache.")  # fmt: skip
+    from mivar_jax.models.loading import GGUF_FAMILIES, HF_FAMILIES
+
+    console.print(
+        "Also accepted as model.source: a local Hugging Face checkpoint directory (model_type "
+        f"{', '.join(sorted(HF_FAMILIES))}), a .gguf file (architecture {', '.join(sorted(GGUF_FAMILIES))}), "
+        "or a hub name already in the local HF cache."
+    )
 
 
 @app.command()

@@ -72,6 +72,15 @@ def hf_dirs(tmp_path_factory):
         "llama-tied": ("llama", {"tie_word_embeddings": True, "num_key_value_heads": 1}),
         "llama-bias": ("llama", {"attention_bias": True, "mlp_bias": True, "num_key_value_heads": 4}),
         "qwen2": ("qwen2", {"tie_word_embeddings": True}),
+        # QK-norm; layer 1 attends through a sliding window of 2 (layer 0 fully)
+        "qwen3-sliding": (
+            "qwen3",
+            {"head_dim": 8, "use_sliding_window": True, "sliding_window": 2, "max_window_layers": 1},
+        ),
+        "mistral": ("mistral", {"sliding_window": 3}),
+        "phi3": ("phi3", {"partial_rotary_factor": 0.5}),
+        "pythia": ("gpt_neox", {"rotary_pct": 0.5, "use_parallel_residual": True}),
+        "neox-sequential": ("gpt_neox", {"rotary_pct": 0.25, "use_parallel_residual": False, "hidden_act": "gelu_new"}),
     }
     out = {}
     for name, (kind, overrides) in specs.items():

@@ -60,23 +60,30 @@ def perturb_(model, scale: float, seed: int = 0):
     return model
 
 
+NEOX_TINY = dict(
+    hidden_size=32, num_attention_heads=4, num_hidden_layers=2, intermediate_size=64, max_position_embeddings=64,
+    vocab_size=50257,
+)  # fmt: skip
+_KINDS = {  # kind: (config class, model class, default config)
+    "gpt2": ("GPT2Config", "GPT2LMHeadModel", GPT2_TINY),
+    "llama": ("LlamaConfig", "LlamaForCausalLM", LLAMA_TINY),
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", LLAMA_TINY),
+    "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", LLAMA_TINY),
+    "mistral": ("MistralConfig", "MistralForCausalLM", LLAMA_TINY),
+    "phi3": ("Phi3Config", "Phi3ForCausalLM", LLAMA_TINY),
+    "gpt_neox": ("GPTNeoXConfig", "GPTNeoXForCausalLM", NEOX_TINY),
+}
+
+
 def make_hf_model(kind: str, directory: str, *, seed: int = 0, max_shard_size=None, **overrides):
-    """A random ``kind`` ("gpt2" | "llama" | "qwen2") model saved with its tokenizer; returns the torch model."""
+    """A random ``kind`` (a key of ``_KINDS``) model saved with its tokenizer; returns the torch model."""
     import torch
     import transformers
 
     torch.manual_seed(seed)
-    if kind == "gpt2":
-        cfg = transformers.GPT2Config(**{**GPT2_TINY, **overrides})
-        model = transformers.GPT2LMHeadModel(cfg)
-    elif kind == "llama":
-        cfg = transformers.LlamaConfig(**{**LLAMA_TINY, **overrides})
-        model = transformers.LlamaForCausalLM(cfg)
-    elif kind == "qwen2":
-        cfg = transformers.Qwen2Config(**{**LLAMA_TINY, **overrides})
-        model = transformers.Qwen2ForCausalLM(cfg)
-    else:
-        raise ValueError(kind)
+    config_class, model_class, defaults = _KINDS[kind]
+    cfg = getattr(transformers, config_class)(**{**defaults, **overrides})
+    model = getattr(transformers, model_class)(cfg)
     perturb_(model, 0.05, seed)
     model.eval()
     kwargs = {} if max_shard_size is None else {"max_shard_size": max_shard_size}
@@ -103,7 +110,7 @@ def _permute(w: np.ndarray, n_head: int) -> np.ndarray:
 
 
 def write_gguf(model, path: str, qtype: str = "F32", *, rope_freqs=None, vocab: bool = True):
-    """Write a transformers GPT-2 / Llama / Qwen2 model as GGUF, the way llama.cpp's converter does.
+    """Write a transformers GPT-2 / Llama / Qwen2 / Qwen3 / Phi-3 model as GGUF, the way llama.cpp's converter does.
 
     Matrices are stored in ``qtype`` (F32, F16, Q8_0, Q4_0, Q4_1), vectors in F32. ``rope_freqs``
     (Llama 3 style factors) is written as the ``rope_freqs.weight`` tensor. ``vocab`` writes
@@ -114,7 +121,7 @@ def write_gguf(model, path: str, qtype: str = "F32", *, rope_freqs=None, vocab: 
     cfg = model.config
     kind = cfg.model_type
     sd = {k: v.detach().float().numpy() for k, v in model.state_dict().items()}
-    arch = {"gpt2": "gpt2", "llama": "llama", "qwen2": "qwen2"}[kind]
+    arch = {"gpt2": "gpt2", "llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "phi3": "phi3"}[kind]
     w = gguf.GGUFWriter(path, arch)
     tensors: dict[str, np.ndarray] = {}
     if kind == "gpt2":
@@ -154,7 +161,7 @@ def write_gguf(model, path: str, qtype: str = "F32", *, rope_freqs=None, vocab: 
         w.add_rope_freq_base(float(cfg.rope_parameters["rope_theta"]))
         w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
         head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // H
-        w.add_rope_dimension_count(head_dim)
+        w.add_rope_dimension_count(int(head_dim * cfg.rope_parameters.get("partial_rotary_factor", 1.0)))
         w.add_vocab_size(cfg.vocab_size)
         tensors["token_embd.weight"] = sd["model.embed_tokens.weight"]
         tensors["output_norm.weight"] = sd["model.norm.weight"]
@@ -172,13 +179,22 @@ def write_gguf(model, path: str, qtype: str = "F32", *, rope_freqs=None, vocab: 
                 ("k_proj", "attn_k", K),
                 ("v_proj", "attn_v", None),
                 ("o_proj", "attn_output", None),
+                ("qkv_proj", "attn_qkv", None),  # Phi-3's fused q/k/v, stored as it is
+                ("q_norm", "attn_q_norm", None),  # Qwen3's QK-norm
+                ("k_norm", "attn_k_norm", None),
             ):
                 for suffix in ("weight", "bias"):
                     key = f"{a}{hf}.{suffix}"
                     if key in sd:
                         tensors[f"{b}{gg}.{suffix}"] = _permute(sd[key], n) if (permute and n) else sd[key]
-            for hf, gg in (("gate_proj", "ffn_gate"), ("up_proj", "ffn_up"), ("down_proj", "ffn_down")):
-                tensors[f"{b}{gg}.weight"] = sd[f"{m}{hf}.weight"]
+            for hf, gg in (
+                ("gate_proj", "ffn_gate"),
+                ("up_proj", "ffn_up"),
+                ("gate_up_proj", "ffn_up"),
+                ("down_proj", "ffn_down"),
+            ):  # Phi-3's fused gate/up is llama.cpp's ffn_up, rows gate then up
+                if f"{m}{hf}.weight" in sd:
+                    tensors[f"{b}{gg}.weight"] = sd[f"{m}{hf}.weight"]
 
     if vocab:
         _add_gpt2_vocab(w)

@@ -34,15 +34,15 @@ def _act(cfg, x):
 
 
 def _rope(cfg, x, pos):
-    """x [P, E] for one head; rotate-half pairs (i, i + E/2)."""
+    """x [P, E] for one head; rotate-half pairs (i, i + R/2) over the first R = 2·len(inv_freq) dims."""
     inv = np.asarray(cfg.rope_inv_freq, np.float64)
-    half = x.shape[-1] // 2
-    out = np.empty_like(x)
+    half = len(inv)
+    out = x.copy()
     for p in range(x.shape[0]):
         ang = pos[p] * inv
         c, s = np.cos(ang), np.sin(ang)
-        out[p, :half] = x[p, :half] * c - x[p, half:] * s
-        out[p, half:] = x[p, half:] * c + x[p, :half] * s
+        out[p, :half] = x[p, :half] * c - x[p, half : 2 * half] * s
+        out[p, half : 2 * half] = x[p, half : 2 * half] * c + x[p, :half] * s
     return out
 
 
@@ -62,8 +62,8 @@ def upstream(cfg, src_name, dst_name) -> bool:
         return True
     s_layer = int(src_name.split(".")[0][1:])
     d_layer = int(dst_name.split(".")[0].split("<")[0][1:])
-    if dst_name.startswith("m") and src_name.startswith("a"):
-        return s_layer <= d_layer
+    if dst_name.startswith("m") and src_name.startswith("a"):  # parallel: not the MLP's own layer
+        return s_layer < d_layer if cfg.parallel_attn_mlp else s_layer <= d_layer
     return s_layer < d_layer
 
 
@@ -120,6 +120,8 @@ def graph_forward(cfg, params, tokens, mask=None, corrupted=None, edge_mask=None
             ):
                 inp = _norm(cfg, *ln1, read(f"a{layer}.h{h}<{c}>", const))
                 y = inp @ w + (b[bias_key][idx] if bias_key in b else 0.0)
+                if cfg.qk_norm and c in "qk":
+                    y = y / np.sqrt((y**2).mean(-1, keepdims=True) + cfg.norm_eps) * b[f"{c}_norm"]
                 qkv[c] = y
             out = np.zeros((N, P, D))
             for n in range(N):
@@ -128,7 +130,8 @@ def graph_forward(cfg, params, tokens, mask=None, corrupted=None, edge_mask=None
                     q, k = _rope(cfg, q, pos[n]), _rope(cfg, k, pos[n])
                 scores = q @ k.T / math.sqrt(E)
                 for i in range(P):
-                    allowed = [j for j in range(P) if j <= i and mask[n, j]]
+                    span = cfg.windows[layer] if cfg.windows else 0
+                    allowed = [j for j in range(P) if j <= i and mask[n, j] and (span == 0 or j > i - span)]
                     w = np.zeros(P)
                     if allowed:
                         s = scores[i, allowed]
@@ -138,8 +141,9 @@ def graph_forward(cfg, params, tokens, mask=None, corrupted=None, edge_mask=None
                         w[:] = 1.0 / P
                     out[n, i] = (w @ v) @ b["w_o"][h]
             nodes[f"a{layer}.h{h}"] = out
+        mlp_const = const if cfg.parallel_attn_mlp else const + b_o[layer]  # the attention's bias is upstream?
         const = const + b_o[layer]
-        inp = _norm(cfg, b["ln2"]["scale"], b["ln2"].get("bias", 0.0), read(f"m{layer}", const))
+        inp = _norm(cfg, b["ln2"]["scale"], b["ln2"].get("bias", 0.0), read(f"m{layer}", mlp_const))
         a = inp @ b["w_in"] + b.get("b_in", 0.0)
         if cfg.gated_mlp:
             a = _act(cfg, inp @ b["w_gate"] + b.get("b_gate", 0.0)) * a

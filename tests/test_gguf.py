@@ -27,6 +27,8 @@ def small_models(tmp_path_factory):
         "llama-tied": ("llama", {"tie_word_embeddings": True, "num_key_value_heads": 1}),
         "llama-gqa": ("llama", {"num_key_value_heads": 2}),
         "qwen2": ("qwen2", {"tie_word_embeddings": True}),
+        "qwen3": ("qwen3", {"head_dim": 16}),  # QK-norm, a head width other than d_model / heads
+        "phi3": ("phi3", {}),  # fused q/k/v and gate/up
     }
     models = {
         name: make_hf_model(kind, str(root / name), vocab_size=SMALL_VOCAB, seed=7, **kw)
@@ -45,6 +47,10 @@ def _transformers_gguf(path):
 
 
 CASES = [(name, q) for name in ("llama-tied", "llama-gqa", "qwen2") for q in QTYPES] + [
+    ("qwen3", "F32"),
+    ("qwen3", "Q8_0"),
+    ("phi3", "F32"),
+    ("phi3", "Q8_0"),
     ("gpt2", "F32"),
     ("gpt2", "Q4_1"),
 ]

@@ -15,7 +15,18 @@ PROMPTS = [
     "The keys to the cabinet",
     "The war lasted from the year 1732 to the year 17",
 ]
-MODELS = ["gpt2", "gpt2-untied", "llama-gqa-llama3", "llama-tied", "llama-bias", "qwen2"]
+MODELS = [
+    "gpt2",
+    "gpt2-untied",
+    "llama-gqa-llama3",
+    "llama-tied",
+    "llama-bias",
+    "qwen2",
+    "qwen3-sliding",
+    "mistral",
+    "phi3",
+]
+MODELS += ["pythia", "neox-sequential"]
 
 
 def _assert_real_positions_close(ours, ref, mask, atol=1e-4):
@@ -93,3 +104,69 @@ def test_bfloat16_parameters_track_float32(hf_dirs):
     # bfloat16 keeps 8 significant bits: errors of a few percent of the logits' scale
     assert np.abs(a - b).max() <= 0.05 * np.abs(a).max()
     assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.999
+
+
+_LOAD_PEAK = """
+import resource, sys
+import jax, jax.numpy as jnp
+import mivar_jax as mv
+jnp.ones(1).block_until_ready()  # the runtime up before the baseline
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+model = mv.load_model(sys.argv[1], dtype=sys.argv[2], tokenizer=False)
+jax.block_until_ready(model.params)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)
+"""
+
+
+def _bf16_checkpoint(directory, layers=8, width=512, vocab=32000):
+    """A Llama checkpoint stored in bfloat16 (about 90 MB), written with safetensors' numpy API."""
+    import json
+
+    import ml_dtypes
+    from safetensors.numpy import save_file
+
+    rng = np.random.default_rng(0)
+    w = lambda *shape: (0.02 * rng.standard_normal(shape, np.float32)).astype(ml_dtypes.bfloat16)
+    t = {
+        "model.embed_tokens.weight": w(vocab, width),
+        "model.norm.weight": w(width) + 1,
+        "lm_head.weight": w(vocab, width),
+    }
+    for i in range(layers):
+        a, m = f"model.layers.{i}.self_attn.", f"model.layers.{i}.mlp."
+        t.update({f"model.layers.{i}.input_layernorm.weight": w(width) + 1,
+                  f"model.layers.{i}.post_attention_layernorm.weight": w(width) + 1})  # fmt: skip
+        t.update({a + f"{x}_proj.weight": w(width, width) for x in "qkvo"})
+        t.update({m + "gate_proj.weight": w(4 * width, width), m + "up_proj.weight": w(4 * width, width)})
+        t[m + "down_proj.weight"] = w(width, 4 * width)
+    os.makedirs(directory)
+    save_file(t, os.path.join(directory, "model.safetensors"))
+    config = dict(model_type="llama", hidden_size=width, num_attention_heads=8, num_hidden_layers=layers,
+                  intermediate_size=4 * width, vocab_size=vocab, tie_word_embeddings=False)  # fmt: skip
+    with open(os.path.join(directory, "config.json"), "w") as f:
+        json.dump(config, f)
+    return t, sum(a.nbytes for a in t.values())
+
+
+def test_bfloat16_checkpoints_stay_bfloat16_and_load_without_a_second_copy(tmp_path):
+    """Loaded as bfloat16, a bfloat16 checkpoint's weights are its stored bits, and loading it
+    never holds much more than one copy of the weights beside the file's pages (peak RSS: the
+    old path widened to float32 and kept host and device copies, about 3× the weights)."""
+    import subprocess
+    import sys
+
+    directory = str(tmp_path / "bf16")
+    stored, size = _bf16_checkpoint(directory)
+    model = mv.load_model(directory, dtype="bfloat16", tokenizer=False)
+    w_q = np.asarray(model.params["blocks"]["w_q"])  # [L, H, D, Dh]
+    assert w_q.dtype == np.dtype("bfloat16")
+    want = stored["model.layers.3.self_attn.q_proj.weight"].reshape(8, 64, 512).transpose(0, 2, 1)
+    assert np.array_equal(w_q[3].view(np.uint16), want.view(np.uint16))
+    peaks = {}
+    for dtype in ("bfloat16", "float32"):
+        out = subprocess.run([sys.executable, "-c", _LOAD_PEAK, directory, dtype], capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        peaks[dtype] = int(out.stdout.strip().splitlines()[-1])
+    # weights once (the device copy) + the file read through the page cache + one leaf at a time
+    assert peaks["bfloat16"] < 2.3 * size, (peaks, size)
+    assert peaks["float32"] < 3.3 * size, (peaks, size)  # float32 weights are 2× the file

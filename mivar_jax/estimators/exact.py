@@ -4,7 +4,8 @@ For an edge u→v with v in layer l, everything below v is the clean run, so the
 changes from layer l on: v's input becomes in_v + Δz_u (Δz_u = z̃_u − z_u), then
 - v a head's q/k/v slot: that head is recomputed from its own three inputs, the layer's MLP and
   layers l+1 … L-1 run on the changed stream;
-- v = m_l: the MLP is recomputed on mid_l + Δz_u, then layers l+1 …;
+- v = m_l: the MLP is recomputed on mid_l + Δz_u (pre_l + Δz_u with parallel attention and MLP),
+  then layers l+1 …;
 - v = logits: only the final norm and unembedding see final + Δz_u.
 Node patching adds Δz_u to the stream after u (all of u's outgoing edges at once).
 Score = metric(patched) − metric(clean), per input, read at the answer position (for logit
@@ -119,7 +120,7 @@ def _head_edges(cfg, metric, width, params, b, st: CleanState, layer, src, head,
 
     def one(src_e, head_e, kind_e):
         patch = _SlotPatch(head_e, kind_e, win(st.delta[src_e]), mid, clean_heads[head_e])
-        x_post, _ = block(cfg, p, pre, patch, (win.window,), lx, win.positions, b.attention_mask)
+        x_post, _ = block(cfg, p, layer, pre, patch, (win.window,), lx, win.positions, b.attention_mask)
         return _finish(cfg, metric, params, b, win, st, x_post, layer)
 
     return jax.vmap(one)(src, head, kind)
@@ -130,9 +131,10 @@ def _mlp_edges(cfg, metric, width, params, b, st: CleanState, layer, src):
     win = _Win.of(b, st, width)
     p = layer_params(params, layer)
     mid = win(st.mid[layer])
+    mlp_in = win(st.pre[layer]) if cfg.parallel_attn_mlp else mid  # what the MLP reads
 
     def one(s):
-        return _finish(cfg, metric, params, b, win, st, mid + mlp(cfg, p, mid + win(st.delta[s])), layer)
+        return _finish(cfg, metric, params, b, win, st, mid + mlp(cfg, p, mlp_in + win(st.delta[s])), layer)
 
     return jax.vmap(one)(src)
 
@@ -153,10 +155,12 @@ def _nodes(cfg, metric, width, params, b, st: CleanState, layer, src, is_head):
 
     def one(s, head):
         d = win(st.delta[s])
-        x_mid = win(st.mid[at]) + d
-        after_head = x_mid + mlp(cfg, p, x_mid)
-        after_mlp = win(st.mid[at]) + win(st.nodes[1 + at * (H + 1) + H]) + d
-        x_post = jnp.where(head, after_head, after_mlp)
+        after_mlp = win(st.mid[at]) + win(st.nodes[1 + at * (H + 1) + H]) + d  # = the clean post-layer stream + d
+        if cfg.parallel_attn_mlp:  # a head's own layer's MLP does not read it
+            x_post = after_mlp
+        else:
+            x_mid = win(st.mid[at]) + d
+            x_post = jnp.where(head, x_mid + mlp(cfg, p, x_mid), after_mlp)
         x_post = jnp.where(layer < 0, win(st.pre[0]) + d, x_post)
         return _finish(cfg, metric, params, b, win, st, x_post, layer)
 

@@ -21,13 +21,15 @@ class CheckpointError(ValueError):
 
 
 class Tensors:
-    """Name → float32 array access with errors that name the checkpoint and the tensor.
+    """Name → array access (in ``dtype``: the parameters' dtype, so a bfloat16 checkpoint loaded as
+    bfloat16 is never widened) with errors that name the checkpoint and the tensor.
 
     It records the tensors read, so that ``check_all_used`` can refuse a checkpoint holding
     tensors its config does not account for (e.g. a config declaring fewer layers than the weights).
     """
 
     source: str
+    dtype: np.dtype = np.dtype(np.float32)
 
     def names(self) -> set[str]:
         raise NotImplementedError
@@ -58,7 +60,7 @@ class Tensors:
         if name not in self:
             raise CheckpointError(self._missing(name))
         self.used.add(name)
-        array = np.asarray(self._read(name), dtype=np.float32)
+        array = np.asarray(self._read(name)).astype(self.dtype, copy=False)
         if shape is not None and tuple(array.shape) != tuple(shape):
             raise CheckpointError(
                 f"{self.source}: tensor {name!r} has shape {tuple(array.shape)}, the config implies {tuple(shape)}"
@@ -66,8 +68,14 @@ class Tensors:
         return array
 
     def stack(self, pattern: str, n_layers: int, shape: tuple[int, ...] | None = None) -> np.ndarray:
-        """``pattern`` with ``{i}`` for the layer; returns [n_layers, *shape]."""
-        return np.stack([self.get(pattern.format(i=i), shape) for i in range(n_layers)])
+        """``pattern`` with ``{i}`` for the layer; returns [n_layers, *shape], filled layer by layer
+        (no second copy of the stack)."""
+        first = self.get(pattern.format(i=0), shape)
+        out = np.empty((n_layers, *first.shape), first.dtype)
+        out[0] = first
+        for i in range(1, n_layers):
+            out[i] = self.get(pattern.format(i=i), first.shape)
+        return out
 
     def check_all_used(self, allowed: re.Pattern | None, described_by: str) -> None:
         """Raise unless every stored tensor was read or fully matches ``allowed`` (the family's
@@ -134,8 +142,7 @@ class SafetensorsTensors(Tensors):
         return set(self._where)
 
     def _read(self, name: str) -> np.ndarray:
-        array = self._handles[self._where[name]].get_tensor(name)  # a jax array (handles bfloat16)
-        return np.asarray(array.astype("float32"))
+        return np.asarray(self._handles[self._where[name]].get_tensor(name))  # via jax: bfloat16 too
 
 
 class GGUFFile:

@@ -14,15 +14,22 @@ ACTIVATIONS = ("gelu_tanh", "gelu", "relu", "silu")
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    """Architecture of a pre-norm, sequential-block decoder (GPT-2 and Llama families).
+    """Architecture of a pre-norm decoder (GPT-2, GPT-NeoX/Pythia, the Llama family, Mistral,
+    Qwen 2/3, Phi-3).
 
     Hashable, so it is a static argument of the jit-compiled forward functions.
-    ``rope_inv_freq`` holds the rotary inverse frequencies [d_head / 2] after any scaling
-    (Llama-3, linear, or GGUF ``rope_freqs`` factors), so every RoPE variant runs one code path.
+    ``rope_inv_freq`` holds the rotary inverse frequencies [R / 2] after any scaling (Llama-3,
+    linear, or GGUF ``rope_freqs`` factors): the first R ≤ d_head dimensions of each head rotate
+    (partial rotary when R < d_head), so every RoPE variant runs one code path.
+    ``parallel_attn_mlp``: the MLP reads the layer's input, as its attention does (GPT-NeoX), not
+    the stream after attention. ``qk_norm``: RMSNorm of each head's query and key over its width
+    (weights ``q_norm`` / ``k_norm`` [Dh]) before RoPE. ``windows``: per layer, the sliding-window
+    span of its attention (a query at index i sees keys at indices (i − span, i]; 0 = no window),
+    or empty when no layer has one.
     """
 
     name: str
-    family: str  # "gpt2" | "llama" | "qwen2"
+    family: str  # the checkpoint's model_type: "gpt2", "gpt_neox", "llama", "mistral", "qwen2", "qwen3", "phi3"
     n_layers: int
     n_heads: int
     n_kv_heads: int
@@ -41,6 +48,9 @@ class ModelConfig:
     o_bias: bool = False
     mlp_bias: bool = False
     tied_embeddings: bool = True
+    parallel_attn_mlp: bool = False
+    qk_norm: bool = False
+    windows: tuple[int, ...] = ()
 
     def __post_init__(self):
         problems = []
@@ -53,8 +63,10 @@ class ModelConfig:
             problems.append(f"norm must be 'layernorm' or 'rmsnorm' (got {self.norm!r})")
         if self.positional not in ("learned", "rope"):
             problems.append(f"positional must be 'learned' or 'rope' (got {self.positional!r})")
-        if self.positional == "rope" and (self.rope_inv_freq is None or len(self.rope_inv_freq) != self.d_head // 2):
-            problems.append(f"a RoPE model needs rope_inv_freq of length d_head/2 = {self.d_head // 2}")
+        if self.positional == "rope" and not (self.rope_inv_freq and len(self.rope_inv_freq) <= self.d_head // 2):
+            problems.append(f"a RoPE model needs rope_inv_freq of length 1 … d_head/2 = {self.d_head // 2}")
+        if self.windows and (len(self.windows) != self.n_layers or min(self.windows) < 0):
+            problems.append(f"windows needs one span ≥ 0 per layer ({self.n_layers}), got {self.windows}")
         if self.activation not in ACTIVATIONS:
             problems.append(f"activation must be one of {ACTIVATIONS} (got {self.activation!r})")
         if problems:
@@ -63,7 +75,7 @@ class ModelConfig:
     @functools.cached_property
     def graph(self) -> Graph:
         """The edge graph (EAP-IG conventions) of this architecture."""
-        return Graph(n_layers=self.n_layers, n_heads=self.n_heads, d_model=self.d_model)
+        return Graph(self.n_layers, self.n_heads, self.parallel_attn_mlp, self.d_model)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -26,7 +26,7 @@ from mivar_jax.models.config import ModelConfig
 HF_UNUSED = re.compile(r"(transformer\.)?h\.\d+\.attn\.(bias|masked_bias)")
 GGUF_UNUSED = None
 
-_ACTIVATIONS = {
+ACTIVATIONS = {
     "gelu_new": "gelu_tanh",
     "gelu_pytorch_tanh": "gelu_tanh",
     "gelu_fast": "gelu_tanh",
@@ -46,8 +46,8 @@ def config_from_hf(d: dict[str, Any], name: str) -> ModelConfig:
         if d.get(key, not bad) == bad:
             raise CheckpointError(f"{name}: GPT-2 with {key}={bad} is not supported")
     activation = d.get("activation_function", "gelu_new")
-    if activation not in _ACTIVATIONS:
-        raise CheckpointError(f"{name}: activation {activation!r} is not supported (supported: {sorted(_ACTIVATIONS)})")
+    if activation not in ACTIVATIONS:
+        raise CheckpointError(f"{name}: activation {activation!r} is not supported (supported: {sorted(ACTIVATIONS)})")
     try:
         D, H = int(d["n_embd"]), int(d["n_head"])
         return ModelConfig(
@@ -64,7 +64,7 @@ def config_from_hf(d: dict[str, Any], name: str) -> ModelConfig:
             norm="layernorm",
             norm_eps=float(d.get("layer_norm_epsilon", 1e-5)),
             positional="learned",
-            activation=_ACTIVATIONS[activation],
+            activation=ACTIVATIONS[activation],
             qkv_bias=True,
             o_bias=True,
             mlp_bias=True,

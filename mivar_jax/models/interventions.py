@@ -238,6 +238,8 @@ class _Mix(Stream):
         return dict(state, ref=state["ref"] + sum_first_axis(ref_heads) + b_o, d_heads=z - ref_heads)
 
     def read_mlp(self, state, lx):
+        if "d_heads" not in state:  # parallel attention and MLP: read before this layer's heads
+            return state["mlp_read"] + state["ref"]
         return state["mlp_read"] + jnp.einsum("h,hnpd->npd", lx["to_mlp"], state["d_heads"]) + state["ref"]
 
     def add_mlp(self, state, z, lx):

@@ -26,9 +26,15 @@ def norm(cfg: ModelConfig, p: Params, x: Float[Array, "... D"]) -> Float[Array, 
         var = jnp.square(x32 - mean).mean(-1, keepdims=True)
         y = (x32 - mean) * jax.lax.rsqrt(var + cfg.norm_eps) * p["scale"] + p["bias"]
     else:
-        y = x32 * jax.lax.rsqrt(jnp.square(x32).mean(-1, keepdims=True) + cfg.norm_eps)
-        y = y.astype(x.dtype) * p["scale"]
+        return rms_norm(x, p["scale"], cfg.norm_eps)
     return y.astype(x.dtype)
+
+
+def rms_norm(x: Float[Array, "... W"], scale: Float[Array, " W"], eps: float) -> Float[Array, "... W"]:
+    """x / √(mean x² + ε) · scale over the last axis (float32 statistics, HF's rounding)."""
+    x32 = x.astype(jnp.float32)
+    y = x32 * jax.lax.rsqrt(jnp.square(x32).mean(-1, keepdims=True) + eps)
+    return (y.astype(x.dtype) * scale).astype(x.dtype)
 
 
 def norm_pullback(cfg: ModelConfig, p: Params, x: Float[Array, "N P D"], g: Float[Array, "... N P D"]) -> jax.Array:
@@ -73,14 +79,17 @@ def position_ids(attention_mask: Int[ArrayLike, "N P"]) -> Int[Array, "N P"]:
 def rope(
     cfg: ModelConfig, x: Float[Array, "heads N P Dh"], positions: Int[Array, "N P"]
 ) -> Float[Array, "heads N P Dh"]:
-    """Rotary embedding, rotate-half convention (HF): the two halves of each head form pairs."""
+    """Rotary embedding, rotate-half convention (HF): the two halves of each head's first R
+    dimensions (R = 2 · len(rope_inv_freq); all of them unless partial) form pairs; the rest pass."""
     inv_freq = jnp.asarray(np.asarray(cfg.rope_inv_freq, np.float32))
-    angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [N, P, Dh/2]
+    R = 2 * inv_freq.shape[0]
+    angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [N, P, R/2]
     cos = jnp.concatenate([jnp.cos(angles)] * 2, -1)[None]
     sin = jnp.concatenate([jnp.sin(angles)] * 2, -1)[None]
-    x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
-    rotated = jnp.concatenate([-x2, x1], -1)
-    return (x.astype(jnp.float32) * cos + rotated * sin).astype(x.dtype)
+    x32 = x.astype(jnp.float32)
+    x1, x2 = jnp.split(x32[..., :R], 2, axis=-1)
+    rotated = x32[..., :R] * cos + jnp.concatenate([-x2, x1], -1) * sin
+    return jnp.concatenate([rotated, x32[..., R:]], -1).astype(x.dtype)
 
 
 def expand_kv(cfg: ModelConfig, w: jax.Array) -> jax.Array:
@@ -106,12 +115,14 @@ def attend(
     v_KxNxPxDh: jax.Array,
     attention_mask: Int[ArrayLike, "N P"],
     q_offset: Int[Array, ""] | Int[Array, " N"] | int = 0,
+    span: Int[Array, ""] | int = 0,
 ) -> Float[Array, "H N W Dh"]:
     """Causal softmax attention over real keys; K = H (ungrouped) or fewer (grouped, repeated here),
     H the query heads computed (all or a subset).
 
     Queries may be a window of W positions starting at ``q_offset`` (one for all inputs, or one
-    per input); keys always cover all P positions."""
+    per input); keys always cover all P positions. ``span`` > 0 (sliding-window attention): the
+    query at index i sees only keys at indices > i − span."""
     n_heads = q_HxNxWxDh.shape[0]
     if k_KxNxPxDh.shape[0] != n_heads:
         k_KxNxPxDh = jnp.repeat(k_KxNxPxDh, n_heads // k_KxNxPxDh.shape[0], axis=0)
@@ -119,11 +130,17 @@ def attend(
     W, P = q_HxNxWxDh.shape[2], k_KxNxPxDh.shape[2]
     scores = jnp.einsum("hnqe,hnke->hnqk", q_HxNxWxDh, k_KxNxPxDh).astype(jnp.float32) / np.sqrt(cfg.d_head)
     offset = jnp.reshape(jnp.asarray(q_offset), (-1, 1, 1))  # [1 or N, 1, 1]
-    causal = jnp.arange(P)[None, None, :] <= jnp.arange(W)[None, :, None] + offset
-    allowed = causal[None] & (attention_mask[None, :, None, :] > 0)
+    key_i, query_i = jnp.arange(P)[None, None, :], jnp.arange(W)[None, :, None] + offset
+    allowed = (key_i <= query_i) & ((span <= 0) | (key_i > query_i - span))
+    allowed = allowed[None] & (attention_mask[None, :, None, :] > 0)
     scores = jnp.where(allowed, scores, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(v_KxNxPxDh.dtype)
     return jnp.einsum("hnqk,hnke->hnqe", probs, v_KxNxPxDh)
+
+
+def span(cfg: ModelConfig, layer: Int[Array, ""] | int) -> Int[Array, ""] | int:
+    """The sliding-window span of ``layer`` (0: none)."""
+    return jnp.asarray(cfg.windows, jnp.int32)[layer] if cfg.windows else 0
 
 
 def slot_weights(cfg: ModelConfig, p: Params, heads: Int[Array, " heads"] | None = None):
@@ -155,8 +172,11 @@ def qkv(cfg: ModelConfig, p: Params, x: jax.Array, heads: Int[Array, " heads"] |
     return tuple(jnp.split(project(h, *slot_weights(cfg, p, heads)), 3))
 
 
-def rotate(cfg: ModelConfig, q: jax.Array, k: jax.Array, positions: Int[Array, "N P"]):
-    """Queries and keys with their positions applied (RoPE; learned positions are in the input)."""
+def rotate(cfg: ModelConfig, p: Params, q: jax.Array, k: jax.Array, positions: Int[Array, "N P"]):
+    """Queries and keys ready for attention: each head's RMSNorm over its width (``qk_norm``),
+    then RoPE (learned positions are in the input)."""
+    if cfg.qk_norm:
+        q, k = rms_norm(q, p["q_norm"], cfg.norm_eps), rms_norm(k, p["k_norm"], cfg.norm_eps)
     if cfg.positional != "rope":
         return q, k
     return rope(cfg, q, positions), rope(cfg, k, positions)

@@ -1,9 +1,12 @@
-"""Llama family (Llama 2/3.x, SmolLM/SmolLM2, Qwen2/2.5): config and weights from HF names.
+"""Llama family (Llama 2/3.x, SmolLM/SmolLM2, Qwen2/2.5, Qwen3, Mistral, Phi-3): config and weights
+from HF names.
 
-RMSNorm, RoPE (rotate-half pairs, HF convention) with optional Llama-3 / linear scaling,
-grouped-query attention, SwiGLU MLP; Qwen2 adds q/k/v biases. HF Linear weights are
-[out, in]. llama.cpp permutes the rows of Llama's q/k projections for its interleaved RoPE;
-``gguf_name_map`` undoes that permutation (Qwen2 GGUFs are not permuted).
+RMSNorm, RoPE (rotate-half pairs, HF convention; partial with Phi-3's ``partial_rotary_factor``)
+with optional Llama-3 / linear scaling, grouped-query attention, SwiGLU MLP. Qwen2 adds q/k/v
+biases; Qwen3 per-head QK-norm; Mistral (and Qwen/Phi-3 when configured) sliding-window attention;
+Phi-3 fuses q/k/v (``qkv_proj``) and gate/up (``gate_up_proj``). HF Linear weights are [out, in].
+llama.cpp permutes the rows of Llama's q/k projections for its interleaved RoPE;
+``gguf_name_map`` undoes that permutation (Qwen GGUFs are not permuted).
 """
 
 from __future__ import annotations
@@ -18,52 +21,58 @@ import numpy as np
 from mivar_jax.models.checkpoint import CheckpointError, GGUFFile, GGUFNameMap, Tensors, check_tied_head, identity
 from mivar_jax.models.config import ModelConfig, rope_inv_freq
 
-_FAMILIES = ("llama", "qwen2")
+_FAMILIES = ("llama", "qwen2", "qwen3", "mistral", "phi3")
 # Stored but legitimately unused: rotary inv_freq buffers (older transformers versions saved them);
 # in GGUF, llama.cpp's Llama 3 rope factors (read by config_from_gguf, not as a parameter).
 HF_UNUSED = re.compile(r"model\.(layers\.\d+\.self_attn\.)?rotary_emb\.inv_freq")
 GGUF_UNUSED = re.compile(r"rope_freqs\.weight")
 
 
-def config_from_hf(d: dict[str, Any], name: str) -> ModelConfig:
-    family = d.get("model_type")
-    if family not in _FAMILIES:
-        raise CheckpointError(f"{name}: model_type {family!r} is not a Llama-family model ({_FAMILIES})")
-    if family == "qwen2" and d.get("use_sliding_window", False):
-        raise CheckpointError(f"{name}: Qwen2 with use_sliding_window=true is not supported")
-    if d.get("hidden_act", "silu") not in ("silu", "swish"):
-        raise CheckpointError(f"{name}: hidden_act {d.get('hidden_act')!r} is not supported (silu)")
+def windows_from_hf(d: dict[str, Any], n_layers: int) -> tuple[int, ...]:
+    """Per-layer sliding-window spans (0: full attention) from HF's ``sliding_window``,
+    ``layer_types`` (else every layer, or Qwen's layers from ``max_window_layers`` on) and
+    Qwen's ``use_sliding_window``; () when no layer slides."""
+    span = d.get("sliding_window")
+    if not span or (d.get("model_type", "").startswith("qwen") and not d.get("use_sliding_window", False)):
+        return ()
+    first = int(d.get("max_window_layers", 0)) if d.get("model_type", "").startswith("qwen") else 0
+    types = d.get("layer_types") or ["sliding_attention" if i >= first else "full" for i in range(n_layers)]
+    spans = tuple(int(span) if t == "sliding_attention" else 0 for t in types)
+    return spans if any(spans) else ()
+
+
+def rope_from_hf(d: dict[str, Any], d_head: int) -> tuple[float, ...]:
+    """Rotary inverse frequencies from HF's ``rope_parameters`` / ``rope_scaling`` / ``rope_theta``
+    and ``partial_rotary_factor`` (the first ⌊d_head · factor⌋ dimensions rotate)."""
     rope = dict(d.get("rope_parameters") or {})
     rope.update(d.get("rope_scaling") or {})
     if "type" in (d.get("rope_scaling") or {}):  # pre-4.45 spelling of rope_type
         rope["rope_type"] = d["rope_scaling"]["type"]
     theta = float(d.get("rope_theta", rope.get("rope_theta", 10000.0)))
+    factor = float(d.get("partial_rotary_factor", rope.get("partial_rotary_factor", 1.0)))
+    return rope_inv_freq(int(d_head * factor), theta, rope)
+
+
+def config_from_hf(d: dict[str, Any], name: str) -> ModelConfig:
+    family = d.get("model_type")
+    if family not in _FAMILIES:
+        raise CheckpointError(f"{name}: model_type {family!r} is not a Llama-family model ({_FAMILIES})")
+    if d.get("hidden_act", "silu") not in ("silu", "swish"):
+        raise CheckpointError(f"{name}: hidden_act {d.get('hidden_act')!r} is not supported (silu)")
     try:
-        D, H = int(d["hidden_size"]), int(d["num_attention_heads"])
+        D, H, L = int(d["hidden_size"]), int(d["num_attention_heads"]), int(d["num_hidden_layers"])
         Dh = int(d.get("head_dim") or D // H)
         bias = bool(d.get("attention_bias", False))
         return ModelConfig(
-            name=name,
-            family=family,
-            n_layers=int(d["num_hidden_layers"]),
-            n_heads=H,
-            n_kv_heads=int(d.get("num_key_value_heads") or H),
-            d_model=D,
-            d_head=Dh,
-            d_mlp=int(d["intermediate_size"]),
-            vocab_size=int(d["vocab_size"]),
-            n_ctx=int(d.get("max_position_embeddings", 2048)),
-            norm="rmsnorm",
-            norm_eps=float(d.get("rms_norm_eps", 1e-6)),
-            positional="rope",
-            rope_inv_freq=rope_inv_freq(Dh, theta, rope),
-            activation="silu",
-            gated_mlp=True,
-            qkv_bias=True if family == "qwen2" else bias,
-            o_bias=False if family == "qwen2" else bias,
-            mlp_bias=bool(d.get("mlp_bias", False)),
-            tied_embeddings=bool(d.get("tie_word_embeddings", False)),
-        )
+            name=name, family=family, n_layers=L, n_heads=H, n_kv_heads=int(d.get("num_key_value_heads") or H),
+            d_model=D, d_head=Dh, d_mlp=int(d["intermediate_size"]), vocab_size=int(d["vocab_size"]),
+            n_ctx=int(d.get("max_position_embeddings", 2048)), norm="rmsnorm",
+            norm_eps=float(d.get("rms_norm_eps", 1e-6)), positional="rope", rope_inv_freq=rope_from_hf(d, Dh),
+            activation="silu", gated_mlp=True, qkv_bias=True if family == "qwen2" else bias,
+            o_bias=False if family == "qwen2" else bias, mlp_bias=bool(d.get("mlp_bias", False)),
+            tied_embeddings=bool(d.get("tie_word_embeddings", False)), qk_norm=family == "qwen3",
+            windows=windows_from_hf(d, L),
+        )  # fmt: skip
     except KeyError as err:
         raise CheckpointError(f"{name}: config.json lacks {err}") from None
     except NotImplementedError as err:
@@ -71,31 +80,32 @@ def config_from_hf(d: dict[str, Any], name: str) -> ModelConfig:
 
 
 def params_from_hf(t: Tensors, cfg: ModelConfig) -> dict[str, Any]:
-    L, H, K, D, Dh, F, V = (
-        cfg.n_layers,
-        cfg.n_heads,
-        cfg.n_kv_heads,
-        cfg.d_model,
-        cfg.d_head,
-        cfg.d_mlp,
-        cfg.vocab_size,
-    )
+    L, H, K, D, Dh, F, V = cfg.n_layers, cfg.n_heads, cfg.n_kv_heads, cfg.d_model, cfg.d_head, cfg.d_mlp, cfg.vocab_size
     a, m = "model.layers.{i}.self_attn.", "model.layers.{i}.mlp."
 
     def heads_in(w, n):  # [L, n*Dh, D] → [L, n, D, Dh]
         return w.reshape(L, n, Dh, D).transpose(0, 1, 3, 2)
 
+    if cfg.family == "phi3":  # fused: rows q (H·Dh), k (K·Dh), v (K·Dh); gate (F), up (F)
+        w_q, w_k, w_v = np.split(t.stack(a + "qkv_proj.weight", L, ((H + 2 * K) * Dh, D)), [H * Dh, (H + K) * Dh], 1)
+        w_gate, w_up = np.split(t.stack(m + "gate_up_proj.weight", L, (2 * F, D)), 2, 1)
+    else:
+        w_q, w_k, w_v = (t.stack(a + f"{x}_proj.weight", L, (n * Dh, D)) for x, n in (("q", H), ("k", K), ("v", K)))
+        w_gate, w_up = t.stack(m + "gate_proj.weight", L, (F, D)), t.stack(m + "up_proj.weight", L, (F, D))
     blocks = {
         "ln1": {"scale": t.stack("model.layers.{i}.input_layernorm.weight", L, (D,))},
-        "w_q": heads_in(t.stack(a + "q_proj.weight", L, (H * Dh, D)), H),
-        "w_k": heads_in(t.stack(a + "k_proj.weight", L, (K * Dh, D)), K),
-        "w_v": heads_in(t.stack(a + "v_proj.weight", L, (K * Dh, D)), K),
+        "w_q": heads_in(w_q, H),
+        "w_k": heads_in(w_k, K),
+        "w_v": heads_in(w_v, K),
         "w_o": t.stack(a + "o_proj.weight", L, (D, H * Dh)).transpose(0, 2, 1).reshape(L, H, Dh, D),
         "ln2": {"scale": t.stack("model.layers.{i}.post_attention_layernorm.weight", L, (D,))},
-        "w_in": t.stack(m + "up_proj.weight", L, (F, D)).transpose(0, 2, 1),
-        "w_gate": t.stack(m + "gate_proj.weight", L, (F, D)).transpose(0, 2, 1),
+        "w_in": w_up.transpose(0, 2, 1),
+        "w_gate": w_gate.transpose(0, 2, 1),
         "w_out": t.stack(m + "down_proj.weight", L, (D, F)).transpose(0, 2, 1),
     }
+    if cfg.qk_norm:
+        blocks["q_norm"] = t.stack(a + "q_norm.weight", L, (Dh,))
+        blocks["k_norm"] = t.stack(a + "k_norm.weight", L, (Dh,))
     if cfg.qkv_bias:
         blocks["b_q"] = t.stack(a + "q_proj.bias", L, (H * Dh,)).reshape(L, H, Dh)
         blocks["b_k"] = t.stack(a + "k_proj.bias", L, (K * Dh,)).reshape(L, K, Dh)
@@ -124,19 +134,22 @@ def config_from_gguf(f: GGUFFile, name: str) -> ModelConfig:
     arch, t = f.architecture, f.tensors
     get = lambda key, default=...: f.meta(f"{arch}.{key}", default)
     D, H = int(get("embedding_length")), int(get("attention.head_count"))
+    head_dim = int(get("attention.key_length", D // H))
     scaling = get("rope.scaling.type", None)
     rope = {"rope_type": scaling, "factor": get("rope.scaling.factor")} if scaling not in (None, "none") else {}
     d = {
         "model_type": arch, "hidden_size": D, "num_attention_heads": H, "num_hidden_layers": get("block_count"),
-        "num_key_value_heads": get("attention.head_count_kv", H), "head_dim": get("attention.key_length", D // H),
+        "num_key_value_heads": get("attention.head_count_kv", H), "head_dim": head_dim,
         "intermediate_size": get("feed_forward_length"), "vocab_size": t["token_embd.weight"].shape[-1],
         "max_position_embeddings": get("context_length", 2048), "rope_theta": get("rope.freq_base", 10000.0),
         "rms_norm_eps": get("attention.layer_norm_rms_epsilon", 1e-6), "rope_scaling": rope,
+        "partial_rotary_factor": get("rope.dimension_count", head_dim) / head_dim,
+        "sliding_window": get("attention.sliding_window", None),
     }  # fmt: skip
     cfg = config_from_hf(d, name)
     factors = f.dequantize("rope_freqs.weight") if "rope_freqs.weight" in t else None
     try:
-        inv_freq = rope_inv_freq(cfg.d_head, float(d["rope_theta"]), rope, factors)
+        inv_freq = rope_inv_freq(2 * len(cfg.rope_inv_freq), float(d["rope_theta"]), rope, factors)
     except NotImplementedError as err:
         raise CheckpointError(f"{name}: {err}") from None
     return dataclasses.replace(
@@ -164,7 +177,9 @@ def gguf_name_map(cfg: ModelConfig) -> GGUFNameMap:
         ("self_attn.q_proj", "attn_q", q_fix), ("self_attn.k_proj", "attn_k", k_fix),
         ("self_attn.v_proj", "attn_v", identity), ("self_attn.o_proj", "attn_output", identity),
         ("mlp.gate_proj", "ffn_gate", identity), ("mlp.up_proj", "ffn_up", identity),
-        ("mlp.down_proj", "ffn_down", identity),
+        ("mlp.down_proj", "ffn_down", identity), ("self_attn.q_norm", "attn_q_norm", identity),
+        ("self_attn.k_norm", "attn_k_norm", identity), ("self_attn.qkv_proj", "attn_qkv", identity),
+        ("mlp.gate_up_proj", "ffn_up", identity),  # Phi-3: fused as stored (rows gate, then up)
     )  # fmt: skip
     for i in range(cfg.n_layers):
         for hf, gg, fix in names:

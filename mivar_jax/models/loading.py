@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mivar_jax.models import gpt2, llama
+from mivar_jax.models import gpt2, llama, neox
 from mivar_jax.models.checkpoint import CheckpointError, GGUFFile, GGUFTensors, SafetensorsTensors, read_json
 from mivar_jax.models.gguf_tokenizer import build_gguf_tokenizer
 from mivar_jax.models.model import Model
@@ -42,8 +42,8 @@ def _silence_torch_notice() -> None:
 
 _silence_torch_notice()
 
-_HF_FAMILIES = {"gpt2": gpt2, "llama": llama, "qwen2": llama}
-_GGUF_FAMILIES = {"gpt2": gpt2, "llama": llama, "qwen2": llama}
+HF_FAMILIES = {"gpt2": gpt2, "gpt_neox": neox, **{f: llama for f in ("llama", "mistral", "qwen2", "qwen3", "phi3")}}
+GGUF_FAMILIES = {"gpt2": gpt2, **{f: llama for f in ("llama", "qwen2", "qwen3", "phi3")}}
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer.model", "tokenizer_config.json")
 
@@ -102,21 +102,31 @@ def load_model(
     dtype = _resolve_dtype(dtype)
     src = os.fspath(source)
     if src in REGISTERED:
-        model = _load_gguf(REGISTERED[src].path(), src, tokenizer)
+        model = _load_gguf(REGISTERED[src].path(), src, tokenizer, dtype)
     elif os.path.isdir(src):
-        model = _load_hf_dir(src, src, tokenizer)
+        model = _load_hf_dir(src, src, tokenizer, dtype)
     elif os.path.isfile(src):
         with open(src, "rb") as f:
             magic = f.read(4)
         if magic != b"GGUF":
             raise CheckpointError(f"{src}: not a GGUF file (magic {magic!r}) nor a checkpoint directory")
-        model = _load_gguf(src, src, tokenizer)
+        model = _load_gguf(src, src, tokenizer, dtype)
     elif re.fullmatch(r"[\w.-]+(/[\w.-]+)?", src):
-        model = _load_hf_dir(_cached_snapshot(src, cache_dir), src, tokenizer)
+        model = _load_hf_dir(_cached_snapshot(src, cache_dir), src, tokenizer, dtype)
     else:
         raise CheckpointError(f"{src}: no such file or directory, and not a registered name ({sorted(REGISTERED)})")
-    model.params = jax.tree.map(lambda a: jnp.asarray(a, dtype), model.params)
+    model.params = _to_device(model.params)
     return model
+
+
+def _to_device(params: dict) -> dict:
+    """The host parameter tree on the device, leaf by leaf, each host array released once copied:
+    the two copies coexist one leaf at a time, not for the whole model."""
+    leaves, tree = jax.tree.flatten(params)
+    params.clear()
+    for i, leaf in enumerate(leaves):
+        leaves[i] = jnp.asarray(leaf)
+    return jax.tree.unflatten(tree, leaves)
 
 
 def _resolve_dtype(dtype: Any) -> Any:
@@ -142,17 +152,18 @@ def _cached_snapshot(name: str, cache_dir: str | None) -> str:
         ) from None
 
 
-def _load_hf_dir(directory: str, name: str, tokenizer: bool | str) -> Model:
+def _load_hf_dir(directory: str, name: str, tokenizer: bool | str, dtype) -> Model:
     cfg_dict = read_json(os.path.join(directory, "config.json"))
     model_type = cfg_dict.get("model_type")
-    family = _HF_FAMILIES.get(model_type)
+    family = HF_FAMILIES.get(model_type)
     if family is None:
         raise CheckpointError(
             f"{directory}: unsupported architecture model_type={model_type!r} "
-            f"({cfg_dict.get('architectures')}); supported: {sorted(_HF_FAMILIES)}"
+            f"({cfg_dict.get('architectures')}); supported: {sorted(HF_FAMILIES)}"
         )
     cfg = family.config_from_hf(cfg_dict, name)
     tensors = SafetensorsTensors(directory)
+    tensors.dtype = np.dtype(dtype)
     params = family.params_from_hf(tensors, cfg)
     _check_structure(params, cfg, directory)
     tensors.check_all_used(family.HF_UNUSED, f"that config.json describes ({cfg.n_layers} layers)")
@@ -162,14 +173,15 @@ def _load_hf_dir(directory: str, name: str, tokenizer: bool | str) -> Model:
     return Model(cfg, params, tok, source=directory)
 
 
-def _load_gguf(path: str, name: str, tokenizer: bool | str) -> Model:
+def _load_gguf(path: str, name: str, tokenizer: bool | str, dtype) -> Model:
     f = GGUFFile(path)
     arch = f.architecture
-    family = _GGUF_FAMILIES.get(arch)
+    family = GGUF_FAMILIES.get(arch)
     if family is None:
-        raise CheckpointError(f"{path}: unsupported GGUF architecture {arch!r}; supported: {sorted(_GGUF_FAMILIES)}")
+        raise CheckpointError(f"{path}: unsupported GGUF architecture {arch!r}; supported: {sorted(GGUF_FAMILIES)}")
     cfg = family.config_from_gguf(f, name)
     tensors = GGUFTensors(f, family.gguf_name_map(cfg))
+    tensors.dtype = np.dtype(dtype)
     params = family.params_from_hf(tensors, cfg)
     _check_structure(params, cfg, path)
     tensors.check_all_used(family.GGUF_UNUSED, f"that the GGUF metadata describes ({cfg.n_layers} blocks)")

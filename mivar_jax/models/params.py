@@ -1,4 +1,4 @@
-"""Parameters of the decoder (GPT-2 and Llama families) as Flax NNX modules, and their pure pytree.
+"""Parameters of the decoder as Flax NNX modules, and their pure pytree.
 
 Every block parameter is stacked on a leading layer axis L, so forward passes ``lax.scan`` over
 layers. Shapes: H query heads, K key/value heads, D model width, Dh head width, F MLP width, V vocabulary.
@@ -42,6 +42,9 @@ class Blocks(nnx.Module):
         self.b_q = normal(L, H, Dh) if cfg.qkv_bias else None
         self.b_k = normal(L, K, Dh) if cfg.qkv_bias else None
         self.b_v = normal(L, K, Dh) if cfg.qkv_bias else None
+        near_one = lambda: nnx.Param(jnp.ones((L, Dh), dtype) + 0.02 * jax.random.normal(rngs.params(), (L, Dh), dtype))
+        self.q_norm = near_one() if cfg.qk_norm else None
+        self.k_norm = near_one() if cfg.qk_norm else None
         self.w_o = normal(L, H, Dh, D)
         self.b_o = normal(L, D) if cfg.o_bias else None
         self.ln2 = Norm(cfg, (L,), rngs=rngs, dtype=dtype)
@@ -89,3 +92,8 @@ def param_shapes(cfg: ModelConfig) -> Params:
     """Expected shapes of every parameter, as the pytree of ``init_params`` (no allocation)."""
     module = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))
     return jax.tree.map(lambda x: tuple(x.shape), params_of(module))
+
+
+def layer_params(params: Params, layer) -> Params:
+    """Block parameters of one layer (``layer`` may be a traced index)."""
+    return jax.tree.map(lambda a: jax.lax.dynamic_index_in_dim(a, layer, keepdims=False), params["blocks"])

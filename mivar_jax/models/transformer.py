@@ -1,7 +1,8 @@
 """The decoder, written once: ``block`` (one layer) and ``forward`` (embeddings → layers → logits).
 
-One architecture covers GPT-2 and the Llama family: pre-norm sequential blocks, each an
-attention layer then an MLP, with LayerNorm or RMSNorm, learned positions or RoPE, GELU or
+One architecture covers every supported family (``ModelConfig``): pre-norm blocks, each an
+attention layer then an MLP (or both reading the layer's input: parallel), with LayerNorm or
+RMSNorm, learned positions or (partial) RoPE, optional QK-norm and sliding windows, GELU or
 SwiGLU MLPs, optional biases and grouped-query attention (parameters: ``params.py``; sublayers:
 ``layers.py``). What differs between the runs the engine makes (plain, graph form with an edge
 mask, gradient taps, replaced node outputs, windows from clean caches) is an intervention
@@ -26,13 +27,14 @@ from jaxtyping import Array, ArrayLike, Float, Int
 
 from mivar_jax.models.config import ModelConfig
 from mivar_jax.models.interventions import Intervention, Residual, Stream, split
-from mivar_jax.models.layers import at_positions, attend, embed, mlp, position_ids, qkv, rotate, unembed
-from mivar_jax.models.params import Params
+from mivar_jax.models.layers import at_positions, attend, embed, mlp, position_ids, qkv, rotate, span, unembed
+from mivar_jax.models.params import Params, layer_params
 
 
 def block(
     cfg: ModelConfig,
     p: Params,
+    layer: Int[Array, ""],
     state: Any,
     stream: Stream,
     modifiers: tuple[Intervention, ...],
@@ -41,7 +43,8 @@ def block(
     attention_mask: Int[ArrayLike, "N P"],
     query: Int[Array, " N"] | None = None,
 ):
-    """The decoder layer: x → x + Σ_h head_h(norm₁ x) + b_O → x + MLP(norm₂ x).
+    """The decoder layer ``layer`` (a traced index; ``p`` its parameters): x → x + Σ_h head_h(norm₁ x)
+    + b_O → x + MLP(norm₂ x), or with ``parallel_attn_mlp`` x → x + Σ_h head_h(norm₁ x) + b_O + MLP(norm₂ x).
 
     ``stream`` says what the sublayers read from ``state`` and how their outputs are written back;
     ``modifiers`` change values at the hook points (``interventions``); ``lx`` holds the layer's
@@ -58,7 +61,7 @@ def block(
     q, k, v = qkv(cfg, p, a, heads)
     for m, m_lx in mods:
         q, k, v = m.projections(cfg, q, k, v, m_lx)
-    q, k = rotate(cfg, q, k, positions)
+    q, k = rotate(cfg, p, q, k, positions)
     offset = 0
     for m, m_lx in mods:
         k, v = m.keys_values(cfg, k, v, m_lx, heads)
@@ -66,13 +69,15 @@ def block(
     if query is not None:
         q = jnp.take_along_axis(q, query[None, :, None, None], axis=2)  # [H, N, 1, Dh]
         state, offset = stream.at(state, query), offset + query
-    o = attend(cfg, q, k, v, attention_mask, q_offset=offset)
+    if cfg.parallel_attn_mlp:  # the MLP reads the layer's input, before its heads are added
+        a_mlp = stream.read_mlp(state, lx_stream)
+    o = attend(cfg, q, k, v, attention_mask, q_offset=offset, span=span(cfg, layer))
     w_o = p["w_o"] if heads is None else p["w_o"][heads]
     z_heads = jnp.einsum("hnqe,hed->hnqd" if per_head else "hnqe,hed->nqd", o, w_o)
     for m, m_lx in mods:
         z_heads = m.head_outputs(z_heads, m_lx)
     state = stream.add_heads(state, z_heads, p["b_o"] if cfg.o_bias else 0.0, lx_stream)
-    a = stream.read_mlp(state, lx_stream)
+    a = a_mlp if cfg.parallel_attn_mlp else stream.read_mlp(state, lx_stream)
     for m, m_lx in mods:
         a = m.mlp_input(a, m_lx)
     z_mlp = mlp(cfg, p, a)
@@ -127,15 +132,20 @@ def trace(
     wanted = (("heads", "mlp") if "nodes" in record else ()) + (("pre",) if "pre" in record else ())
 
     def layer(state, xs):
-        p, lx = xs
-        state, rec = block(cfg, p, state, stream, modifiers, lx, positions, attention_mask)
+        i, p, lx = xs
+        p = layer_params(params, i) if p is None else p
+        state, rec = block(cfg, p, i, state, stream, modifiers, lx, positions, attention_mask)
         return state, {k: rec[k] for k in wanted}
 
     records = []
     for first, stop in stream.layer_groups(cfg):
         state = stream.grow(cfg, state, stop)
-        blocks, arrays = jax.tree.map(lambda a, i=first, j=stop: a[i:j], (params["blocks"], layer_arrays))
-        state, rec = jax.lax.scan(layer, state, (blocks, (stream.group_arrays(cfg, first, stop),) + arrays))
+        arrays = jax.tree.map(lambda a, i=first, j=stop: a[i:j], layer_arrays)
+        # all layers: scan over the stacked weights; a group of them: index them inside the scan
+        # (a slice of the stack would be a copy of the group's weights)
+        blocks = params["blocks"] if (first, stop) == (0, cfg.n_layers) else None
+        xs = (jnp.arange(first, stop), blocks, (stream.group_arrays(cfg, first, stop),) + arrays)
+        state, rec = jax.lax.scan(layer, state, xs)
         records.append(rec)
     records = jax.tree.map(lambda *a: jnp.concatenate(a), *records) if len(records) > 1 else records[0]
     final, nodes = stream.final(cfg, state, x, records, logit_positions)

@@ -16,7 +16,7 @@ from jaxtyping import Array, Float, Int
 from mivar_jax.models.config import ModelConfig
 from mivar_jax.models.interventions import Residual, Window
 from mivar_jax.models.layers import at_positions, output_bias, position_ids, qkv, rotate, sum_first_axis
-from mivar_jax.models.params import Params
+from mivar_jax.models.params import Params, layer_params
 from mivar_jax.models.transformer import block
 from mivar_jax.patching.reference import answer_metric, reference_values, run_nodes
 from mivar_jax.tasks.data import TaskBatch
@@ -45,11 +45,6 @@ def clean_state(cfg: ModelConfig, metric: str, ablation: str, params, b: TaskBat
     return CleanState(pre, mid, final, nodes, ref_nodes - nodes, keys, values, clean_metric)
 
 
-def layer_params(params: Params, layer: Int[Array, ""]) -> Params:
-    """Block parameters of one layer (a traced index)."""
-    return jax.tree.map(lambda a: jax.lax.dynamic_index_in_dim(a, layer, keepdims=False), params["blocks"])
-
-
 def residual_states(
     cfg: ModelConfig, params: Params, nodes_SxNxPxD: Float[Array, "S N P D"]
 ) -> tuple[Float[Array, "L N P D"], Float[Array, "L N P D"], Float[Array, "N P D"]]:
@@ -75,7 +70,7 @@ def kv_caches(
 
     def one(p, x):
         q, k, v = qkv(cfg, p, x)
-        return rotate(cfg, q, k, positions)[1], v
+        return rotate(cfg, p, q, k, positions)[1], v
 
     return jax.vmap(one)(params["blocks"], pre_LxNxPxD)
 
@@ -97,7 +92,7 @@ def run_to_answer(
 
     def run(i, h, query=None):
         lx = (None, (window.keys[i], window.values[i]))
-        return block(cfg, layer_params(params, i), h, stream, (window,), lx, positions, attention_mask, query)[0]
+        return block(cfg, layer_params(params, i), i, h, stream, (window,), lx, positions, attention_mask, query)[0]
 
     def through_last(h):
         h = jax.lax.fori_loop(layer, last, run, h)

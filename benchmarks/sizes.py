@@ -1,0 +1,89 @@
+"""Sizes of large models under the engine's memory model, without loading them: edges, weights,
+per-input scores, and how many inputs per device each job fits in a memory budget.
+
+    python -m benchmarks.sizes [--positions 20] [--out benchmarks/results]
+
+The configs are the published shapes (config.json of each checkpoint), read through the same
+``config_from_hf`` as real loading; the byte counts are the engine's own (``bytes_per_input`` of
+the gradient estimators, ``bytes_per_patch`` / ``bytes_per_input_state`` of exact patching). Weights
+are counted at 2 bytes (bfloat16) and 4 (float32). A budget is what the job may use besides the
+weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from benchmarks.common import save
+from mivar_jax.estimators.exact import bytes_per_input_state, bytes_per_patch
+from mivar_jax.estimators.gradient import bytes_per_input, bytes_per_input_activations
+from mivar_jax.models import gpt2, llama, neox
+
+GiB = 2**30
+LLAMA_ROPE = {"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0}
+CONFIGS = {  # published config.json values (the keys the loaders read)
+    "gpt2-small": (gpt2, dict(n_embd=768, n_head=12, n_layer=12, vocab_size=50257, n_positions=1024)),
+    "pythia-160m": (neox, dict(
+        model_type="gpt_neox", hidden_size=768, num_attention_heads=12, num_hidden_layers=12,
+        intermediate_size=3072, vocab_size=50304, rotary_pct=0.25, use_parallel_residual=True,
+    )),
+    "llama-3.2-1b": (llama, dict(
+        model_type="llama", hidden_size=2048, num_attention_heads=32, num_key_value_heads=8, num_hidden_layers=16,
+        intermediate_size=8192, vocab_size=128256, head_dim=64, rope_theta=500000.0, tie_word_embeddings=True,
+        rope_scaling={**LLAMA_ROPE, "original_max_position_embeddings": 8192},
+    )),
+    "qwen2.5-0.5b": (llama, dict(
+        model_type="qwen2", hidden_size=896, num_attention_heads=14, num_key_value_heads=2, num_hidden_layers=24,
+        intermediate_size=4864, vocab_size=151936, tie_word_embeddings=True,
+    )),
+    "llama-3.1-8b": (llama, dict(
+        model_type="llama", hidden_size=4096, num_attention_heads=32, num_key_value_heads=8, num_hidden_layers=32,
+        intermediate_size=14336, vocab_size=128256, rope_theta=500000.0,
+        rope_scaling={**LLAMA_ROPE, "factor": 8.0, "original_max_position_embeddings": 8192},
+    )),
+}  # fmt: skip
+
+
+def n_weights(cfg) -> int:
+    D, F, L = cfg.d_model, cfg.d_mlp, cfg.n_layers
+    attn = D * cfg.d_head * (2 * cfg.n_heads + 2 * cfg.n_kv_heads)
+    mlp = D * F * (3 if cfg.gated_mlp else 2)
+    return L * (attn + mlp) + cfg.vocab_size * D * (1 if cfg.tied_embeddings else 2)
+
+
+def rows(positions: int, budgets: dict[str, int]) -> list[dict]:
+    out = []
+    for name, (family, d) in CONFIGS.items():
+        cfg = family.config_from_hf(d, name)
+        weights = n_weights(cfg)
+        row = {
+            "model": name,
+            "edges": cfg.graph.n_edges,
+            "weights_GiB_bf16": round(2 * weights / GiB, 2),
+            "weights_GiB_f32": round(4 * weights / GiB, 2),
+            "scores_MiB_per_input": round(4 * cfg.graph.n_edges / 2**20, 2),
+        }
+        for budget_name, budget in budgets.items():
+            for job, per in (
+                ("eap", bytes_per_input(cfg, positions)),
+                ("eap-ig-activations", bytes_per_input_activations(cfg, positions)),
+                ("exact", bytes_per_input_state(cfg, positions) + bytes_per_patch(cfg, positions, positions)),
+            ):
+                row[f"{job}_inputs_{budget_name}"] = max(0, (budget - 4 * weights) // per)
+        out.append(row)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--positions", type=int, default=20, help="prompt length (IOI is about 16-20 tokens)")
+    ap.add_argument("--out", default="benchmarks/results")
+    args = ap.parse_args()
+    table = rows(args.positions, {"24GiB": 24 * GiB, "80GB": 80 * 10**9})
+    for row in table:
+        print(row)
+    save({"positions": args.positions, "rows": table}, args.out, "sizes")
+
+
+if __name__ == "__main__":
+    main()

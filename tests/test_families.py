@@ -1,0 +1,150 @@
+"""The architectures beyond GPT-2 and Llama on the one block: Qwen3 (QK-norm, sliding windows on some
+layers), Mistral (sliding windows), Phi-3 (fused projections, partial rotary) and GPT-NeoX / Pythia
+(parallel attention and MLP, partial rotary, fused per-head qkv), each a random-initialised
+transformers checkpoint read through the real loading path. Logits parity with transformers is in
+test_hf_parity.py; here: the numpy oracle against transformers, the graph form and exact patching
+against the oracle (windows crossing a sliding-window span included), the parallel edge rule, EAP
+= exact where the metric is linear, and every estimator, circuit evaluation and a tiny study."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+
+import mivar_jax as mv
+from mivar_jax.estimators import METHODS
+from mivar_jax.models import EdgeMix
+from mivar_jax.patching import first_changes, windows
+from tests import reference
+from tests.factory import hf_logits
+from tests.test_estimators import _affine_norms, _brute_force
+from tests.test_study import tiny_config
+
+FAMILIES = ["qwen3-sliding", "mistral", "phi3", "pythia", "neox-sequential"]
+PROMPTS = ["When Mary and John went to the store, John gave a drink to", "The keys to the cabinet"]
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def family(request, hf_dirs):
+    directory, torch_model = hf_dirs[request.param]
+    return request.param, mv.load_model(directory), torch_model
+
+
+def _oracle(model, batch, corrupted=None, dense=None):
+    g = model.graph
+    edges = {}
+    if dense is not None:
+        for s, d in zip(*np.nonzero(g.valid & (dense != 1.0)), strict=True):
+            edges[(g.src_names[s], g.dst_names[d])] = float(dense[s, d])
+    corrupted = None if corrupted is None else {n: np.asarray(corrupted[i]) for i, n in enumerate(g.src_names)}
+    params = jax.tree.map(np.asarray, model.params)
+    return reference.graph_forward(model.config, params, batch.tokens, batch.attention_mask, corrupted, edges)[0]
+
+
+def test_configs_carry_each_familys_features(family):
+    name, model, _ = family
+    cfg = model.config
+    expected = {
+        "qwen3-sliding": dict(qk_norm=True, windows=(0, 2), parallel_attn_mlp=False),
+        "mistral": dict(qk_norm=False, windows=(3, 3), parallel_attn_mlp=False),
+        "phi3": dict(qk_norm=False, windows=(), parallel_attn_mlp=False),
+        "pythia": dict(qk_norm=False, windows=(), parallel_attn_mlp=True),
+        "neox-sequential": dict(qk_norm=False, windows=(), parallel_attn_mlp=False),
+    }[name]
+    assert {k: getattr(cfg, k) for k in expected} == expected
+    rotary = 2 * len(cfg.rope_inv_freq)
+    assert rotary == {"phi3": 4, "pythia": 4, "neox-sequential": 2}.get(name, cfg.d_head)
+    # the edge rule of the layout: a parallel block's MLP reads none of its own layer's heads
+    L, H = cfg.n_layers, cfg.n_heads
+    same_layer = 0 if cfg.parallel_attn_mlp else L * H
+    sequential = mv.Graph(L, H)
+    assert model.graph.parallel_attn_mlp == cfg.parallel_attn_mlp
+    assert model.graph.n_edges == sequential.n_edges - L * H + same_layer
+
+
+def test_the_oracle_matches_transformers(family):
+    """tests/reference.py (loops, float64) is checked against transformers before it judges the engine."""
+    _, model, torch_model = family
+    batch = model.tokenize(PROMPTS, padding_side="left")
+    ours = _oracle(model, batch)
+    real = batch.attention_mask.astype(bool)
+    assert np.abs(ours[real] - hf_logits(torch_model, batch.tokens, batch.attention_mask)[real]).max() <= 1e-4
+
+
+def test_graph_form_matches_the_oracle(family):
+    _, model, _ = family
+    g = model.graph
+    clean = model.tokenize(PROMPTS[0])
+    corrupt = model.tokenize(PROMPTS[0].replace("John gave", "Paul gave"))
+    assert clean.tokens.shape == corrupt.tokens.shape
+    corrupted = model.node_outputs(corrupt.tokens)
+    plain = np.asarray(model(clean.tokens))
+    ones = np.asarray(model.forward(clean.tokens, None, EdgeMix(np.ones(g.n_edges, np.float32), corrupted)))
+    np.testing.assert_allclose(ones, plain, atol=1e-5)
+    mask = (np.random.default_rng(0).random(g.n_edges) < 0.6).astype(np.float32)
+    ours = np.asarray(model.forward(clean.tokens, None, EdgeMix(mask, corrupted)))
+    oracle = _oracle(model, clean, corrupted, g.to_dense(mask, fill=1.0))
+    assert np.abs(ours - oracle).max() <= 2e-4
+    assert np.abs(ours - plain).max() > 1e-3  # the mask matters
+
+
+@pytest.mark.parametrize("name", ["qwen3-sliding", "mistral", "pythia"])
+def test_exact_equals_brute_force_patching(hf_dirs, name):
+    """Windowed exact kernels against one oracle forward per edge: on sliding-window models the
+    windows (first change … answer) start past the span, so their cached keys are partly out of
+    reach; on the parallel model the MLP reads the layer's input."""
+    model = mv.load_model(hf_dirs[name][0])
+    data = mv.tasks.make("ioi", model, n=3, seed=1)
+    width = windows(data, "patch")
+    first = first_changes(data.clean, data.corrupted, data.attention_mask, data.answer_pos)
+    assert (width < data.n_positions).all()
+    if model.config.windows:  # the answer's query cannot see the first changed position in a sliding layer
+        assert (data.answer_pos - first >= max(model.config.windows)).any()
+    scores = mv.attribute(model, data, method="exact", batch_size=2, progress=False)
+    expected = _brute_force(model, data)
+    np.testing.assert_allclose(scores.per_input, expected, atol=2e-5 * np.abs(expected).max() + 1e-6, rtol=1e-3)
+    assert np.abs(expected).max() > 1e-3
+    nodes = mv.attribute(model, data, method="exact", level="node", batch_size=2, progress=False)
+    expected = _brute_force(model, data, "node")
+    np.testing.assert_allclose(nodes.per_input, expected, atol=2e-5 * np.abs(expected).max() + 1e-6, rtol=1e-3)
+
+
+def test_eap_equals_exact_where_the_metric_is_linear(hf_dirs):
+    model = mv.load_model(hf_dirs["pythia"][0])
+    linear = _affine_norms(model)
+    data = mv.tasks.make("ioi", model, n=4, seed=1)
+    into_logits = model.graph.edge_dst == model.graph.n_dst - 1
+    exact = mv.attribute(linear, data, method="exact", progress=False).per_input[:, into_logits]
+    eap = mv.attribute(linear, data, method="eap", progress=False).per_input[:, into_logits]
+    assert np.abs(exact).max() > 1e-3
+    np.testing.assert_allclose(eap, exact, rtol=1e-3, atol=1e-5 * np.abs(exact).max())
+
+
+def test_every_estimator_and_circuit_evaluation_run(family):
+    _, model, _ = family
+    data = mv.tasks.make("ioi", model, n=4, seed=2)
+    exact = mv.attribute(model, data, method="exact", progress=False)
+    base = mv.tasks.evaluate_model(model, data)
+    for method in METHODS:
+        scores = mv.attribute(model, data, method=method, steps=2, progress=False)
+        assert scores.per_input.shape == (4, model.graph.n_edges) and np.isfinite(scores.per_input).all()
+        np.testing.assert_allclose(scores.clean_metric, base.clean, rtol=1e-4, atol=1e-5)
+    # the gradient methods estimate exact patching: strongly correlated on a tiny model
+    ig = mv.aggregate(mv.attribute(model, data, method="eap-ig-inputs", steps=5, progress=False))
+    assert np.corrcoef(ig, mv.aggregate(exact))[0, 1] > 0.5
+    g = model.graph
+    ev = mv.evaluate(model, data, np.stack([np.ones(g.n_edges, bool), np.zeros(g.n_edges, bool)]), progress=False)
+    np.testing.assert_allclose(ev.metric[0], base.clean, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(ev.metric[1], base.corrupted, rtol=1e-4, atol=1e-5)
+
+
+def test_a_tiny_study_runs(hf_dirs, tmp_path):
+    cfg = tiny_config(
+        hf_dirs["qwen3-sliding"][0],
+        data={"seeds": [0]},
+        estimator={"methods": ["eap-ig-inputs", "exact"], "steps": [2]},
+        reference={"level": "none"},
+    )
+    results = mv.Study(cfg).run(tmp_path / "run", progress=False, report=False)
+    assert results  # every cell produced its results
