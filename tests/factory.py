@@ -162,6 +162,8 @@ def write_gguf(model, path: str, qtype: str = "F32", *, rope_freqs=None, vocab: 
         w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
         head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // H
         w.add_rope_dimension_count(int(head_dim * cfg.rope_parameters.get("partial_rotary_factor", 1.0)))
+        w.add_key_length(head_dim)
+        w.add_value_length(head_dim)
         w.add_vocab_size(cfg.vocab_size)
         tensors["token_embd.weight"] = sd["model.embed_tokens.weight"]
         tensors["output_norm.weight"] = sd["model.norm.weight"]

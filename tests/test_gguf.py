@@ -27,11 +27,11 @@ def small_models(tmp_path_factory):
         "llama-tied": ("llama", {"tie_word_embeddings": True, "num_key_value_heads": 1}),
         "llama-gqa": ("llama", {"num_key_value_heads": 2}),
         "qwen2": ("qwen2", {"tie_word_embeddings": True}),
-        "qwen3": ("qwen3", {"head_dim": 16}),  # QK-norm, a head width other than d_model / heads
-        "phi3": ("phi3", {}),  # fused q/k/v and gate/up
+        "qwen3": ("qwen3", {}),  # QK-norm
+        "phi3": ("phi3", {"vocab_size": 32064}),  # fused q/k/v, gate/up; transformers' GGUF reader pads at id 32000
     }
     models = {
-        name: make_hf_model(kind, str(root / name), vocab_size=SMALL_VOCAB, seed=7, **kw)
+        name: make_hf_model(kind, str(root / name), seed=7, **{"vocab_size": SMALL_VOCAB, **kw})
         for name, (kind, kw) in specs.items()
     }
     # transformers' GGUF reader takes GPT-2's vocabulary size from the file's tokenizer and assumes
