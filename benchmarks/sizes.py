@@ -36,6 +36,11 @@ CONFIGS = {  # published config.json values (the keys the loaders read)
         model_type="qwen2", hidden_size=896, num_attention_heads=14, num_key_value_heads=2, num_hidden_layers=24,
         intermediate_size=4864, vocab_size=151936, tie_word_embeddings=True,
     )),
+    "gemma-2-2b": (llama, dict(
+        model_type="gemma2", hidden_size=2304, num_attention_heads=8, num_key_value_heads=4, num_hidden_layers=26,
+        intermediate_size=9216, vocab_size=256000, head_dim=256, query_pre_attn_scalar=256, sliding_window=4096,
+        hidden_activation="gelu_pytorch_tanh", attn_logit_softcapping=50.0, final_logit_softcapping=30.0,
+    )),
     "llama-3.1-8b": (llama, dict(
         model_type="llama", hidden_size=4096, num_attention_heads=32, num_key_value_heads=8, num_hidden_layers=32,
         intermediate_size=14336, vocab_size=128256, rope_theta=500000.0,

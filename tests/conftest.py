@@ -16,8 +16,10 @@ import jaxtyping
 assert "mivar_jax" not in sys.modules, "mivar_jax was imported before tests/conftest.py installed the type checks"
 jaxtyping.install_import_hook(["mivar_jax"], "beartype.beartype(conf=beartype.BeartypeConf(is_pep484_tower=True))")
 
-# One persistent compilation cache per test session, inherited by the subprocesses the tests start
-# (resumed studies, 8-device runs, notebooks): a kernel compiled once is not compiled again.
+# One persistent compilation cache per test session for the subprocesses the tests start (resumed
+# studies, 8-device runs, notebooks): a kernel one of them compiled is not compiled again. Not in the
+# pytest processes themselves, which keep their kernels in memory: in a long-lived xdist worker,
+# serialising an executable for the cache has aborted the process (jaxlib 0.10.2, XLA:CPU).
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="mivar-jax-cache-"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
@@ -25,6 +27,7 @@ import jax  # noqa: E402
 import pytest  # noqa: E402
 
 jax.config.update("jax_enable_x64", False)
+jax.config.update("jax_enable_compilation_cache", False)
 
 # Not type-checked at run time: public entry points that validate their own arguments with errors
 # that name the argument and what is allowed, which the tests check by passing ill-typed values (a
@@ -81,6 +84,22 @@ def hf_dirs(tmp_path_factory):
         "phi3": ("phi3", {"partial_rotary_factor": 0.5}),
         "pythia": ("gpt_neox", {"rotary_pct": 0.5, "use_parallel_residual": True}),
         "neox-sequential": ("gpt_neox", {"rotary_pct": 0.25, "use_parallel_residual": False, "hidden_act": "gelu_new"}),
+        # post-norms, GeGLU, √D embeddings; both soft-caps active (|logits| reach ~0.9 of the cap); layer 0 slides
+        "gemma2": ("gemma2", {"attn_logit_softcapping": 0.5, "final_logit_softcapping": 1.0}),
+        # + per-head QK-norm, and the sliding layer's own RoPE base
+        "gemma3": (
+            "gemma3_text",
+            {
+                "rope_parameters": {
+                    "full_attention": {"rope_type": "default", "rope_theta": 100.0},
+                    "sliding_attention": {"rope_type": "default", "rope_theta": 10.0},
+                }
+            },
+        ),
+        "olmo2": (
+            "olmo2",
+            {"eos_token_id": 50256},
+        ),  # norms only after the sublayers; QK-norm over all heads (GQA: K = 2)
     }
     out = {}
     for name, (kind, overrides) in specs.items():

@@ -64,6 +64,10 @@ NEOX_TINY = dict(
     hidden_size=32, num_attention_heads=4, num_hidden_layers=2, intermediate_size=64, max_position_embeddings=64,
     vocab_size=50257,
 )  # fmt: skip
+GEMMA_TINY = dict(
+    LLAMA_TINY, head_dim=8, query_pre_attn_scalar=16, sliding_window=3, layer_types=["sliding_attention", "full_attention"],
+    attn_implementation="eager",
+)  # fmt: skip
 _KINDS = {  # kind: (config class, model class, default config)
     "gpt2": ("GPT2Config", "GPT2LMHeadModel", GPT2_TINY),
     "llama": ("LlamaConfig", "LlamaForCausalLM", LLAMA_TINY),
@@ -72,6 +76,9 @@ _KINDS = {  # kind: (config class, model class, default config)
     "mistral": ("MistralConfig", "MistralForCausalLM", LLAMA_TINY),
     "phi3": ("Phi3Config", "Phi3ForCausalLM", LLAMA_TINY),
     "gpt_neox": ("GPTNeoXConfig", "GPTNeoXForCausalLM", NEOX_TINY),
+    "gemma2": ("Gemma2Config", "Gemma2ForCausalLM", GEMMA_TINY),
+    "gemma3_text": ("Gemma3TextConfig", "Gemma3ForCausalLM", GEMMA_TINY),
+    "olmo2": ("Olmo2Config", "Olmo2ForCausalLM", LLAMA_TINY),
 }
 
 

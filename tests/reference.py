@@ -18,7 +18,15 @@ def _norm(cfg, scale, bias, x):
         mu = x.mean(-1, keepdims=True)
         var = ((x - mu) ** 2).mean(-1, keepdims=True)
         return (x - mu) / np.sqrt(var + cfg.norm_eps) * scale + bias
-    return x / np.sqrt((x**2).mean(-1, keepdims=True) + cfg.norm_eps) * scale
+    return _rms(x, scale, cfg.norm_eps)
+
+
+def _cap(x, cap):
+    return cap * np.tanh(x / cap) if cap else x
+
+
+def _rms(x, scale, eps):
+    return x / np.sqrt((x**2).mean(-1, keepdims=True) + eps) * scale
 
 
 def _act(cfg, x):
@@ -33,9 +41,11 @@ def _act(cfg, x):
     return x / (1 + np.exp(-x))
 
 
-def _rope(cfg, x, pos):
-    """x [P, E] for one head; rotate-half pairs (i, i + R/2) over the first R = 2·len(inv_freq) dims."""
-    inv = np.asarray(cfg.rope_inv_freq, np.float64)
+def _rope(cfg, x, pos, layer):
+    """x [P, E] for one head; rotate-half pairs (i, i + R/2) over the first R = 2·len(inv_freq) dims
+    (a windowed layer's own frequencies where the config has them)."""
+    local = cfg.rope_local_inv_freq is not None and cfg.windows[layer] > 0
+    inv = np.asarray(cfg.rope_local_inv_freq if local else cfg.rope_inv_freq, np.float64)
     half = len(inv)
     out = x.copy()
     for p in range(x.shape[0]):
@@ -89,7 +99,7 @@ def graph_forward(cfg, params, tokens, mask=None, corrupted=None, edge_mask=None
     edge_mask = edge_mask or {}
 
     nodes = {}
-    x = np.asarray(params["tok_embed"], np.float64)[tokens]
+    x = np.asarray(params["tok_embed"], np.float64)[tokens] * np.float32(cfg.embed_scale)
     if cfg.positional == "learned":
         x = x + np.asarray(params["pos_embed"], np.float64)[pos]
     nodes["input"] = x if input_embeds is None else np.asarray(input_embeds, np.float64)
@@ -109,7 +119,8 @@ def graph_forward(cfg, params, tokens, mask=None, corrupted=None, edge_mask=None
     const = np.zeros(D)
     for layer in range(cfg.n_layers):
         b = {k: v[layer] if not isinstance(v, dict) else {a: c[layer] for a, c in v.items()} for k, v in blocks.items()}
-        ln1 = (b["ln1"]["scale"], b["ln1"].get("bias", 0.0))
+        pre_norm = lambda key, x, b=b: _norm(cfg, b[key]["scale"], b[key].get("bias", 0.0), x) if cfg.pre_norms else x
+        raw = {}
         for h in range(H):
             g = h // (H // K)
             qkv = {}
@@ -118,17 +129,22 @@ def graph_forward(cfg, params, tokens, mask=None, corrupted=None, edge_mask=None
                 ("k", b["w_k"][g], "b_k", g),
                 ("v", b["w_v"][g], "b_v", g),
             ):
-                inp = _norm(cfg, *ln1, read(f"a{layer}.h{h}<{c}>", const))
+                inp = pre_norm("ln1", read(f"a{layer}.h{h}<{c}>", const))
                 y = inp @ w + (b[bias_key][idx] if bias_key in b else 0.0)
-                if cfg.qk_norm and c in "qk":
-                    y = y / np.sqrt((y**2).mean(-1, keepdims=True) + cfg.norm_eps) * b[f"{c}_norm"]
+                if cfg.qk_norm == "head" and c in "qk":
+                    y = _rms(y, b[f"{c}_norm"], cfg.norm_eps)
+                if cfg.qk_norm == "all" and c in "qk":  # the RMS of every head's projection of this input
+                    every = np.stack([inp @ w_j for w_j in b[f"w_{c}"]])
+                    y = y / np.sqrt((every**2).mean((0, -1))[..., None] + cfg.norm_eps)
+                    y = y * b[f"{c}_norm"].reshape(-1, E)[idx]
                 qkv[c] = y
             out = np.zeros((N, P, D))
             for n in range(N):
                 q, k, v = qkv["q"][n], qkv["k"][n], qkv["v"][n]
                 if cfg.positional == "rope":
-                    q, k = _rope(cfg, q, pos[n]), _rope(cfg, k, pos[n])
-                scores = q @ k.T / math.sqrt(E)
+                    q, k = _rope(cfg, q, pos[n], layer), _rope(cfg, k, pos[n], layer)
+                scale = 1 / math.sqrt(E) if cfg.attn_scale is None else cfg.attn_scale
+                scores = _cap(q @ k.T * scale, cfg.attn_softcap)
                 for i in range(P):
                     span = cfg.windows[layer] if cfg.windows else 0
                     allowed = [j for j in range(P) if j <= i and mask[n, j] and (span == 0 or j > i - span)]
@@ -140,16 +156,23 @@ def graph_forward(cfg, params, tokens, mask=None, corrupted=None, edge_mask=None
                     else:
                         w[:] = 1.0 / P
                     out[n, i] = (w @ v) @ b["w_o"][h]
-            nodes[f"a{layer}.h{h}"] = out
+            raw[h] = out
+        # post-norms: each head's share of RMSNorm(Σ_h out_h)
+        total = sum(raw.values())
+        r = 1 / np.sqrt((total**2).mean(-1, keepdims=True) + cfg.norm_eps) if cfg.post_norms else 1.0
+        for h in range(H):
+            nodes[f"a{layer}.h{h}"] = raw[h] * r * (b["ln1_post"]["scale"] if cfg.post_norms else 1.0)
         mlp_const = const if cfg.parallel_attn_mlp else const + b_o[layer]  # the attention's bias is upstream?
         const = const + b_o[layer]
-        inp = _norm(cfg, b["ln2"]["scale"], b["ln2"].get("bias", 0.0), read(f"m{layer}", mlp_const))
+        inp = pre_norm("ln2", read(f"m{layer}", mlp_const))
         a = inp @ b["w_in"] + b.get("b_in", 0.0)
         if cfg.gated_mlp:
             a = _act(cfg, inp @ b["w_gate"] + b.get("b_gate", 0.0)) * a
         else:
             a = _act(cfg, a)
         nodes[f"m{layer}"] = a @ b["w_out"] + b.get("b_out", 0.0)
+        if cfg.post_norms:
+            nodes[f"m{layer}"] = _rms(nodes[f"m{layer}"], b["ln2_post"]["scale"], cfg.norm_eps)
 
     final = _norm(cfg, p["ln_f"]["scale"], p["ln_f"].get("bias", 0.0), read("logits", const))
     if at is not None:
@@ -159,4 +182,4 @@ def graph_forward(cfg, params, tokens, mask=None, corrupted=None, edge_mask=None
         if cfg.tied_embeddings
         else np.asarray(params["unembed"], np.float64)
     )
-    return final @ w_u, nodes
+    return _cap(final @ w_u, cfg.logit_softcap), nodes

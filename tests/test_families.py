@@ -1,6 +1,8 @@
 """The architectures beyond GPT-2 and Llama on the one block: Qwen3 (QK-norm, sliding windows on some
-layers), Mistral (sliding windows), Phi-3 (fused projections, partial rotary) and GPT-NeoX / Pythia
-(parallel attention and MLP, partial rotary, fused per-head qkv), each a random-initialised
+layers), Mistral (sliding windows), Phi-3 (fused projections, partial rotary), GPT-NeoX / Pythia
+(parallel attention and MLP, partial rotary, fused per-head qkv), Gemma 2/3 (norms after the
+sublayers, soft-capped logits, GeGLU, scaled embeddings, local RoPE base) and OLMo 2 (norms only
+after the sublayers, QK-norm over all heads), each a random-initialised
 transformers checkpoint read through the real loading path. Logits parity with transformers is in
 test_hf_parity.py; here: the numpy oracle against transformers, the graph form and exact patching
 against the oracle (windows crossing a sliding-window span included), the parallel edge rule, EAP
@@ -9,19 +11,20 @@ against the oracle (windows crossing a sliding-window span included), the parall
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import mivar_jax as mv
 from mivar_jax.estimators import METHODS
-from mivar_jax.models import EdgeMix
-from mivar_jax.patching import first_changes, windows
+from mivar_jax.models import EdgeMix, forward
+from mivar_jax.patching import first_changes, slot_gradients, windows
 from tests import reference
 from tests.factory import hf_logits
 from tests.test_estimators import _affine_norms, _brute_force
 from tests.test_study import tiny_config
 
-FAMILIES = ["qwen3-sliding", "mistral", "phi3", "pythia", "neox-sequential"]
+FAMILIES = ["qwen3-sliding", "mistral", "phi3", "pythia", "neox-sequential", "gemma2", "gemma3", "olmo2"]
 PROMPTS = ["When Mary and John went to the store, John gave a drink to", "The keys to the cabinet"]
 
 
@@ -46,11 +49,14 @@ def test_configs_carry_each_familys_features(family):
     name, model, _ = family
     cfg = model.config
     expected = {
-        "qwen3-sliding": dict(qk_norm=True, windows=(0, 2), parallel_attn_mlp=False),
-        "mistral": dict(qk_norm=False, windows=(3, 3), parallel_attn_mlp=False),
-        "phi3": dict(qk_norm=False, windows=(), parallel_attn_mlp=False),
-        "pythia": dict(qk_norm=False, windows=(), parallel_attn_mlp=True),
-        "neox-sequential": dict(qk_norm=False, windows=(), parallel_attn_mlp=False),
+        "qwen3-sliding": dict(qk_norm="head", windows=(0, 2), parallel_attn_mlp=False),
+        "mistral": dict(qk_norm="", windows=(3, 3), parallel_attn_mlp=False),
+        "phi3": dict(qk_norm="", windows=(), parallel_attn_mlp=False),
+        "pythia": dict(qk_norm="", windows=(), parallel_attn_mlp=True),
+        "neox-sequential": dict(qk_norm="", windows=(), parallel_attn_mlp=False),
+        "gemma2": dict(qk_norm="", windows=(3, 0), post_norms=True, attn_softcap=0.5, logit_softcap=1.0),
+        "gemma3": dict(qk_norm="head", windows=(3, 0), post_norms=True, attn_softcap=0.0, attn_scale=0.25),
+        "olmo2": dict(qk_norm="all", pre_norms=False, post_norms=True, windows=(), tied_embeddings=False),
     }[name]
     assert {k: getattr(cfg, k) for k in expected} == expected
     rotary = 2 * len(cfg.rope_inv_freq)
@@ -89,11 +95,12 @@ def test_graph_form_matches_the_oracle(family):
     assert np.abs(ours - plain).max() > 1e-3  # the mask matters
 
 
-@pytest.mark.parametrize("name", ["qwen3-sliding", "mistral", "pythia"])
+@pytest.mark.parametrize("name", ["qwen3-sliding", "mistral", "pythia", "gemma2", "olmo2"])
 def test_exact_equals_brute_force_patching(hf_dirs, name):
     """Windowed exact kernels against one oracle forward per edge: on sliding-window models the
     windows (first change … answer) start past the span, so their cached keys are partly out of
-    reach; on the parallel model the MLP reads the layer's input."""
+    reach; on the parallel model the MLP reads the layer's input; on Gemma 2 a patched head changes
+    every head's share of the post-normed write, with both soft-caps active."""
     model = mv.load_model(hf_dirs[name][0])
     data = mv.tasks.make("ioi", model, n=3, seed=1)
     width = windows(data, "patch")
@@ -108,6 +115,27 @@ def test_exact_equals_brute_force_patching(hf_dirs, name):
     nodes = mv.attribute(model, data, method="exact", level="node", batch_size=2, progress=False)
     expected = _brute_force(model, data, "node")
     np.testing.assert_allclose(nodes.per_input, expected, atol=2e-5 * np.abs(expected).max() + 1e-6, rtol=1e-3)
+
+
+def test_slot_gradients_are_the_graph_forms_mask_gradient(family):
+    """The gradients every EAP-style estimator uses (``slot_gradients``: projection taps pulled back
+    through W and the input norm, or input taps under OLMo 2's all-head QK-norm) give, contracted
+    with Δz, ∂objective/∂M of the graph form for every edge (autodiff of EdgeMix: another path)."""
+    _, model, _ = family
+    cfg, params, g = model.config, model.params, model.graph
+    clean = model.tokenize(PROMPTS[0])
+    corrupted = model.node_outputs(model.tokenize(PROMPTS[0].replace("John gave", "Paul gave")).tokens)
+    tokens, mask, last = (jnp.asarray(a) for a in (clean.tokens, clean.attention_mask, clean.last))
+
+    def objective(logits):
+        return logits[:, 3].sum() - 2 * logits[:, 7].sum()
+
+    by_mask = lambda m: objective(forward(cfg, params, tokens, mask, EdgeMix(m, corrupted), logit_positions=last))
+    expected = np.asarray(jax.jit(jax.grad(by_mask))(jnp.ones(g.n_edges)))
+    grads, nodes = jax.jit(lambda: slot_gradients(cfg, params, tokens, mask, objective, logit_positions=last))()
+    eap = g.to_flat(np.einsum("snpd,tnpd->st", np.asarray(nodes - corrupted), np.asarray(grads)))
+    assert np.abs(expected).max() > 1e-3
+    np.testing.assert_allclose(eap, expected, rtol=1e-3, atol=1e-4 * np.abs(expected).max())
 
 
 def test_eap_equals_exact_where_the_metric_is_linear(hf_dirs):

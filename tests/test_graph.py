@@ -8,6 +8,8 @@ from tests import reference
 
 
 class _Cfg:
+    parallel_attn_mlp = False
+
     def __init__(self, n_layers, n_heads):
         self.n_layers, self.n_heads = n_layers, n_heads
 

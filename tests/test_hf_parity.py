@@ -26,7 +26,7 @@ MODELS = [
     "mistral",
     "phi3",
 ]
-MODELS += ["pythia", "neox-sequential"]
+MODELS += ["pythia", "neox-sequential", "gemma2", "gemma3", "olmo2"]
 
 
 def _assert_real_positions_close(ours, ref, mask, atol=1e-4):

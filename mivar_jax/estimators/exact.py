@@ -37,7 +37,7 @@ from mivar_jax.engine import EDGES, INPUTS
 from mivar_jax.estimators.registry import Estimator, Options, register
 from mivar_jax.models.config import ModelConfig
 from mivar_jax.models.interventions import Stream, Window
-from mivar_jax.models.layers import at_positions, mlp, position_ids, take_window
+from mivar_jax.models.layers import at_positions, head_writes, mlp, position_ids, take_window
 from mivar_jax.models.transformer import block
 from mivar_jax.patching import (
     CleanState,
@@ -55,7 +55,7 @@ from mivar_jax.tasks.data import TaskBatch, TaskData
 _BATCH = TaskBatch(*(Spec(INPUTS) for _ in TaskBatch._fields))
 _ROWS = Spec(None, INPUTS)
 _STATE = CleanState(
-    _ROWS, _ROWS, Spec(INPUTS), _ROWS, _ROWS, Spec(None, None, INPUTS), Spec(None, None, INPUTS), Spec(INPUTS)
+    _ROWS, _ROWS, Spec(INPUTS), _ROWS, _ROWS, Spec(None, None, INPUTS), Spec(None, None, INPUTS), Spec(INPUTS), _ROWS
 )
 _OUT = Spec(EDGES, INPUTS)
 
@@ -83,23 +83,32 @@ class _Win(NamedTuple):
 @struct.dataclass
 class _SlotPatch(Stream):
     """A layer whose head ``head`` reads in + Δz at its q (``kind`` 0), k (1) or v (2) slot: that
-    head is recomputed from its three inputs, the others keep their clean outputs. State: the
-    stream before the layer [N, W, D]."""
+    head is recomputed from its three inputs, the others keep their clean outputs. With post-norms
+    (``attn``: the layer's clean Σ_h z_h) the head is also recomputed clean and the layer's write is
+    RMSNorm(attn − clean z_h + patched z_h): every head's share changes. State: the stream before
+    the layer [N, W, D]."""
 
     head: Int[Array, ""]
     kind: Int[Array, ""]
     delta: Float[Array, "N W D"]
     mid: Float[Array, "N W D"]  # the clean stream after attention
     clean_head: Float[Array, "N W D"]
+    attn: Float[Array, "N W D"] | None
 
     def heads(self, lx):
-        return self.head[None]
+        return self.head[None] if self.attn is None else jnp.stack([self.head, self.head])
 
     def read_attention(self, state, lx):
-        return state, jnp.stack([state + self.delta * (self.kind == i).astype(state.dtype) for i in range(3)])
+        patched = [state + self.delta * (self.kind == i).astype(state.dtype) for i in range(3)]
+        if self.attn is None:
+            return state, jnp.stack(patched)
+        return state, jnp.stack([patched[0], state, patched[1], state, patched[2], state])
+
+    def head_writes(self, cfg, p, z):
+        return z if self.attn is None else head_writes(cfg, p, self.attn + z[0] - z[1])
 
     def add_heads(self, state, z, b_o, lx):
-        return self.mid + z[0] - self.clean_head
+        return self.mid + z[0] - self.clean_head if self.attn is None else state + z
 
 
 def _finish(cfg, metric, params, b, win: _Win, st: CleanState, x_post, layer):
@@ -119,7 +128,8 @@ def _head_edges(cfg, metric, width, params, b, st: CleanState, layer, src, head,
     lx = (None, (st.keys[layer], st.values[layer]))
 
     def one(src_e, head_e, kind_e):
-        patch = _SlotPatch(head_e, kind_e, win(st.delta[src_e]), mid, clean_heads[head_e])
+        attn = None if st.attn is None else win(st.attn[layer])
+        patch = _SlotPatch(head_e, kind_e, win(st.delta[src_e]), mid, clean_heads[head_e], attn)
         x_post, _ = block(cfg, p, layer, pre, patch, (win.window,), lx, win.positions, b.attention_mask)
         return _finish(cfg, metric, params, b, win, st, x_post, layer)
 
@@ -229,7 +239,8 @@ def bytes_per_input_state(cfg: ModelConfig, n_positions: int) -> int:
     """Memory of one input's clean state (residual streams, node outputs, deltas, caches)."""
     g = cfg.graph
     caches = 2 * cfg.n_layers * cfg.n_kv_heads * cfg.d_head
-    return 4 * n_positions * (cfg.d_model * (2 * cfg.n_layers + 2 * g.n_src + 2) + caches)
+    streams = (3 if cfg.post_norms else 2) * cfg.n_layers  # pre, mid (and attn)
+    return 4 * n_positions * (cfg.d_model * (streams + 2 * g.n_src + 2) + caches)
 
 
 def exact_scores(

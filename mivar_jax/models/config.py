@@ -14,22 +14,31 @@ ACTIVATIONS = ("gelu_tanh", "gelu", "relu", "silu")
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    """Architecture of a pre-norm decoder (GPT-2, GPT-NeoX/Pythia, the Llama family, Mistral,
-    Qwen 2/3, Phi-3).
+    """Architecture of a decoder (GPT-2, GPT-NeoX/Pythia, the Llama family, Mistral, Qwen 2/3,
+    Phi-3, Gemma 2/3, OLMo 2).
 
     Hashable, so it is a static argument of the jit-compiled forward functions.
     ``rope_inv_freq`` holds the rotary inverse frequencies [R / 2] after any scaling (Llama-3,
     linear, or GGUF ``rope_freqs`` factors): the first R ≤ d_head dimensions of each head rotate
     (partial rotary when R < d_head), so every RoPE variant runs one code path.
     ``parallel_attn_mlp``: the MLP reads the layer's input, as its attention does (GPT-NeoX), not
-    the stream after attention. ``qk_norm``: RMSNorm of each head's query and key over its width
-    (weights ``q_norm`` / ``k_norm`` [Dh]) before RoPE. ``windows``: per layer, the sliding-window
+    the stream after attention. ``qk_norm``: RMSNorm of the queries and keys before RoPE, ``"head"``
+    over each head's width (weights ``q_norm`` / ``k_norm`` [Dh]; Qwen 3, Gemma 3) or ``"all"``
+    over all heads' projections together (weights [H·Dh] / [K·Dh]; OLMo 2), "" none.
+    ``pre_norms``: each sublayer normalises its input (False: OLMo 2, whose norms follow them). ``windows``: per layer, the sliding-window
     span of its attention (a query at index i sees keys at indices (i − span, i]; 0 = no window),
-    or empty when no layer has one.
+    or empty when no layer has one. ``rope_local_inv_freq``: the frequencies of the windowed layers
+    when they differ (Gemma 3's local layers). ``post_norms``: RMSNorm of each sublayer's write
+    (weights ``ln1_post`` / ``ln2_post``; Gemma 2/3) — the attention write RMSNorm(Σ_h z_h) is
+    Σ_h r ⊙ z_h with r = scale / rms(Σ_h z_h), so a head's node output is its share r ⊙ z_h.
+    ``attn_scale``: the attention logits' factor (None: 1/√d_head). ``attn_softcap`` /
+    ``logit_softcap``: c · tanh(s / c) of the attention logits / the output logits (0: none).
+    ``embed_scale``: the token embeddings' factor (Gemma: √d_model).
     """
 
     name: str
-    family: str  # the checkpoint's model_type: "gpt2", "gpt_neox", "llama", "mistral", "qwen2", "qwen3", "phi3"
+    family: str  # the checkpoint's model_type: "gpt2", "gpt_neox", "llama", "mistral", "qwen2", "qwen3", "phi3",
+    # "gemma2", "gemma3_text", "olmo2"
     n_layers: int
     n_heads: int
     n_kv_heads: int
@@ -49,8 +58,15 @@ class ModelConfig:
     mlp_bias: bool = False
     tied_embeddings: bool = True
     parallel_attn_mlp: bool = False
-    qk_norm: bool = False
+    qk_norm: str = ""
+    pre_norms: bool = True
     windows: tuple[int, ...] = ()
+    rope_local_inv_freq: tuple[float, ...] | None = dataclasses.field(default=None, repr=False)
+    post_norms: bool = False
+    attn_scale: float | None = None
+    attn_softcap: float = 0.0
+    logit_softcap: float = 0.0
+    embed_scale: float = 1.0
 
     def __post_init__(self):
         problems = []
@@ -67,6 +83,16 @@ class ModelConfig:
             problems.append(f"a RoPE model needs rope_inv_freq of length 1 … d_head/2 = {self.d_head // 2}")
         if self.windows and (len(self.windows) != self.n_layers or min(self.windows) < 0):
             problems.append(f"windows needs one span ≥ 0 per layer ({self.n_layers}), got {self.windows}")
+        if self.rope_local_inv_freq is not None and len(self.rope_local_inv_freq) != len(self.rope_inv_freq or ()):
+            problems.append("rope_local_inv_freq must have as many frequencies as rope_inv_freq")
+        if self.qk_norm not in ("", "head", "all"):
+            problems.append(f"qk_norm must be '', 'head' or 'all' (got {self.qk_norm!r})")
+        if self.qk_norm == "all" and self.qkv_bias:
+            problems.append("qk_norm='all' is supported without q/k/v biases")
+        if self.post_norms and (self.norm != "rmsnorm" or self.o_bias):
+            problems.append("post_norms needs RMSNorm and no attention output bias (a head's share must be its own)")
+        if min(self.attn_softcap, self.logit_softcap) < 0:
+            problems.append("softcaps must be ≥ 0 (0: none)")
         if self.activation not in ACTIVATIONS:
             problems.append(f"activation must be one of {ACTIVATIONS} (got {self.activation!r})")
         if problems:

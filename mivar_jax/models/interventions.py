@@ -33,7 +33,7 @@ from flax import struct
 from jaxtyping import Array, ArrayLike, Float, Int
 
 from mivar_jax.models.config import ModelConfig
-from mivar_jax.models.layers import at_positions, expand_kv, put_window, sum_first_axis, take_window
+from mivar_jax.models.layers import at_positions, expand_kv, head_writes, put_window, sum_first_axis, take_window
 
 _MIX_GROUPS = 4  # scans of the EdgeMix forward (more: less mixing work, longer compiles)
 
@@ -118,6 +118,10 @@ class Stream(Intervention):
     def add_heads(self, state, z, b_o, lx):
         """``z``: per-head writes [heads, N, P, D] (or their sum [N, P, D] where ``per_head`` is off)."""
         return state + (sum_first_axis(z) if z.ndim == 4 else z) + b_o
+
+    def head_writes(self, cfg: ModelConfig, p, z):
+        """The heads' writes from their outputs z [heads, N, P, D] (or summed): ``layers.head_writes``."""
+        return head_writes(cfg, p, z)
 
     def read_mlp(self, state, lx):
         return state

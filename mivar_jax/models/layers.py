@@ -77,11 +77,15 @@ def position_ids(attention_mask: Int[ArrayLike, "N P"]) -> Int[Array, "N P"]:
 
 
 def rope(
-    cfg: ModelConfig, x: Float[Array, "heads N P Dh"], positions: Int[Array, "N P"]
+    cfg: ModelConfig, x: Float[Array, "heads N P Dh"], positions: Int[Array, "N P"], layer: Int[Array, ""] | int = 0
 ) -> Float[Array, "heads N P Dh"]:
     """Rotary embedding, rotate-half convention (HF): the two halves of each head's first R
-    dimensions (R = 2 · len(rope_inv_freq); all of them unless partial) form pairs; the rest pass."""
+    dimensions (R = 2 · len(rope_inv_freq); all of them unless partial) form pairs; the rest pass.
+    A windowed ``layer`` rotates at ``rope_local_inv_freq`` where the config has them."""
     inv_freq = jnp.asarray(np.asarray(cfg.rope_inv_freq, np.float32))
+    if cfg.rope_local_inv_freq is not None:
+        local = jnp.asarray(np.asarray(cfg.rope_local_inv_freq, np.float32))
+        inv_freq = jnp.where(span(cfg, layer) > 0, local, inv_freq)
     R = 2 * inv_freq.shape[0]
     angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [N, P, R/2]
     cos = jnp.concatenate([jnp.cos(angles)] * 2, -1)[None]
@@ -122,13 +126,17 @@ def attend(
 
     Queries may be a window of W positions starting at ``q_offset`` (one for all inputs, or one
     per input); keys always cover all P positions. ``span`` > 0 (sliding-window attention): the
-    query at index i sees only keys at indices > i − span."""
+    query at index i sees only keys at indices > i − span. Logits: q·k · ``attn_scale`` (default
+    1/√Dh), soft-capped by ``attn_softcap``."""
     n_heads = q_HxNxWxDh.shape[0]
     if k_KxNxPxDh.shape[0] != n_heads:
         k_KxNxPxDh = jnp.repeat(k_KxNxPxDh, n_heads // k_KxNxPxDh.shape[0], axis=0)
         v_KxNxPxDh = jnp.repeat(v_KxNxPxDh, n_heads // v_KxNxPxDh.shape[0], axis=0)
     W, P = q_HxNxWxDh.shape[2], k_KxNxPxDh.shape[2]
-    scores = jnp.einsum("hnqe,hnke->hnqk", q_HxNxWxDh, k_KxNxPxDh).astype(jnp.float32) / np.sqrt(cfg.d_head)
+    scale = 1 / np.sqrt(cfg.d_head) if cfg.attn_scale is None else cfg.attn_scale
+    scores = softcap(
+        jnp.einsum("hnqe,hnke->hnqk", q_HxNxWxDh, k_KxNxPxDh).astype(jnp.float32) * scale, cfg.attn_softcap
+    )
     offset = jnp.reshape(jnp.asarray(q_offset), (-1, 1, 1))  # [1 or N, 1, 1]
     key_i, query_i = jnp.arange(P)[None, None, :], jnp.arange(W)[None, :, None] + offset
     allowed = (key_i <= query_i) & ((span <= 0) | (key_i > query_i - span))
@@ -136,6 +144,11 @@ def attend(
     scores = jnp.where(allowed, scores, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(v_KxNxPxDh.dtype)
     return jnp.einsum("hnqk,hnke->hnqe", probs, v_KxNxPxDh)
+
+
+def softcap(x: jax.Array, cap: float) -> jax.Array:
+    """cap · tanh(x / cap) (cap 0: x unchanged)."""
+    return cap * jnp.tanh(x / cap) if cap else x
 
 
 def span(cfg: ModelConfig, layer: Int[Array, ""] | int) -> Int[Array, ""] | int:
@@ -165,26 +178,70 @@ def qkv(cfg: ModelConfig, p: Params, x: jax.Array, heads: Int[Array, " heads"] |
 
     ``x`` is one shared input [N, P, D] (keys/values stay grouped as K heads) or the stacked
     per-slot inputs [3·heads, N, P, D] of query heads ``heads`` (default: all H; q inputs, then k, then
-    v): every query head then gets its own key and value (GQA ungrouped)."""
-    h = norm(cfg, p["ln1"], x)
+    v): every query head then gets its own key and value (GQA ungrouped).
+
+    ``qk_norm="all"`` normalises here: a query (key) slot by the RMS of all H (K) heads'
+    projections of its own input, from the Gram matrix W Wᵀ [D, D] when inputs are per slot."""
+    h = norm(cfg, p["ln1"], x) if cfg.pre_norms else x
     if x.ndim == 3:
-        return tuple(project(h, p[f"w_{n}"], p.get(f"b_{n}")) for n in "qkv")
-    return tuple(jnp.split(project(h, *slot_weights(cfg, p, heads)), 3))
+        q, k, v = (project(h, p[f"w_{n}"], p.get(f"b_{n}")) for n in "qkv")
+        if cfg.qk_norm == "all":
+            q, k = (
+                _joint_rms(cfg, y, jnp.square(y.astype(jnp.float32)).mean((0, -1)), p[f"{n}_norm"])
+                for y, n in ((q, "q"), (k, "k"))
+            )
+        return q, k, v
+    q, k, v = jnp.split(project(h, *slot_weights(cfg, p, heads)), 3)
+    if cfg.qk_norm == "all":
+        group = cfg.n_heads // cfg.n_kv_heads
+        q_heads = jnp.arange(cfg.n_heads) if heads is None else heads
+        h_q, h_k, _ = jnp.split(h.astype(jnp.float32), 3)
+
+        def mean_square(x, w):  # mean over every head's projection of each slot's input [slots, N, P]
+            gram = jnp.einsum("hde,hfe->df", w, w).astype(jnp.float32) / (w.shape[0] * w.shape[2])
+            return jnp.einsum("snpd,df,snpf->snp", x, gram, x)
+
+        q = _joint_rms(cfg, q, mean_square(h_q, p["w_q"]), p["q_norm"], q_heads)
+        k = _joint_rms(cfg, k, mean_square(h_k, p["w_k"]), p["k_norm"], q_heads // group)
+    return q, k, v
 
 
-def rotate(cfg: ModelConfig, p: Params, q: jax.Array, k: jax.Array, positions: Int[Array, "N P"]):
-    """Queries and keys ready for attention: each head's RMSNorm over its width (``qk_norm``),
-    then RoPE (learned positions are in the input)."""
-    if cfg.qk_norm:
+def _joint_rms(cfg: ModelConfig, y, mean_square, w, rows=None):
+    """``y`` [heads, N, P, Dh] / √(mean_square + ε) ⊙ the weights ``w`` [n·Dh] of heads ``rows``
+    (default: all n)."""
+    w = w.reshape(-1, cfg.d_head)
+    w = w if rows is None else w[rows]
+    out = y.astype(jnp.float32) * jax.lax.rsqrt(mean_square + cfg.norm_eps)[..., None]
+    return (out * w[:, None, None, :]).astype(y.dtype)
+
+
+def rotate(
+    cfg: ModelConfig, p: Params, q: jax.Array, k: jax.Array, positions: Int[Array, "N P"], layer: Int[Array, ""] | int
+):
+    """Queries and keys ready for attention: each head's RMSNorm over its width (``qk_norm="head"``;
+    ``"all"`` is applied in ``qkv``), then RoPE (learned positions are in the input)."""
+    if cfg.qk_norm == "head":
         q, k = rms_norm(q, p["q_norm"], cfg.norm_eps), rms_norm(k, p["k_norm"], cfg.norm_eps)
     if cfg.positional != "rope":
         return q, k
-    return rope(cfg, q, positions), rope(cfg, k, positions)
+    return rope(cfg, q, positions, layer), rope(cfg, k, positions, layer)
+
+
+def head_writes(cfg: ModelConfig, p: Params, z: jax.Array) -> jax.Array:
+    """The heads' writes to the residual stream from their outputs after W_O: unchanged, or with
+    ``post_norms`` each head's share of RMSNorm(Σ_h z_h), scale ⊙ z_h / rms(Σ_h z_h) (``z``
+    per head [heads, N, P, D] over all H heads, or already summed [N, P, D])."""
+    if not cfg.post_norms:
+        return z
+    total = (sum_first_axis(z) if z.ndim == 4 else z).astype(jnp.float32)
+    r = jax.lax.rsqrt(jnp.square(total).mean(-1, keepdims=True) + cfg.norm_eps)
+    return (z.astype(jnp.float32) * r * p["ln1_post"]["scale"]).astype(z.dtype)
 
 
 def mlp(cfg: ModelConfig, p: Params, x: Float[Array, "N P D"]) -> Float[Array, "N P D"]:
-    """An MLP's residual write given its residual input (applies ln2; includes b_out)."""
-    h = norm(cfg, p["ln2"], x)
+    """An MLP's residual write given its residual input (applies ln2; includes b_out; then the
+    post-norm ``ln2_post`` with ``post_norms``)."""
+    h = norm(cfg, p["ln2"], x) if cfg.pre_norms else x
     a = h @ p["w_in"]
     if cfg.mlp_bias:
         a = a + p["b_in"]
@@ -196,23 +253,27 @@ def mlp(cfg: ModelConfig, p: Params, x: Float[Array, "N P D"]) -> Float[Array, "
     else:
         a = activation(cfg, a)
     out = a @ p["w_out"]
-    return out + p["b_out"] if cfg.mlp_bias else out
+    out = out + p["b_out"] if cfg.mlp_bias else out
+    return rms_norm(out, p["ln2_post"]["scale"], cfg.norm_eps) if cfg.post_norms else out
 
 
 def embed(
     cfg: ModelConfig, params: Params, tokens: Int[ArrayLike, "N P"], positions: Int[Array, "N P"]
 ) -> Float[Array, "N P D"]:
-    """The ``input`` node: token embeddings (+ learned position embeddings)."""
+    """The ``input`` node: token embeddings (· ``embed_scale``, rounded to the dtype as HF does)
+    (+ learned position embeddings)."""
     x = params["tok_embed"][tokens]
+    if cfg.embed_scale != 1.0:
+        x = x * jnp.asarray(cfg.embed_scale, x.dtype)
     if cfg.positional == "learned":
         x = x + params["pos_embed"][positions]
     return x
 
 
 def unembed(cfg: ModelConfig, params: Params, x: Float[Array, "... D"]) -> Float[Array, "... V"]:
-    """Final norm and unembedding of residual-stream vectors."""
+    """Final norm and unembedding of residual-stream vectors (soft-capped by ``logit_softcap``)."""
     w_u = params["tok_embed"].T if cfg.tied_embeddings else params["unembed"]
-    return norm(cfg, params["ln_f"], x) @ w_u
+    return softcap(norm(cfg, params["ln_f"], x) @ w_u, cfg.logit_softcap)
 
 
 def output_bias(cfg: ModelConfig, blocks: Params, dtype) -> Float[Array, "L D"]:

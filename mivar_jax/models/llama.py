@@ -1,10 +1,14 @@
-"""Llama family (Llama 2/3.x, SmolLM/SmolLM2, Qwen2/2.5, Qwen3, Mistral, Phi-3): config and weights
-from HF names.
+"""Llama family (Llama 2/3.x, SmolLM/SmolLM2, Qwen2/2.5, Qwen3, Mistral, Phi-3, Gemma 2/3, OLMo 2):
+config and weights from HF names.
 
 RMSNorm, RoPE (rotate-half pairs, HF convention; partial with Phi-3's ``partial_rotary_factor``)
 with optional Llama-3 / linear scaling, grouped-query attention, SwiGLU MLP. Qwen2 adds q/k/v
 biases; Qwen3 per-head QK-norm; Mistral (and Qwen/Phi-3 when configured) sliding-window attention;
-Phi-3 fuses q/k/v (``qkv_proj``) and gate/up (``gate_up_proj``). HF Linear weights are [out, in].
+Phi-3 fuses q/k/v (``qkv_proj``) and gate/up (``gate_up_proj``). Gemma 2/3: GeGLU, norms before
+and after each sublayer with (1 + w) weights (folded into the scales here), √D-scaled embeddings,
+``query_pre_attn_scalar``, soft-capped logits (Gemma 2), sliding windows on alternating layers,
+Gemma 3's per-head QK-norm and local RoPE base. OLMo 2: norms only after the sublayers, QK-norm
+over all heads' projections. HF Linear weights are [out, in].
 llama.cpp permutes the rows of Llama's q/k projections for its interleaved RoPE;
 ``gguf_name_map`` undoes that permutation (Qwen GGUFs are not permuted).
 """
@@ -21,7 +25,8 @@ import numpy as np
 from mivar_jax.models.checkpoint import CheckpointError, GGUFFile, GGUFNameMap, Tensors, check_tied_head, identity
 from mivar_jax.models.config import ModelConfig, rope_inv_freq
 
-_FAMILIES = ("llama", "qwen2", "qwen3", "mistral", "phi3")
+_FAMILIES = ("llama", "qwen2", "qwen3", "mistral", "phi3", "gemma2", "gemma3_text", "olmo2")
+_ACTIVATIONS = {"silu": "silu", "swish": "silu", "gelu_pytorch_tanh": "gelu_tanh"}
 # Stored but legitimately unused: rotary inv_freq buffers (older transformers versions saved them);
 # in GGUF, llama.cpp's Llama 3 rope factors (read by config_from_gguf, not as a parameter).
 HF_UNUSED = re.compile(r"model\.(layers\.\d+\.self_attn\.)?rotary_emb\.inv_freq")
@@ -41,14 +46,17 @@ def windows_from_hf(d: dict[str, Any], n_layers: int) -> tuple[int, ...]:
     return spans if any(spans) else ()
 
 
-def rope_from_hf(d: dict[str, Any], d_head: int) -> tuple[float, ...]:
-    """Rotary inverse frequencies from HF's ``rope_parameters`` / ``rope_scaling`` / ``rope_theta``
-    and ``partial_rotary_factor`` (the first ⌊d_head · factor⌋ dimensions rotate)."""
+def rope_from_hf(d: dict[str, Any], d_head: int, layer_type: str = "full_attention") -> tuple[float, ...]:
+    """Rotary inverse frequencies from HF's ``rope_parameters`` (per layer type where it has them:
+    Gemma 3) / ``rope_scaling`` / ``rope_theta`` and ``partial_rotary_factor`` (the first
+    ⌊d_head · factor⌋ dimensions rotate)."""
     rope = dict(d.get("rope_parameters") or {})
-    rope.update(d.get("rope_scaling") or {})
-    if "type" in (d.get("rope_scaling") or {}):  # pre-4.45 spelling of rope_type
-        rope["rope_type"] = d["rope_scaling"]["type"]
-    theta = float(d.get("rope_theta", rope.get("rope_theta", 10000.0)))
+    rope = dict(rope.get(layer_type) or {}) if "full_attention" in rope else rope
+    rope.update(d.get("rope_scaling") or {} if layer_type == "full_attention" else {})
+    if "type" in rope:  # pre-4.45 spelling of rope_type
+        rope["rope_type"] = rope["type"]
+    theta = "rope_theta" if layer_type == "full_attention" else "rope_local_base_freq"
+    theta = float(d.get(theta, rope.get("rope_theta", 10000.0)))
     factor = float(d.get("partial_rotary_factor", rope.get("partial_rotary_factor", 1.0)))
     return rope_inv_freq(int(d_head * factor), theta, rope)
 
@@ -57,21 +65,30 @@ def config_from_hf(d: dict[str, Any], name: str) -> ModelConfig:
     family = d.get("model_type")
     if family not in _FAMILIES:
         raise CheckpointError(f"{name}: model_type {family!r} is not a Llama-family model ({_FAMILIES})")
-    if d.get("hidden_act", "silu") not in ("silu", "swish"):
-        raise CheckpointError(f"{name}: hidden_act {d.get('hidden_act')!r} is not supported (silu)")
+    act = d.get("hidden_activation") or d.get("hidden_act", "silu")
+    if act not in _ACTIVATIONS:
+        raise CheckpointError(f"{name}: activation {act!r} is not supported ({sorted(_ACTIVATIONS)})")
+    gemma = family.startswith("gemma")
     try:
         D, H, L = int(d["hidden_size"]), int(d["num_attention_heads"]), int(d["num_hidden_layers"])
         Dh = int(d.get("head_dim") or D // H)
         bias = bool(d.get("attention_bias", False))
+        windows = windows_from_hf(d, L)
+        local = family == "gemma3_text" and bool(windows)
         return ModelConfig(
             name=name, family=family, n_layers=L, n_heads=H, n_kv_heads=int(d.get("num_key_value_heads") or H),
             d_model=D, d_head=Dh, d_mlp=int(d["intermediate_size"]), vocab_size=int(d["vocab_size"]),
             n_ctx=int(d.get("max_position_embeddings", 2048)), norm="rmsnorm",
             norm_eps=float(d.get("rms_norm_eps", 1e-6)), positional="rope", rope_inv_freq=rope_from_hf(d, Dh),
-            activation="silu", gated_mlp=True, qkv_bias=True if family == "qwen2" else bias,
+            activation=_ACTIVATIONS[act], gated_mlp=True, qkv_bias=True if family == "qwen2" else bias,
             o_bias=False if family == "qwen2" else bias, mlp_bias=bool(d.get("mlp_bias", False)),
-            tied_embeddings=bool(d.get("tie_word_embeddings", False)), qk_norm=family == "qwen3",
-            windows=windows_from_hf(d, L),
+            tied_embeddings=bool(d.get("tie_word_embeddings", gemma)),
+            qk_norm={"qwen3": "head", "gemma3_text": "head", "olmo2": "all"}.get(family, ""),
+            pre_norms=family != "olmo2",
+            windows=windows, rope_local_inv_freq=rope_from_hf(d, Dh, "sliding_attention") if local else None,
+            post_norms=gemma or family == "olmo2", attn_scale=float(d["query_pre_attn_scalar"]) ** -0.5 if gemma else None,
+            attn_softcap=float(d.get("attn_logit_softcapping") or 0.0),
+            logit_softcap=float(d.get("final_logit_softcapping") or 0.0), embed_scale=D**0.5 if gemma else 1.0,
         )  # fmt: skip
     except KeyError as err:
         raise CheckpointError(f"{name}: config.json lacks {err}") from None
@@ -92,20 +109,29 @@ def params_from_hf(t: Tensors, cfg: ModelConfig) -> dict[str, Any]:
     else:
         w_q, w_k, w_v = (t.stack(a + f"{x}_proj.weight", L, (n * Dh, D)) for x, n in (("q", H), ("k", K), ("v", K)))
         w_gate, w_up = t.stack(m + "gate_proj.weight", L, (F, D)), t.stack(m + "up_proj.weight", L, (F, D))
+
+    def norm(name, width=D):  # Gemma's RMSNorm weights w act as 1 + w
+        scale = t.stack("model.layers.{i}." + name + ".weight", L, (width,))
+        return {"scale": scale + 1 if cfg.family.startswith("gemma") else scale}
+
     blocks = {
-        "ln1": {"scale": t.stack("model.layers.{i}.input_layernorm.weight", L, (D,))},
         "w_q": heads_in(w_q, H),
         "w_k": heads_in(w_k, K),
         "w_v": heads_in(w_v, K),
         "w_o": t.stack(a + "o_proj.weight", L, (D, H * Dh)).transpose(0, 2, 1).reshape(L, H, Dh, D),
-        "ln2": {"scale": t.stack("model.layers.{i}.post_attention_layernorm.weight", L, (D,))},
         "w_in": w_up.transpose(0, 2, 1),
         "w_gate": w_gate.transpose(0, 2, 1),
         "w_out": t.stack(m + "down_proj.weight", L, (D, F)).transpose(0, 2, 1),
     }
+    if cfg.pre_norms:  # with post-norms (Gemma), post_attention_layernorm follows attention
+        blocks["ln1"] = norm("input_layernorm")
+        blocks["ln2"] = norm("pre_feedforward_layernorm" if cfg.post_norms else "post_attention_layernorm")
+    if cfg.post_norms:
+        blocks["ln1_post"], blocks["ln2_post"] = norm("post_attention_layernorm"), norm("post_feedforward_layernorm")
     if cfg.qk_norm:
-        blocks["q_norm"] = t.stack(a + "q_norm.weight", L, (Dh,))
-        blocks["k_norm"] = t.stack(a + "k_norm.weight", L, (Dh,))
+        wide = cfg.qk_norm == "all"
+        blocks["q_norm"] = norm("self_attn.q_norm", H * Dh if wide else Dh)["scale"]
+        blocks["k_norm"] = norm("self_attn.k_norm", K * Dh if wide else Dh)["scale"]
     if cfg.qkv_bias:
         blocks["b_q"] = t.stack(a + "q_proj.bias", L, (H * Dh,)).reshape(L, H, Dh)
         blocks["b_k"] = t.stack(a + "k_proj.bias", L, (K * Dh,)).reshape(L, K, Dh)
@@ -119,7 +145,7 @@ def params_from_hf(t: Tensors, cfg: ModelConfig) -> dict[str, Any]:
     params = {
         "tok_embed": t.get("model.embed_tokens.weight", (V, D)),
         "blocks": blocks,
-        "ln_f": {"scale": t.get("model.norm.weight", (D,))},
+        "ln_f": {"scale": t.get("model.norm.weight", (D,)) + (1 if cfg.family.startswith("gemma") else 0)},
     }
     if not cfg.tied_embeddings:
         params["unembed"] = np.ascontiguousarray(t.get("lm_head.weight", (V, D)).T)

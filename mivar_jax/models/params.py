@@ -37,23 +37,26 @@ class Blocks(nnx.Module):
         def normal(*shape):
             return nnx.Param(scale * jax.random.normal(rngs.params(), shape, dtype))
 
-        self.ln1 = Norm(cfg, (L,), rngs=rngs, dtype=dtype)
+        self.ln1 = Norm(cfg, (L,), rngs=rngs, dtype=dtype) if cfg.pre_norms else None
         self.w_q, self.w_k, self.w_v = (normal(L, H, D, Dh), normal(L, K, D, Dh), normal(L, K, D, Dh))
         self.b_q = normal(L, H, Dh) if cfg.qkv_bias else None
         self.b_k = normal(L, K, Dh) if cfg.qkv_bias else None
         self.b_v = normal(L, K, Dh) if cfg.qkv_bias else None
-        near_one = lambda: nnx.Param(jnp.ones((L, Dh), dtype) + 0.02 * jax.random.normal(rngs.params(), (L, Dh), dtype))
-        self.q_norm = near_one() if cfg.qk_norm else None
-        self.k_norm = near_one() if cfg.qk_norm else None
+        near_one = lambda n: nnx.Param(jnp.ones((L, n), dtype) + 0.02 * jax.random.normal(rngs.params(), (L, n), dtype))
+        all_heads = cfg.qk_norm == "all"
+        self.q_norm = near_one(H * Dh if all_heads else Dh) if cfg.qk_norm else None
+        self.k_norm = near_one(K * Dh if all_heads else Dh) if cfg.qk_norm else None
         self.w_o = normal(L, H, Dh, D)
         self.b_o = normal(L, D) if cfg.o_bias else None
-        self.ln2 = Norm(cfg, (L,), rngs=rngs, dtype=dtype)
+        self.ln1_post = Norm(cfg, (L,), rngs=rngs, dtype=dtype) if cfg.post_norms else None
+        self.ln2 = Norm(cfg, (L,), rngs=rngs, dtype=dtype) if cfg.pre_norms else None
         self.w_in = normal(L, D, F)
         self.b_in = normal(L, F) if cfg.mlp_bias else None
         self.w_gate = normal(L, D, F) if cfg.gated_mlp else None
         self.b_gate = normal(L, F) if cfg.gated_mlp and cfg.mlp_bias else None
         self.w_out = normal(L, F, D)
         self.b_out = normal(L, D) if cfg.mlp_bias else None
+        self.ln2_post = Norm(cfg, (L,), rngs=rngs, dtype=dtype) if cfg.post_norms else None
 
 
 class Transformer(nnx.Module):

@@ -27,7 +27,18 @@ from jaxtyping import Array, ArrayLike, Float, Int
 
 from mivar_jax.models.config import ModelConfig
 from mivar_jax.models.interventions import Intervention, Residual, Stream, split
-from mivar_jax.models.layers import at_positions, attend, embed, mlp, position_ids, qkv, rotate, span, unembed
+from mivar_jax.models.layers import (
+    at_positions,
+    attend,
+    embed,
+    mlp,
+    position_ids,
+    qkv,
+    rotate,
+    span,
+    sum_first_axis,
+    unembed,
+)  # fmt: skip
 from mivar_jax.models.params import Params, layer_params
 
 
@@ -50,7 +61,9 @@ def block(
     ``modifiers`` change values at the hook points (``interventions``); ``lx`` holds the layer's
     slice of each one's per-layer arrays (stream first). ``query`` [N] (positions in the stream)
     computes the layer's output at one position per input only (the last layer of a patched run).
-    Returns the new state and the layer's record ``{"heads", "mlp", "pre"}`` (what was asked)."""
+    With ``post_norms`` the heads' writes are their shares of the normalised attention write
+    (``layers.head_writes``). Returns the new state and the layer's record ``{"heads", "mlp",
+    "pre", "attn"}`` (``attn``: Σ_h z_h before the post-norm; what is not asked for is dropped)."""
     lx_stream, mods = lx[0], list(zip(modifiers, lx[1:], strict=True))
     per_head = stream.per_head or any(m.needs_per_head for m in modifiers)
     heads = stream.heads(lx_stream)
@@ -61,7 +74,7 @@ def block(
     q, k, v = qkv(cfg, p, a, heads)
     for m, m_lx in mods:
         q, k, v = m.projections(cfg, q, k, v, m_lx)
-    q, k = rotate(cfg, p, q, k, positions)
+    q, k = rotate(cfg, p, q, k, positions, layer)
     offset = 0
     for m, m_lx in mods:
         k, v = m.keys_values(cfg, k, v, m_lx, heads)
@@ -74,6 +87,8 @@ def block(
     o = attend(cfg, q, k, v, attention_mask, q_offset=offset, span=span(cfg, layer))
     w_o = p["w_o"] if heads is None else p["w_o"][heads]
     z_heads = jnp.einsum("hnqe,hed->hnqd" if per_head else "hnqe,hed->nqd", o, w_o)
+    attn = sum_first_axis(z_heads) if per_head else z_heads  # before any post-norm
+    z_heads = stream.head_writes(cfg, p, z_heads)
     for m, m_lx in mods:
         z_heads = m.head_outputs(z_heads, m_lx)
     state = stream.add_heads(state, z_heads, p["b_o"] if cfg.o_bias else 0.0, lx_stream)
@@ -83,17 +98,19 @@ def block(
     z_mlp = mlp(cfg, p, a)
     for m, m_lx in mods:
         z_mlp = m.mlp_output(z_mlp, m_lx)
-    record = {"heads": z_heads, "mlp": z_mlp, "pre": pre}
+    record = {"heads": z_heads, "mlp": z_mlp, "pre": pre, "attn": attn}
     return stream.add_mlp(state, z_mlp, lx_stream), record
 
 
 class Trace(NamedTuple):
     """A run: the residual stream the logits read (at the logit positions), node outputs
-    [S, N, P, D] (None unless recorded) and the stream before each layer [L, N, P, D] (idem)."""
+    [S, N, P, D] (None unless recorded), the stream before each layer [L, N, P, D] and each
+    layer's Σ_h z_h before any post-norm [L, N, P, D] (idem)."""
 
     final: Float[Array, "N P D"] | Float[Array, "N D"]
     nodes: Float[Array, "S N P D"] | None
     pre: Float[Array, "L N P D"] | None
+    attn: Float[Array, "L N P D"] | None = None
 
 
 def trace(
@@ -108,7 +125,7 @@ def trace(
     record: tuple[str, ...] = (),
 ) -> Trace:
     """The layers of one run under ``intervention`` (default: the plain model). ``record``:
-    ``"nodes"`` and/or ``"pre"`` (only for the default residual stream; an EdgeMix run always has
+    ``"nodes"``, ``"pre"`` and/or ``"attn"`` (only for the default residual stream; an EdgeMix run always has
     its node outputs). ``input_embeds`` replaces the ``input`` node's output."""
     stream, modifiers = split(intervention)
     if attention_mask is None:
@@ -129,7 +146,7 @@ def trace(
     stream = stream.bind(cfg, x)
     state = stream.init(x)
     layer_arrays = tuple(m.layer_arrays(cfg) for m in modifiers)
-    wanted = (("heads", "mlp") if "nodes" in record else ()) + (("pre",) if "pre" in record else ())
+    wanted = (("heads", "mlp") if "nodes" in record else ()) + tuple(k for k in ("pre", "attn") if k in record)
 
     def layer(state, xs):
         i, p, lx = xs
@@ -151,7 +168,7 @@ def trace(
     final, nodes = stream.final(cfg, state, x, records, logit_positions)
     for m in modifiers:
         final = m.logits_input(final, logit_positions)
-    return Trace(final, nodes, records.get("pre"))
+    return Trace(final, nodes, records.get("pre"), records.get("attn"))
 
 
 def forward(

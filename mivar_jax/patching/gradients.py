@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
 from mivar_jax.models.config import ModelConfig
-from mivar_jax.models.interventions import ProjectionTaps, Replace
+from mivar_jax.models.interventions import ProjectionTaps, Replace, Taps
 from mivar_jax.models.layers import norm_pullback, slot_weights, unembed
 from mivar_jax.models.params import Params
 from mivar_jax.models.transformer import trace
@@ -36,17 +36,15 @@ def slot_gradients(
     (``ProjectionTaps``: keys and values ungrouped per query head); a q/k/v slot's gradient is then
     pulled back through its projection and the layer's input norm, which is linear in the
     cotangent: ∂/∂in_v = J_norm(x_l)ᵀ (∂/∂(h W_v) W_vᵀ). MLP and logits slots read their taps
-    directly. Returns the gradients [T, N, P, D] and the run's node outputs (None with
-    ``with_nodes=False``, which sums heads inside one contraction)."""
+    directly. With ``qk_norm="all"`` (a query's norm reads every head's projection of its input)
+    the run taps the slot inputs themselves (``Taps``: per-slot q/k/v inputs, slower). Returns the
+    gradients [T, N, P, D] and the run's node outputs (None with ``with_nodes=False``, which sums
+    heads inside one contraction)."""
     L, H, D, Dh = cfg.n_layers, cfg.n_heads, cfg.d_model, cfg.d_head
     N, P = tokens.shape
     dtype = params["tok_embed"].dtype
-    zeros = ProjectionTaps(
-        jnp.zeros((L, 3 * H, N, P, Dh), dtype), jnp.zeros((L, N, P, D), dtype), jnp.zeros((N, P, D), dtype)
-    )
-    record = ("pre", "nodes") if with_nodes else ("pre",)
 
-    def total(taps):
+    def total(taps, record):
         ivs = (taps,) if replace is None else (replace, taps)
         run = trace(
             cfg, params, tokens, attention_mask, ivs,
@@ -54,11 +52,20 @@ def slot_gradients(
         )  # fmt: skip
         return objective(unembed(cfg, params, run.final)), (run.nodes, run.pre)
 
-    grad, (nodes, pre_LxNxPxD) = jax.grad(total, has_aux=True)(zeros)
+    nodes_record = ("nodes",) if with_nodes else ()
+    if cfg.qk_norm == "all":  # a slot's q/k norm reads every head's projection of its input: tap the inputs
+        grad, (nodes, _) = jax.grad(total, has_aux=True)(
+            Taps(jnp.zeros((cfg.graph.n_dst, N, P, D), dtype)), nodes_record
+        )
+        return grad.slots, nodes
+    zeros = ProjectionTaps(
+        jnp.zeros((L, 3 * H, N, P, Dh), dtype), jnp.zeros((L, N, P, D), dtype), jnp.zeros((N, P, D), dtype)
+    )
+    grad, (nodes, pre_LxNxPxD) = jax.grad(total, has_aux=True)(zeros, ("pre",) + nodes_record)
 
     def attention_slots(p, pre_NxPxD, g_proj_3HxNxPxDh):
         g_normed = jnp.einsum("snpe,sde->snpd", g_proj_3HxNxPxDh, slot_weights(cfg, p)[0])
-        return norm_pullback(cfg, p["ln1"], pre_NxPxD, g_normed)
+        return norm_pullback(cfg, p["ln1"], pre_NxPxD, g_normed) if cfg.pre_norms else g_normed
 
     g_attn_Lx3HxNxPxD = jax.vmap(attention_slots)(params["blocks"], pre_LxNxPxD, grad.qkv)
     per_layer = jnp.concatenate([g_attn_Lx3HxNxPxD, grad.mlp[:, None]], 1)

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
 from mivar_jax.models.config import ModelConfig
-from mivar_jax.models.layers import norm, unembed
+from mivar_jax.models.layers import norm, softcap, unembed
 from mivar_jax.models.transformer import forward
 from mivar_jax.tasks.data import TaskBatch, TaskData
 from mivar_jax.tasks.metrics import get_metric, logit_diff
@@ -37,6 +37,7 @@ def answer_metric(
     ids = jnp.concatenate([correct, incorrect], -1)
     h = norm(cfg, params["ln_f"], x_NxD)
     logits_NxA = jnp.einsum("nd,nkd->nk", h, w_u[jnp.maximum(ids, 0)])  # A = Ac + Ai: the answers' logits
+    logits_NxA = softcap(logits_NxA, cfg.logit_softcap)
     a, b = correct.shape[1], incorrect.shape[1]
     remap = lambda ids_, offset: jnp.where(ids_ >= 0, offset + jnp.arange(ids_.shape[1]), -1)
     return logit_diff(logits_NxA, remap(correct, 0), remap(incorrect, a)[:, :b])

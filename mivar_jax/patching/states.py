@@ -17,7 +17,7 @@ from mivar_jax.models.config import ModelConfig
 from mivar_jax.models.interventions import Residual, Window
 from mivar_jax.models.layers import at_positions, output_bias, position_ids, qkv, rotate, sum_first_axis
 from mivar_jax.models.params import Params, layer_params
-from mivar_jax.models.transformer import block
+from mivar_jax.models.transformer import block, trace
 from mivar_jax.patching.reference import answer_metric, reference_values, run_nodes
 from mivar_jax.tasks.data import TaskBatch
 
@@ -33,6 +33,7 @@ class CleanState(NamedTuple):
     keys: jax.Array  # [L, K, N, P, Dh] clean keys (after RoPE) and values of every layer
     values: jax.Array
     metric: jax.Array  # [N] clean metric
+    attn: jax.Array | None = None  # [L, N, P, D] each layer's Σ_h z_h before its post-norm (post_norms only)
 
 
 def clean_state(cfg: ModelConfig, metric: str, ablation: str, params, b: TaskBatch, noise, noise_seed, means):
@@ -42,7 +43,8 @@ def clean_state(cfg: ModelConfig, metric: str, ablation: str, params, b: TaskBat
     pre, mid, final = residual_states(cfg, params, nodes)
     keys, values = kv_caches(cfg, params, pre, position_ids(b.attention_mask))
     clean_metric = answer_metric(cfg, params, at_positions(final, b.answer_pos), b.correct, b.incorrect, metric)
-    return CleanState(pre, mid, final, nodes, ref_nodes - nodes, keys, values, clean_metric)
+    attn = trace(cfg, params, b.clean, b.attention_mask, record=("attn",)).attn if cfg.post_norms else None
+    return CleanState(pre, mid, final, nodes, ref_nodes - nodes, keys, values, clean_metric, attn)
 
 
 def residual_states(
@@ -68,11 +70,11 @@ def kv_caches(
 ) -> tuple[Float[Array, "L K N P Dh"], Float[Array, "L K N P Dh"]]:
     """Every layer's keys (after RoPE) and values of a run, from its residual streams."""
 
-    def one(p, x):
+    def one(layer, p, x):
         q, k, v = qkv(cfg, p, x)
-        return rotate(cfg, p, q, k, positions)[1], v
+        return rotate(cfg, p, q, k, positions, layer)[1], v
 
-    return jax.vmap(one)(params["blocks"], pre_LxNxPxD)
+    return jax.vmap(one)(jnp.arange(cfg.n_layers), params["blocks"], pre_LxNxPxD)
 
 
 def run_to_answer(

@@ -6,7 +6,7 @@ output (token + position embeddings) of the corrupted prompt gets
     σ · r̄ · ε / √D,    ε ~ N(0, I_D),
 
 so the noise vector's norm is about σ times r̄, the mean L2 norm of the model's token embeddings
-(rows of the embedding matrix). ε is drawn from a key folded from ``(noise_seed, uid, position)``:
+(rows of the embedding matrix, times the config's ``embed_scale``: the input node's scale). ε is drawn from a key folded from ``(noise_seed, uid, position)``:
 an example keeps its noise when the dataset is sliced, re-batched or re-padded.
 """
 
@@ -40,7 +40,7 @@ def corrupted_input(cfg, params, batch, noise: float | jax.Array, noise_seed: in
     ``TaskBatch``, plus noise of amplitude ``noise`` at the positions that differ from the clean prompt."""
     x = embed(cfg, params, batch.corrupted, position_ids(batch.attention_mask))
     eps = noise_vectors(noise_seed, batch.uid, batch.corrupted.shape[1], cfg.d_model)
-    scale = noise * mean_embedding_norm(params) / np.sqrt(cfg.d_model)
+    scale = noise * mean_embedding_norm(params) * cfg.embed_scale / np.sqrt(cfg.d_model)
     return x + (scale * eps * batch.differs[..., None]).astype(x.dtype)
 
 
