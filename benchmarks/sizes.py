@@ -2,6 +2,12 @@
 per-input scores, and how many inputs per device each job fits in a memory budget.
 
     python -m benchmarks.sizes [--positions 20] [--out benchmarks/results]
+    python -m benchmarks.sizes --check llama-3.2-1b --inputs 2   # a real run against the model
+
+``--check`` builds the named model with random float32 weights, runs EAP on ``--inputs`` IOI prompts
+(GPT-2's tokenizer, from the test extra) in one batch and prints the process's peak memory above
+the weights beside the memory model's prediction (``bytes_per_input`` × inputs): the table's
+input counts hold where the measured growth is below the prediction.
 
 The configs are the published shapes (config.json of each checkpoint), read through the same
 ``config_from_hf`` as real loading; the byte counts are the engine's own (``bytes_per_input`` of
@@ -13,8 +19,9 @@ weights.
 from __future__ import annotations
 
 import argparse
+import os
 
-from benchmarks.common import save
+from benchmarks.common import peak_rss_mb, save
 from mivar_jax.estimators.exact import bytes_per_input_state, bytes_per_patch
 from mivar_jax.estimators.gradient import bytes_per_input, bytes_per_input_activations
 from mivar_jax.models import gpt2, llama, neox
@@ -79,11 +86,47 @@ def rows(positions: int, budgets: dict[str, int]) -> list[dict]:
     return out
 
 
+def current_rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def check(name: str, n_inputs: int) -> dict:
+    """Peak memory of one EAP batch of ``n_inputs`` IOI prompts on a random ``name``, against the model."""
+    import jax
+    import numpy as np
+
+    import mivar_jax as mv
+    from tests.factory import gpt2_tokenizer
+
+    family, d = CONFIGS[name]
+    cfg = family.config_from_hf(d, name)
+    params = jax.block_until_ready(mv.models.init_params(cfg, jax.random.key(0)))
+    model = mv.Model(cfg, params, gpt2_tokenizer())
+    data = mv.tasks.make("ioi", model, n=n_inputs, seed=0)
+    before = current_rss_mb()  # the peak below may include the weights' initialisation: a conservative growth
+    scores = mv.attribute(model, data, "eap", batch_size=n_inputs, progress=False)
+    assert np.isfinite(scores.per_input).all()
+    grown = peak_rss_mb() - before
+    predicted = n_inputs * bytes_per_input(cfg, data.n_positions) / 2**20
+    return {
+        "model": name, "inputs": n_inputs, "positions": data.n_positions, "weights_MiB": 4 * n_weights(cfg) / 2**20,
+        "peak_growth_MiB": round(grown, 1), "predicted_MiB": round(predicted, 1), "within": grown <= predicted,
+    }  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--positions", type=int, default=20, help="prompt length (IOI is about 16-20 tokens)")
     ap.add_argument("--out", default="benchmarks/results")
+    ap.add_argument("--check", choices=sorted(CONFIGS), help="run EAP on a random model of this shape")
+    ap.add_argument("--inputs", type=int, default=2, help="inputs in the --check batch")
     args = ap.parse_args()
+    if args.check:
+        result = check(args.check, args.inputs)
+        print(result)
+        save({"check": result}, args.out, f"sizes-check-{args.check}-{args.inputs}")
+        return
     table = rows(args.positions, {"24GiB": 24 * GiB, "80GB": 80 * 10**9})
     for row in table:
         print(row)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import importlib
 import os
 import sys
@@ -16,10 +17,8 @@ import jaxtyping
 assert "mivar_jax" not in sys.modules, "mivar_jax was imported before tests/conftest.py installed the type checks"
 jaxtyping.install_import_hook(["mivar_jax"], "beartype.beartype(conf=beartype.BeartypeConf(is_pep484_tower=True))")
 
-# One persistent compilation cache per test session for the subprocesses the tests start (resumed
-# studies, 8-device runs, notebooks): a kernel one of them compiled is not compiled again. Not in the
-# pytest processes themselves, which keep their kernels in memory: in a long-lived xdist worker,
-# serialising an executable for the cache has aborted the process (jaxlib 0.10.2, XLA:CPU).
+# One persistent compilation cache per test session, inherited by the subprocesses the tests start
+# (resumed studies, 8-device runs, notebooks): a kernel compiled once is not compiled again.
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="mivar-jax-cache-"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
@@ -27,7 +26,6 @@ import jax  # noqa: E402
 import pytest  # noqa: E402
 
 jax.config.update("jax_enable_x64", False)
-jax.config.update("jax_enable_compilation_cache", False)
 
 # Not type-checked at run time: public entry points that validate their own arguments with errors
 # that name the argument and what is allowed, which the tests check by passing ill-typed values (a
@@ -48,6 +46,17 @@ for _name in VALIDATING_ENTRY_POINTS:
     for _attr in _attrs.split("."):
         _fn = getattr(_fn, _attr)
     _fn.__no_type_check__ = True  # read by jaxtyping's wrapper at each call
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _release_compiled_kernels():
+    """After each test file, drop the in-memory compiled kernels (the persistent cache keeps them on
+    disk). An xdist worker runs many files; with every file's executables kept for the whole session
+    (several GB of JIT-compiled code and buffers by the end), XLA:CPU has crashed the worker while
+    compiling (a segmentation fault) or serialising (an abort) late in the run."""
+    yield
+    jax.clear_caches()
+    gc.collect()
 
 
 @pytest.fixture(scope="session")

@@ -117,7 +117,8 @@ def _permute(w: np.ndarray, n_head: int) -> np.ndarray:
 
 
 def write_gguf(model, path: str, qtype: str = "F32", *, rope_freqs=None, vocab: bool = True):
-    """Write a transformers GPT-2 / Llama / Qwen2 / Qwen3 / Phi-3 model as GGUF, the way llama.cpp's converter does.
+    """Write a transformers GPT-2 / Llama / Qwen2 / Qwen3 / Phi-3 / Gemma 2 / Gemma 3 / OLMo 2 model as GGUF,
+    the way llama.cpp's converter does (Gemma's norm weights stored as 1 + w).
 
     Matrices are stored in ``qtype`` (F32, F16, Q8_0, Q4_0, Q4_1), vectors in F32. ``rope_freqs``
     (Llama 3 style factors) is written as the ``rope_freqs.weight`` tensor. ``vocab`` writes
@@ -128,7 +129,7 @@ def write_gguf(model, path: str, qtype: str = "F32", *, rope_freqs=None, vocab: 
     cfg = model.config
     kind = cfg.model_type
     sd = {k: v.detach().float().numpy() for k, v in model.state_dict().items()}
-    arch = {"gpt2": "gpt2", "llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "phi3": "phi3"}[kind]
+    arch = {"gemma3_text": "gemma3", "gpt_neox": "gptneox"}.get(kind, kind)
     w = gguf.GGUFWriter(path, arch)
     tensors: dict[str, np.ndarray] = {}
     if kind == "gpt2":
@@ -157,6 +158,35 @@ def write_gguf(model, path: str, qtype: str = "F32", *, rope_freqs=None, vocab: 
                 weight = sd[h + hf + ".weight"]
                 tensors[f"blk.{i}.{gg}.weight"] = weight.T.copy() if t else weight
                 tensors[f"blk.{i}.{gg}.bias"] = sd[h + hf + ".bias"]
+    elif kind == "gpt_neox":  # fused q/k/v rows regrouped [q of every head | k | v], as llama.cpp does
+        L, D, H = cfg.num_hidden_layers, cfg.hidden_size, cfg.num_attention_heads
+        w.add_block_count(L)
+        w.add_context_length(cfg.max_position_embeddings)
+        w.add_embedding_length(D)
+        w.add_feed_forward_length(cfg.intermediate_size)
+        w.add_head_count(H)
+        w.add_layer_norm_eps(cfg.layer_norm_eps)
+        w.add_rope_dimension_count(int(cfg.rope_parameters.get("partial_rotary_factor", 1.0) * D // H))
+        w.add_parallel_residual(cfg.use_parallel_residual)
+        tensors["token_embd.weight"] = sd["gpt_neox.embed_in.weight"]
+        tensors["output_norm.weight"] = sd["gpt_neox.final_layer_norm.weight"]
+        tensors["output_norm.bias"] = sd["gpt_neox.final_layer_norm.bias"]
+        tensors["output.weight"] = sd["lm_head.weight"]  # saved as embed_out.weight
+        for i in range(L):
+            h, b = f"gpt_neox.layers.{i}.", f"blk.{i}."
+            for hf, gg in (
+                ("input_layernorm", "attn_norm"),
+                ("attention.query_key_value", "attn_qkv"),
+                ("attention.dense", "attn_output"),
+                ("post_attention_layernorm", "ffn_norm"),
+                ("mlp.dense_h_to_4h", "ffn_up"),
+                ("mlp.dense_4h_to_h", "ffn_down"),
+            ):
+                for suffix in ("weight", "bias"):
+                    value = sd[f"{h}{hf}.{suffix}"]
+                    if hf == "attention.query_key_value":
+                        value = value.reshape(H, 3, D // H, *value.shape[1:]).swapaxes(0, 1).reshape(value.shape)
+                    tensors[f"{b}{gg}.{suffix}"] = value
     else:
         L, H, K = cfg.num_hidden_layers, cfg.num_attention_heads, cfg.num_key_value_heads
         w.add_block_count(L)
@@ -165,15 +195,22 @@ def write_gguf(model, path: str, qtype: str = "F32", *, rope_freqs=None, vocab: 
         w.add_feed_forward_length(cfg.intermediate_size)
         w.add_head_count(H)
         w.add_head_count_kv(K)
-        w.add_rope_freq_base(float(cfg.rope_parameters["rope_theta"]))
+        rope = cfg.rope_parameters.get("full_attention", cfg.rope_parameters)  # Gemma 3: per layer type
+        w.add_rope_freq_base(float(rope["rope_theta"]))
+        if kind.startswith("gemma"):
+            w.add_sliding_window(cfg.sliding_window)
+        if kind == "gemma2":
+            w.add_attn_logit_softcapping(cfg.attn_logit_softcapping)
+            w.add_final_logit_softcapping(cfg.final_logit_softcapping)
         w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
         head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // H
-        w.add_rope_dimension_count(int(head_dim * cfg.rope_parameters.get("partial_rotary_factor", 1.0)))
+        w.add_rope_dimension_count(int(head_dim * rope.get("partial_rotary_factor", 1.0)))
         w.add_key_length(head_dim)
         w.add_value_length(head_dim)
         w.add_vocab_size(cfg.vocab_size)
         tensors["token_embd.weight"] = sd["model.embed_tokens.weight"]
-        tensors["output_norm.weight"] = sd["model.norm.weight"]
+        shift = 1.0 if kind.startswith("gemma") else 0.0
+        tensors["output_norm.weight"] = sd["model.norm.weight"] + shift
         if not cfg.tie_word_embeddings:
             tensors["output.weight"] = sd["lm_head.weight"]
         if rope_freqs is not None:
@@ -181,8 +218,15 @@ def write_gguf(model, path: str, qtype: str = "F32", *, rope_freqs=None, vocab: 
         permute = kind == "llama"
         for i in range(L):
             a, m, b = f"model.layers.{i}.self_attn.", f"model.layers.{i}.mlp.", f"blk.{i}."
-            tensors[b + "attn_norm.weight"] = sd[f"model.layers.{i}.input_layernorm.weight"]
-            tensors[b + "ffn_norm.weight"] = sd[f"model.layers.{i}.post_attention_layernorm.weight"]
+            post = f"model.layers.{i}.post_feedforward_layernorm.weight" in sd  # Gemma, OLMo 2
+            for hf, gg in (
+                ("input_layernorm", "attn_norm"),
+                ("post_attention_layernorm", "post_attention_norm" if post else "ffn_norm"),
+                ("pre_feedforward_layernorm", "ffn_norm"),
+                ("post_feedforward_layernorm", "post_ffw_norm"),
+            ):
+                if f"model.layers.{i}.{hf}.weight" in sd:
+                    tensors[f"{b}{gg}.weight"] = sd[f"model.layers.{i}.{hf}.weight"] + shift
             for hf, gg, n in (
                 ("q_proj", "attn_q", H),
                 ("k_proj", "attn_k", K),
@@ -195,7 +239,8 @@ def write_gguf(model, path: str, qtype: str = "F32", *, rope_freqs=None, vocab: 
                 for suffix in ("weight", "bias"):
                     key = f"{a}{hf}.{suffix}"
                     if key in sd:
-                        tensors[f"{b}{gg}.{suffix}"] = _permute(sd[key], n) if (permute and n) else sd[key]
+                        value = _permute(sd[key], n) if (permute and n) else sd[key]
+                        tensors[f"{b}{gg}.{suffix}"] = value + shift if hf.endswith("norm") else value
             for hf, gg in (
                 ("gate_proj", "ffn_gate"),
                 ("up_proj", "ffn_up"),

@@ -149,3 +149,30 @@ def test_gguf_tokenizer_has_the_official_fingerprint_and_a_name(hf_dirs, tmp_pat
     assert fp["name"] == path and fp["sha256"] == tokenizer_fingerprint(gpt2_tokenizer())["sha256"]
     data = mv.tasks.make("ioi", mv.load_model(path), n=4)
     assert data.info["tokenizer"] == fp
+
+
+@pytest.mark.parametrize(
+    ("kind", "overrides"),
+    [
+        ("gemma2", {"attn_logit_softcapping": 0.5, "final_logit_softcapping": 1.0, "query_pre_attn_scalar": 8}),
+        # llama.cpp's Gemma 3 layout: five sliding layers in six, so both layers here slide
+        ("gemma3_text", {"query_pre_attn_scalar": 8, "layer_types": ["sliding_attention"] * 2}),
+        ("olmo2", {"eos_token_id": 0}),
+        ("gpt_neox", {"rotary_pct": 0.5, "use_parallel_residual": True}),
+    ],
+)
+def test_gguf_round_trip_where_transformers_cannot_read_the_file(tmp_path, kind, overrides):
+    """transformers' GGUF reader has no OLMo 2 or GPT-NeoX and drops Gemma's soft-caps and query
+    scale, so the oracle is the checkpoint the file was written from: its logits, within float32
+    rounding."""
+    torch_model = make_hf_model(kind, str(tmp_path / kind), seed=7, vocab_size=SMALL_VOCAB, **overrides)
+    path = str(tmp_path / f"{kind}.gguf")
+    write_gguf(torch_model, path, "F32", vocab=False)
+    model = mv.load_model(path, tokenizer=False)
+    assert model.config.family == kind
+    rng = np.random.default_rng(0)
+    batch = pad_batch([rng.integers(0, SMALL_VOCAB, n).tolist() for n in (9, 5, 12)])
+    ours = np.asarray(model(batch.tokens, batch.attention_mask))
+    ref = hf_logits(torch_model, batch.tokens, batch.attention_mask)
+    real = batch.attention_mask.astype(bool)
+    assert np.abs(ours[real] - ref[real]).max() <= 1e-4

@@ -10,7 +10,8 @@ and after each sublayer with (1 + w) weights (folded into the scales here), √D
 Gemma 3's per-head QK-norm and local RoPE base. OLMo 2: norms only after the sublayers, QK-norm
 over all heads' projections. HF Linear weights are [out, in].
 llama.cpp permutes the rows of Llama's q/k projections for its interleaved RoPE;
-``gguf_name_map`` undoes that permutation (Qwen GGUFs are not permuted).
+``gguf_name_map`` undoes that permutation (Qwen, Gemma and OLMo 2 GGUFs are not permuted; Gemma's
+norm weights are stored as 1 + w).
 """
 
 from __future__ import annotations
@@ -154,25 +155,48 @@ def params_from_hf(t: Tensors, cfg: ModelConfig) -> dict[str, Any]:
     return params
 
 
+# llama.cpp's Gemma conventions (not in the file): every `pattern`-th layer attends globally, the
+# others through the sliding window with RoPE base 10000; queries scale by 1/√key_length, except
+# in the 27B models (`layers` blocks), which scale by 1/√(D/H).
+_GGUF_GEMMA = {"gemma2": dict(pattern=2, layers=46), "gemma3": dict(pattern=6, layers=62)}
+
+
 def config_from_gguf(f: GGUFFile, name: str) -> ModelConfig:
     """The config of a GGUF file: its metadata read as HF config keys (``config_from_hf``), with
     biases and tying read off the tensors present and llama.cpp's ``rope_freqs`` factors applied."""
     arch, t = f.architecture, f.tensors
     get = lambda key, default=...: f.meta(f"{arch}.{key}", default)
-    D, H = int(get("embedding_length")), int(get("attention.head_count"))
+    D, H, L = int(get("embedding_length")), int(get("attention.head_count")), int(get("block_count"))
     head_dim = int(get("attention.key_length", D // H))
     scaling = get("rope.scaling.type", None)
     rope = {"rope_type": scaling, "factor": get("rope.scaling.factor")} if scaling not in (None, "none") else {}
+    gemma = {}
+    if arch in _GGUF_GEMMA:
+        rule = _GGUF_GEMMA[arch]
+        gemma = {
+            "model_type": "gemma3_text" if arch == "gemma3" else arch, "hidden_activation": "gelu_pytorch_tanh",
+            "query_pre_attn_scalar": D // H if rule["layers"] == L else head_dim,
+            "layer_types": ["full_attention" if (i + 1) % rule["pattern"] == 0 else "sliding_attention" for i in range(L)],
+            "attn_logit_softcapping": get("attn_logit_softcapping", None),
+            "final_logit_softcapping": get("final_logit_softcapping", None),
+            "rope_parameters": {
+                "full_attention": {"rope_type": "default", **rope, "rope_theta": get("rope.freq_base", 10000.0)},
+                "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+            },
+            "tie_word_embeddings": "output.weight" not in t,
+        }  # fmt: skip
     d = {
-        "model_type": arch, "hidden_size": D, "num_attention_heads": H, "num_hidden_layers": get("block_count"),
+        "model_type": arch, "hidden_size": D, "num_attention_heads": H, "num_hidden_layers": L,
         "num_key_value_heads": get("attention.head_count_kv", H), "head_dim": head_dim,
         "intermediate_size": get("feed_forward_length"), "vocab_size": t["token_embd.weight"].shape[-1],
         "max_position_embeddings": get("context_length", 2048), "rope_theta": get("rope.freq_base", 10000.0),
         "rms_norm_eps": get("attention.layer_norm_rms_epsilon", 1e-6), "rope_scaling": rope,
         "partial_rotary_factor": get("rope.dimension_count", head_dim) / head_dim,
-        "sliding_window": get("attention.sliding_window", None),
+        "sliding_window": get("attention.sliding_window", None), **gemma,
     }  # fmt: skip
     cfg = config_from_hf(d, name)
+    if gemma:
+        return cfg
     factors = f.dequantize("rope_freqs.weight") if "rope_freqs.weight" in t else None
     try:
         inv_freq = rope_inv_freq(2 * len(cfg.rope_inv_freq), float(d["rope_theta"]), rope, factors)
@@ -193,18 +217,26 @@ def gguf_name_map(cfg: ModelConfig) -> GGUFNameMap:
     permuted = cfg.family == "llama"
     q_fix = functools.partial(_unpermute, n_heads=cfg.n_heads) if permuted else identity
     k_fix = functools.partial(_unpermute, n_heads=cfg.n_kv_heads) if permuted else identity
+    # llama.cpp stores Gemma's norm weights as 1 + w; params_from_hf adds the 1 itself
+    norm = (lambda w: w - 1) if cfg.family.startswith("gemma") else identity
     m = {
         "model.embed_tokens.weight": ("token_embd.weight", identity),
-        "model.norm.weight": ("output_norm.weight", identity),
+        "model.norm.weight": ("output_norm.weight", norm),
         "lm_head.weight": ("output.weight", identity),
     }
-    names = (
-        ("input_layernorm", "attn_norm", identity), ("post_attention_layernorm", "ffn_norm", identity),
+    sublayer_norms = (
+        (("post_attention_layernorm", "post_attention_norm", norm), ("pre_feedforward_layernorm", "ffn_norm", norm),
+         ("post_feedforward_layernorm", "post_ffw_norm", norm))
+        if cfg.post_norms
+        else (("post_attention_layernorm", "ffn_norm", identity),)
+    )  # fmt: skip
+    names = sublayer_norms + (
+        ("input_layernorm", "attn_norm", norm),
         ("self_attn.q_proj", "attn_q", q_fix), ("self_attn.k_proj", "attn_k", k_fix),
         ("self_attn.v_proj", "attn_v", identity), ("self_attn.o_proj", "attn_output", identity),
         ("mlp.gate_proj", "ffn_gate", identity), ("mlp.up_proj", "ffn_up", identity),
-        ("mlp.down_proj", "ffn_down", identity), ("self_attn.q_norm", "attn_q_norm", identity),
-        ("self_attn.k_norm", "attn_k_norm", identity), ("self_attn.qkv_proj", "attn_qkv", identity),
+        ("mlp.down_proj", "ffn_down", identity), ("self_attn.q_norm", "attn_q_norm", norm),
+        ("self_attn.k_norm", "attn_k_norm", norm), ("self_attn.qkv_proj", "attn_qkv", identity),
         ("mlp.gate_up_proj", "ffn_up", identity),  # Phi-3: fused as stored (rows gate, then up)
     )  # fmt: skip
     for i in range(cfg.n_layers):

@@ -44,7 +44,11 @@ _silence_torch_notice()
 
 _LLAMA_LIKE = ("llama", "mistral", "qwen2", "qwen3", "phi3", "gemma2", "gemma3_text", "olmo2")
 HF_FAMILIES = {"gpt2": gpt2, "gpt_neox": neox, **{f: llama for f in _LLAMA_LIKE}}
-GGUF_FAMILIES = {"gpt2": gpt2, **{f: llama for f in ("llama", "qwen2", "qwen3", "phi3")}}
+GGUF_FAMILIES = {
+    "gpt2": gpt2,
+    "gptneox": neox,
+    **{f: llama for f in ("llama", "qwen2", "qwen3", "phi3", "gemma2", "gemma3", "olmo2")},
+}
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer.model", "tokenizer_config.json")
 

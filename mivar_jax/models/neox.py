@@ -4,7 +4,8 @@ LayerNorm with biases, partial rotary embeddings (``rotary_pct`` / ``partial_rot
 each head, rotate-half pairs), attention and MLP in parallel (``use_parallel_residual``: both read
 the layer's input), GELU MLP, untied unembedding. ``query_key_value`` fuses q, k, v head by head:
 its output rows are [head 0: q k v, head 1: q k v, …], each of width d_head. HF Linear weights are
-[out, in].
+[out, in]. llama.cpp's GGUF (architecture ``gptneox``) stores the fused rows as [q of every head,
+k of every head, v of every head]; ``gguf_name_map`` restores the per-head order.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from mivar_jax.models.checkpoint import CheckpointError, Tensors, check_tied_head
+from mivar_jax.models.checkpoint import CheckpointError, GGUFFile, GGUFNameMap, Tensors, check_tied_head, identity
 from mivar_jax.models.config import ModelConfig, rope_inv_freq
 from mivar_jax.models.gpt2 import ACTIVATIONS
 
@@ -22,6 +23,7 @@ from mivar_jax.models.gpt2 import ACTIVATIONS
 HF_UNUSED = re.compile(
     r"gpt_neox\.(layers\.\d+\.attention\.(bias|masked_bias|rotary_emb\.inv_freq)|rotary_emb\.inv_freq)"
 )
+GGUF_UNUSED = None
 
 
 def config_from_hf(d: dict[str, Any], name: str) -> ModelConfig:
@@ -89,3 +91,42 @@ def params_from_hf(t: Tensors, cfg: ModelConfig) -> dict[str, Any]:
     else:
         check_tied_head(t, params["tok_embed"], "embed_out.weight")
     return params
+
+
+def config_from_gguf(f: GGUFFile, name: str) -> ModelConfig:
+    """The config of a GGUF file: its metadata read as HF config keys (``config_from_hf``); the
+    activation, which GGUF does not record, is Pythia's exact GELU."""
+    get = lambda key, default=...: f.meta(f"gptneox.{key}", default)
+    D, H = int(get("embedding_length")), int(get("attention.head_count"))
+    d = {
+        "hidden_size": D, "num_attention_heads": H, "num_hidden_layers": get("block_count"),
+        "intermediate_size": get("feed_forward_length"), "vocab_size": f.tensors["token_embd.weight"].shape[-1],
+        "max_position_embeddings": get("context_length", 2048), "layer_norm_eps": get("attention.layer_norm_epsilon"),
+        "rotary_pct": get("rope.dimension_count", D // H) / (D // H), "rotary_emb_base": get("rope.freq_base", 10000.0),
+        "use_parallel_residual": bool(get("use_parallel_residual", True)),
+        "attention_bias": "blk.0.attn_qkv.bias" in f.tensors, "tie_word_embeddings": "output.weight" not in f.tensors,
+    }  # fmt: skip
+    return config_from_hf(d, name)
+
+
+def gguf_name_map(cfg: ModelConfig) -> GGUFNameMap:
+    H, Dh = cfg.n_heads, cfg.d_head
+
+    def per_head(w):  # rows [q | k | v] (each H·Dh) → [head 0: q k v, head 1: …]
+        return w.reshape(3, H, Dh, *w.shape[1:]).swapaxes(0, 1).reshape(w.shape)
+
+    m = {
+        "gpt_neox.embed_in.weight": ("token_embd.weight", identity),
+        "gpt_neox.final_layer_norm.weight": ("output_norm.weight", identity),
+        "gpt_neox.final_layer_norm.bias": ("output_norm.bias", identity),
+        "embed_out.weight": ("output.weight", identity),
+    }
+    for i in range(cfg.n_layers):
+        for hf, gg, fix in (
+            ("input_layernorm", "attn_norm", identity), ("attention.query_key_value", "attn_qkv", per_head),
+            ("attention.dense", "attn_output", identity), ("post_attention_layernorm", "ffn_norm", identity),
+            ("mlp.dense_h_to_4h", "ffn_up", identity), ("mlp.dense_4h_to_h", "ffn_down", identity),
+        ):  # fmt: skip
+            for kind in ("weight", "bias"):
+                m[f"gpt_neox.layers.{i}.{hf}.{kind}"] = (f"blk.{i}.{gg}.{kind}", fix)
+    return m
