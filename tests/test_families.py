@@ -16,13 +16,11 @@ import numpy as np
 import pytest
 
 import mivar_jax as mv
-from mivar_jax.estimators import METHODS
 from mivar_jax.models import EdgeMix, forward
-from mivar_jax.patching import first_changes, slot_gradients, windows
+from mivar_jax.patching import slot_gradients
 from tests import reference
 from tests.factory import hf_logits
-from tests.test_estimators import _affine_norms, _brute_force
-from tests.test_study import tiny_config
+from tests.test_estimators import _affine_norms
 
 FAMILIES = ["qwen3-sliding", "mistral", "phi3", "pythia", "neox-sequential", "gemma2", "gemma3", "olmo2"]
 PROMPTS = ["When Mary and John went to the store, John gave a drink to", "The keys to the cabinet"]
@@ -95,28 +93,6 @@ def test_graph_form_matches_the_oracle(family):
     assert np.abs(ours - plain).max() > 1e-3  # the mask matters
 
 
-@pytest.mark.parametrize("name", ["qwen3-sliding", "mistral", "pythia", "gemma2", "olmo2"])
-def test_exact_equals_brute_force_patching(hf_dirs, name):
-    """Windowed exact kernels against one oracle forward per edge: on sliding-window models the
-    windows (first change … answer) start past the span, so their cached keys are partly out of
-    reach; on the parallel model the MLP reads the layer's input; on Gemma 2 a patched head changes
-    every head's share of the post-normed write, with both soft-caps active."""
-    model = mv.load_model(hf_dirs[name][0])
-    data = mv.tasks.make("ioi", model, n=3, seed=1)
-    width = windows(data, "patch")
-    first = first_changes(data.clean, data.corrupted, data.attention_mask, data.answer_pos)
-    assert (width < data.n_positions).all()
-    if model.config.windows:  # the answer's query cannot see the first changed position in a sliding layer
-        assert (data.answer_pos - first >= max(model.config.windows)).any()
-    scores = mv.attribute(model, data, method="exact", batch_size=2, progress=False)
-    expected = _brute_force(model, data)
-    np.testing.assert_allclose(scores.per_input, expected, atol=2e-5 * np.abs(expected).max() + 1e-6, rtol=1e-3)
-    assert np.abs(expected).max() > 1e-3
-    nodes = mv.attribute(model, data, method="exact", level="node", batch_size=2, progress=False)
-    expected = _brute_force(model, data, "node")
-    np.testing.assert_allclose(nodes.per_input, expected, atol=2e-5 * np.abs(expected).max() + 1e-6, rtol=1e-3)
-
-
 def test_slot_gradients_are_the_graph_forms_mask_gradient(family):
     """The gradients every EAP-style estimator uses (``slot_gradients``: projection taps pulled back
     through W and the input norm, or input taps under OLMo 2's all-head QK-norm) give, contracted
@@ -147,29 +123,3 @@ def test_eap_equals_exact_where_the_metric_is_linear(hf_dirs):
     eap = mv.attribute(linear, data, method="eap", progress=False).per_input[:, into_logits]
     assert np.abs(exact).max() > 1e-3
     np.testing.assert_allclose(eap, exact, rtol=1e-3, atol=1e-5 * np.abs(exact).max())
-
-
-def test_every_estimator_and_circuit_evaluation_run(family):
-    _, model, _ = family
-    data = mv.tasks.make("ioi", model, n=4, seed=2)
-    exact = mv.attribute(model, data, method="exact", progress=False)
-    base = mv.tasks.evaluate_model(model, data)
-    for method in METHODS:
-        scores = mv.attribute(model, data, method=method, steps=2, progress=False)
-        assert scores.per_input.shape == (4, model.graph.n_edges) and np.isfinite(scores.per_input).all()
-        np.testing.assert_allclose(scores.clean_metric, base.clean, rtol=1e-4, atol=1e-5)
-    # the gradient methods estimate exact patching: strongly correlated on a tiny model
-    ig = mv.aggregate(mv.attribute(model, data, method="eap-ig-inputs", steps=5, progress=False))
-    assert np.corrcoef(ig, mv.aggregate(exact))[0, 1] > 0.5
-    g = model.graph
-    ev = mv.evaluate(model, data, np.stack([np.ones(g.n_edges, bool), np.zeros(g.n_edges, bool)]), progress=False)
-    np.testing.assert_allclose(ev.metric[0], base.clean, rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(ev.metric[1], base.corrupted, rtol=1e-4, atol=1e-5)
-
-
-def test_a_tiny_study_runs(hf_dirs, tmp_path):
-    cfg = tiny_config(
-        hf_dirs["qwen3-sliding"][0], data={"seeds": [0]}, estimator={"methods": ["eap-ig-inputs", "eap"], "steps": [2]}
-    )  # the reference: exact node scores on a few inputs
-    results = mv.Study(cfg).run(tmp_path / "run", progress=False, report=False)
-    assert results  # every cell produced its results
