@@ -1,16 +1,23 @@
-"""Every estimator, circuit evaluation and a tiny study on each architecture of tests/test_families.py
-(split from it so that ``--dist loadfile`` runs the two halves on different workers)."""
+"""Every estimator, circuit evaluation and a tiny study on the architectures of tests/test_families.py
+whose compiled paths differ (split from it so that ``--dist loadfile`` runs the halves on different
+workers). The others share these paths: Mistral and Gemma 3 the windows, QK-norm and post-norms of
+Qwen3 and Gemma 2; Phi-3 and the sequential NeoX the Llama and NeoX blocks; each is still checked
+through the graph form and the slot gradients in tests/test_families.py (the suite's time budget)."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 import mivar_jax as mv
 from mivar_jax.estimators import METHODS
-from tests import test_families
 from tests.test_study import tiny_config
 
-family = test_families.family  # the per-family fixture (module-scoped: one load per family here)
+
+@pytest.fixture(scope="module", params=["qwen3-sliding", "pythia", "gemma2", "olmo2"])
+def family(request, hf_dirs):
+    directory, torch_model = hf_dirs[request.param]
+    return request.param, mv.load_model(directory), torch_model
 
 
 def test_every_estimator_and_circuit_evaluation_run(family):

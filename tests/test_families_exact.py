@@ -11,7 +11,7 @@ from mivar_jax.patching import first_changes, windows
 from tests.test_estimators import _brute_force
 
 
-@pytest.mark.parametrize("name", ["qwen3-sliding", "mistral", "pythia", "gemma2", "olmo2"])
+@pytest.mark.parametrize("name", ["qwen3-sliding", "pythia", "gemma2", "olmo2"])
 def test_exact_equals_brute_force_patching(hf_dirs, name):
     """Windowed exact kernels against one oracle forward per edge: on sliding-window models the
     windows (first change … answer) start past the span, so their cached keys are partly out of
