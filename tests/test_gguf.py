@@ -46,6 +46,18 @@ def _transformers_gguf(path):
     return AutoModelForCausalLM.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path)).eval()
 
 
+def _assert_logits_match(model, oracle):
+    """Our logits on three random padded prompts equal ``oracle``'s (a torch model) within 1e-4;
+    returns (batch, real positions, the oracle's logits)."""
+    rng = np.random.default_rng(0)
+    batch = pad_batch([rng.integers(0, SMALL_VOCAB, n).tolist() for n in (9, 5, 12)])
+    ours = np.asarray(model(batch.tokens, batch.attention_mask))
+    ref = hf_logits(oracle, batch.tokens, batch.attention_mask)
+    real = batch.attention_mask.astype(bool)
+    assert np.abs(ours[real] - ref[real]).max() <= 1e-4
+    return batch, real, ref
+
+
 CASES = [(name, q) for name in ("llama-tied", "llama-gqa", "qwen2") for q in QTYPES] + [
     ("qwen3", "F32"),
     ("qwen3", "Q8_0"),
@@ -62,13 +74,7 @@ def test_gguf_logits_match_transformers_gguf_loading(small_models, tmp_path, nam
     path = str(tmp_path / f"{name}-{qtype}.gguf")
     write_gguf(torch_model, path, qtype, vocab=name == "gpt2")
     model = mv.load_model(path, tokenizer=False)
-    oracle = _transformers_gguf(path)
-    rng = np.random.default_rng(0)
-    batch = pad_batch([rng.integers(0, SMALL_VOCAB, n).tolist() for n in (9, 5, 12)])
-    ours = np.asarray(model(batch.tokens, batch.attention_mask))
-    ref = hf_logits(oracle, batch.tokens, batch.attention_mask)
-    real = batch.attention_mask.astype(bool)
-    assert np.abs(ours[real] - ref[real]).max() <= 1e-4
+    batch, real, ref = _assert_logits_match(model, _transformers_gguf(path))
     if qtype != "F32":  # quantisation really happened: the weights differ from the float model's
         float_ref = hf_logits(torch_model, batch.tokens, batch.attention_mask)
         assert np.abs(float_ref[real] - ref[real]).max() > 1e-4
@@ -170,9 +176,4 @@ def test_gguf_round_trip_where_transformers_cannot_read_the_file(tmp_path, kind,
     write_gguf(torch_model, path, "F32", vocab=False)
     model = mv.load_model(path, tokenizer=False)
     assert model.config.family == kind
-    rng = np.random.default_rng(0)
-    batch = pad_batch([rng.integers(0, SMALL_VOCAB, n).tolist() for n in (9, 5, 12)])
-    ours = np.asarray(model(batch.tokens, batch.attention_mask))
-    ref = hf_logits(torch_model, batch.tokens, batch.attention_mask)
-    real = batch.attention_mask.astype(bool)
-    assert np.abs(ours[real] - ref[real]).max() <= 1e-4
+    _assert_logits_match(model, torch_model)

@@ -77,7 +77,7 @@ def position_ids(attention_mask: Int[ArrayLike, "N P"]) -> Int[Array, "N P"]:
 
 
 def rope(
-    cfg: ModelConfig, x: Float[Array, "heads N P Dh"], positions: Int[Array, "N P"], layer: Int[Array, ""] | int = 0
+    cfg: ModelConfig, x: Float[Array, "heads N P Dh"], positions: Int[Array, "N P"], layer: Int[Array, ""] | int
 ) -> Float[Array, "heads N P Dh"]:
     """Rotary embedding, rotate-half convention (HF): the two halves of each head's first R
     dimensions (R = 2 · len(rope_inv_freq); all of them unless partial) form pairs; the rest pass.

@@ -18,7 +18,7 @@ from mivar_jax.models.interventions import Residual, Window
 from mivar_jax.models.layers import at_positions, output_bias, position_ids, qkv, rotate, sum_first_axis
 from mivar_jax.models.params import Params, layer_params
 from mivar_jax.models.transformer import block, trace
-from mivar_jax.patching.reference import answer_metric, reference_values, run_nodes
+from mivar_jax.patching.reference import answer_metric, reference_values
 from mivar_jax.tasks.data import TaskBatch
 
 
@@ -39,12 +39,13 @@ class CleanState(NamedTuple):
 def clean_state(cfg: ModelConfig, metric: str, ablation: str, params, b: TaskBatch, noise, noise_seed, means):
     """The ``CleanState`` of batch ``b`` with reference values of ``ablation``."""
     ref_nodes, _ = reference_values(cfg, params, b, ablation, noise, noise_seed, means)
-    nodes, _ = run_nodes(cfg, params, b, metric)
+    record = ("nodes", "attn") if cfg.post_norms else ("nodes",)  # attn: each layer's Σ_h z_h before its post-norm
+    run = trace(cfg, params, b.clean, b.attention_mask, logit_positions=b.answer_pos, record=record)
+    nodes = run.nodes
     pre, mid, final = residual_states(cfg, params, nodes)
     keys, values = kv_caches(cfg, params, pre, position_ids(b.attention_mask))
     clean_metric = answer_metric(cfg, params, at_positions(final, b.answer_pos), b.correct, b.incorrect, metric)
-    attn = trace(cfg, params, b.clean, b.attention_mask, record=("attn",)).attn if cfg.post_norms else None
-    return CleanState(pre, mid, final, nodes, ref_nodes - nodes, keys, values, clean_metric, attn)
+    return CleanState(pre, mid, final, nodes, ref_nodes - nodes, keys, values, clean_metric, run.attn)
 
 
 def residual_states(
