@@ -15,10 +15,10 @@ from collections.abc import Callable, Iterator
 
 import jax
 import numpy as np
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding
 
 from mivar_jax._checks import check_int, mib
-from mivar_jax.sharding import EDGES, INPUTS, axis_size, make_mesh, spmd
+from mivar_jax.sharding import EDGES, INPUTS, Spec, axis_size, make_mesh, spmd
 
 DEFAULT_MEMORY_BUDGET = 2 * 2**30  # bytes per device
 
@@ -55,6 +55,18 @@ def resources(model=None, data=None, *, batch_size=None, memory_budget=None, mes
         mesh = make_mesh()
     mesh = mesh if mesh is not None and mesh.size > 1 else None
     return Resources(mesh, batch_size, memory_budget or DEFAULT_MEMORY_BUDGET)
+
+
+def on_mesh(params, mesh: Mesh | None):
+    """The parameters where a job on ``mesh`` runs: replicated on its devices, moved once per job
+    (not at every kernel call), and left as they are when already there (``load_model(mesh=)``).
+    Without a mesh, parameters spread over several devices come back to the default one."""
+    if mesh is None:
+        move = lambda x: x if len(x.sharding.device_set) == 1 else jax.device_put(x, jax.devices()[0])
+    else:
+        everywhere = NamedSharding(mesh, Spec())
+        move = lambda x: x if x.sharding == everywhere else jax.device_put(x, everywhere)
+    return jax.tree.map(move, params)
 
 
 def fit(

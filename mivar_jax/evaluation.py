@@ -268,6 +268,7 @@ def evaluate(
     local = min(res.batch_size or 8, len(data))
     chunk = circuit_chunk(cfg, local, data.n_positions, res.memory_budget)
     means = dataset_means(model, data, local, ablation)
+    params = engine.on_mesh(model.params, res.mesh)
 
     C = masks.shape[0]
     n_chunks = -(-C // chunk)
@@ -282,11 +283,11 @@ def evaluate(
         for width, b, rows in engine.batches(data, res, local, widths=widths):
             n_real = len(rows)
             baseline, run = _kernels(cfg, data.metric, ablation, res.mesh, width if width < data.n_positions else None)
-            full, z_ref, caches, m_full, m_empty = baseline(model.params, b, data.noise, data.noise_seed, means)
+            full, z_ref, caches, m_full, m_empty = baseline(params, b, data.noise, data.noise_seed, means)
             full_m[rows] = np.asarray(m_full)[:n_real]
             empty_m[rows] = np.asarray(m_empty)[:n_real]
             for k in range(n_chunks):
-                res_k = run(model.params, b, z_ref, caches, full, jnp.asarray(padded[k * chunk : (k + 1) * chunk]))
+                res_k = run(params, b, z_ref, caches, full, jnp.asarray(padded[k * chunk : (k + 1) * chunk]))
                 n_c = min(chunk, C - k * chunk)
                 for out, r in zip(outs, res_k, strict=True):
                     out[k * chunk : k * chunk + n_c, rows] = np.asarray(r)[:n_c, :n_real]

@@ -21,6 +21,10 @@ jaxtyping.install_import_hook(["mivar_jax"], "beartype.beartype(conf=beartype.Be
 # (resumed studies, 8-device runs, notebooks): a kernel compiled once is not compiled again.
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="mivar-jax-cache-"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+# Compiling dominates the tests' time (tiny models, many kernels): XLA:CPU compiles them without
+# LLVM's optimisation passes, inherited by the subprocesses too. The computations, their shapes and
+# the tolerances are unchanged; the CLI, the benchmarks and users compile at XLA's default level.
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
 
 import jax  # noqa: E402
 import pytest  # noqa: E402

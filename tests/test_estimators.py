@@ -354,19 +354,22 @@ def test_scores_round_trip_and_json(tiny_llama, tmp_path):
 _MULTI_DEVICE = textwrap.dedent(
     """
     import os, sys, numpy as np
-    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+    os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
     import jax
     import mivar_jax as mv
     assert jax.device_count() == 8
     model = mv.load_model(sys.argv[1])
+    placed = mv.load_model(sys.argv[1], mesh=mv.sharding.make_mesh())  # every parameter on all 8 devices
+    for p, q in zip(jax.tree.leaves(placed.params), jax.tree.leaves(model.params), strict=True):
+        assert p.sharding.is_fully_replicated and len(p.sharding.device_set) == 8, p.sharding
+        assert np.array_equal(p, q)
     data = mv.tasks.make("ioi", model, n=5, seed=0).with_noise(0.5, seed=1)
     one = mv.sharding.make_mesh(edges=1, devices=jax.devices()[:1])
-    results = {}
+    both = mv.sharding.make_mesh(edges=4, inputs=2)
     for method, kw in [("exact", {}), ("eap-ig-inputs", {"steps": 2}), ("eap", {"ablation": "mean", "level": "node"})]:
         a = mv.attribute(model, data, method=method, batch_size=2, mesh=one, progress=False, **kw).per_input
-        b = mv.attribute(model, data, method=method, batch_size=2, progress=False, **kw).per_input  # all 8 devices
-        c = mv.attribute(model, data, method=method, batch_size=2, mesh=mv.sharding.make_mesh(edges=4, inputs=2), progress=False, **kw).per_input
-        assert np.array_equal(a, b) and np.array_equal(a, c), (method, kw, np.abs(a - b).max(), np.abs(a - c).max())
+        c = mv.attribute(placed, data, method=method, batch_size=2, mesh=both, progress=False, **kw).per_input
+        assert np.array_equal(a, c), (method, kw, np.abs(a - c).max())
     print("IDENTICAL")
     """
 )

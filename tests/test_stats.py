@@ -310,7 +310,8 @@ def test_bootstrap_identical_on_one_and_eight_devices(tmp_path):
             np.save({str(tmp_path)!r} + f"/{{method}}-agg.npy", r.aggregated)
             np.save({str(tmp_path)!r} + f"/{{method}}-jac.npy", r.jaccard)
     """)
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    flags = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+    env = dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu")
     subprocess.run([sys.executable, "-c", script], check=True, env=env, timeout=600)
     for method in ("multinomial", "disjoint-splits"):
         r = mv.stats.bootstrap(s, 10, 12, graph=g, key=jax.random.key(7), method=method)

@@ -23,6 +23,7 @@ import pytest
 from typer.testing import CliRunner
 
 import mivar_jax as mv
+from mivar_jax.circuits.selection import topn
 from mivar_jax.cli import app
 from mivar_jax.study import ConfigError, RunDir, RunDirError, Study, StudyConfig, default_config
 from mivar_jax.study import runner as runner_module
@@ -33,10 +34,20 @@ def tiny_config(source: str, **sections) -> StudyConfig:
         "name": "tiny",
         "seed": 3,
         "model": {"source": source},
-        "data": {"task": "ioi", "n": 8, "seeds": [0, 1], "families": ["transfer"], "counterfactuals": ["abc"]},
+        "data": {
+            "task": "ioi",
+            "n": 8,
+            "seeds": [0, 1],
+            "families": ["transfer"],
+            "counterfactuals": ["abc"],
+            "holdout": 5,
+        },
         "estimator": {"methods": ["eap-ig-inputs"], "steps": [2], "batch_size": 4},
         "circuits": {"sizes": [6, 20], "eval_inputs": 4},
         "bootstrap": {"replicates": 16, "size": 20},
+        "stability": {
+            "curve": True, "faithfulness": [0.3, 0.6], "faithfulness_replicates": 4, "faithfulness_sizes": [6, 20, 60]
+        },  # fmt: skip
         "reference": {"level": "node", "inputs": 3, "edges": 8},
     }
     for k, v in sections.items():
@@ -103,6 +114,16 @@ def test_config_files(tmp_path):
         StudyConfig.from_file(path)
     with pytest.raises(ConfigError, match="cannot read study file"):
         StudyConfig.from_file(tmp_path / "missing.toml")
+    full = StudyConfig.from_file(os.path.join(os.path.dirname(__file__), "..", "examples", "stability-full.toml"))
+    assert full.stability.faithfulness == (0.5, 0.8, 0.9) and full.data.holdout == 100
+    for bad, match in (
+        ("[stability]\nfaithfulness = [1.5]\n", "stability.faithfulness = 1.5 is impossible"),
+        ("[data]\nholdout = -1\n", "data.holdout = -1 is impossible"),
+        ("[stability]\nfaithfulness_replicates = 1\n", "stability.faithfulness_replicates = 1 is impossible"),
+    ):
+        path.write_text(bad)
+        with pytest.raises(ConfigError, match=match):
+            StudyConfig.from_file(path)
 
 
 def test_grid_is_the_product_of_the_perturbations():
@@ -162,8 +183,12 @@ def test_run_directory_against_direct_library_calls(tiny_study, hf_dirs):
     for c in cells:
         folder = rd.cell_dir(c.id)
         data = mv.tasks.TaskData.load(rd.file("data", f"s{c.seed}-transfer-abc-n0.npz"))
-        direct = mv.tasks.make("ioi", model, 8, c.seed, templates="transfer", counterfactual="abc")
-        np.testing.assert_array_equal(data.clean, direct.clean)
+        whole = mv.tasks.make("ioi", model, 8 + 5, c.seed, templates="transfer", counterfactual="abc")
+        np.testing.assert_array_equal(data.clean, whole.clean)
+        # 5 inputs held out of discovery: the first 5 of the study seed's permutation of the 13
+        held = np.sort(np.random.default_rng([3, zlib.crc32(c.dataset.encode())]).permutation(13)[:5])
+        discovery = np.setdiff1d(np.arange(13), held)
+        direct = whole[discovery]
         scores = _load(os.path.join(folder, "scores.safetensors"))
         want = mv.attribute(model, direct, "eap-ig-inputs", steps=2, batch_size=4, progress=False)
         np.testing.assert_array_equal(scores.per_input, want.per_input)
@@ -179,22 +204,53 @@ def test_run_directory_against_direct_library_calls(tiny_study, hf_dirs):
         r20 = mv.stats.bootstrap(want, 16, 20, key=key)
         circ = mv.Circuit.from_graph_json(os.path.join(folder, "circuits", "mean-n20.json"))
         np.testing.assert_array_equal(circ.edges, r20.full_circuit)
-        # circuits are evaluated on 4 random inputs: the study seed's permutation of the dataset
+        # circuits are evaluated on the held-out inputs, and in sample on 4 random discovery inputs
         info = _json(os.path.join(folder, "cell.json"))
-        rows = np.sort(np.random.default_rng([3, zlib.crc32(c.dataset.encode())]).permutation(8)[:4])
+        rows = discovery[np.sort(np.random.default_rng([3, zlib.crc32(c.dataset.encode())]).permutation(8)[:4])]
         assert info["eval_inputs"] == rows.tolist() and c.dataset == f"s{c.seed}-transfer-abc-n0"
+        assert info["held_out_inputs"] == held.tolist() and info["discovery_inputs"] == discovery.tolist()
         assert info["estimator_settings"] == {
             "method": "eap-ig-inputs", "steps": 2, "ablation": "patch", "ig_convention": "reference"
         }  # fmt: skip
         ev = _json(os.path.join(folder, "evaluation.json"))
-        assert [(e["size"], e["circuit"]) for e in ev] == [(6, "full"), (20, "full"), (20, "majority")]
-        direct_ev = mv.evaluate(model, direct[rows], circ, progress=False)
-        assert ev[1]["n_inputs"] == 4
+        kinds = [(6, "full"), (20, "full"), (20, "majority")]
+        assert [(e["inputs"], e["size"], e["circuit"]) for e in ev] == [("held-out", *k) for k in kinds] + [
+            ("in-sample", *k) for k in kinds
+        ]
+        in_sample = mv.evaluate(model, whole[rows], circ, progress=False)
+        assert ev[4]["n_inputs"] == 4 and ev[4]["faithfulness"] == pytest.approx(in_sample.faithfulness, rel=1e-5)
+        assert info["faithfulness_in_sample"] == ev[4]["faithfulness"]
+        direct_ev = mv.evaluate(model, whole[held], circ, progress=False)
+        assert ev[1]["n_inputs"] == 5
         assert ev[1]["faithfulness"] == pytest.approx(direct_ev.faithfulness, rel=1e-5)
         assert ev[1]["faithfulness_se"] == pytest.approx(direct_ev.faithfulness_se, rel=1e-5)
         assert info["faithfulness_se"] == ev[1]["faithfulness_se"] and "±" in info["headline"]
         assert ev[1]["circuit_error_task_se"] == pytest.approx(direct_ev.circuit_error_se("task"), abs=1e-12)
         assert ev[1]["kl"] == pytest.approx(direct_ev.kl_mean, rel=1e-4, abs=1e-7)
+        # the analyses past the paper, against the library's own calls
+        for b in boots:
+            sel = mv.stats.selection_noise(mv.stats.bootstrap(want, 16, b["size"], key=key))
+            assert b["selection"]["implied_jaccard"] == pytest.approx(sel.implied_jaccard)
+            assert b["selection"]["n_contested"] == sel.n_contested
+        st = _json(os.path.join(folder, "stability.json"))
+        pn = mv.stats.prompts_needed(want, 20, key=jax.random.fold_in(key, 1), n_replicates=16)
+        assert st["prompts_needed"]["sizes"] == [2, 4, 8, 16, 32]  # N/4 … 4N
+        assert st["prompts_needed"]["mean_jaccard"] == pytest.approx(pn.mean_jaccard.tolist())
+        assert st["prompts_needed"]["n_needed"] == pn.n_needed
+        curve = mv.evaluate_curve(model, whole[held], want, progress=False)
+        assert st["curve"]["inputs"] == "held-out" and st["curve"]["cpr"] == pytest.approx(curve.cpr, rel=1e-5)
+        ci = mv.stats.curve_intervals(curve, key=jax.random.fold_in(key, 2)).summary()
+        assert st["curve"]["intervals"]["cmd"]["ci_bca"] == pytest.approx(ci["cmd"]["ci_bca"], rel=1e-4)
+        grid = np.array([6, 20, 60])
+        masks = np.stack(
+            [np.asarray(mv.circuits.prune(model.graph, topn(r20.aggregated[:4], int(n))[0])[0]) for n in grid], 1
+        )
+        faith = np.asarray(mv.evaluate(model, whole[held], masks.reshape(12, -1), progress=False).faithfulness)
+        for got, target in zip(st["faithfulness"]["targets"], (0.3, 0.6), strict=True):
+            fs = mv.stats.faithful_stability(masks, faith.reshape(4, 3), grid, target, key=jax.random.fold_in(key, 3))
+            assert (got["target"], got["n_reached"], got["size_median"]) == (target, fs.n_reached, fs.size_median)
+            assert got["frontier_faithfulness"] == pytest.approx(fs.frontier_faithfulness.tolist(), rel=1e-5)
+            assert got["mean_jaccard"] == pytest.approx(fs.mean_jaccard)
         header, *lines = _text(os.path.join(folder, "edges.csv")).splitlines()
         assert header.split(",")[:5] == ["edge", "mean", "std", "cv", "snr"] and len(lines) == model.graph.n_edges
         top = int(np.argmax(np.abs(want.per_input.mean(0))))
@@ -234,7 +290,17 @@ def test_run_directory_against_direct_library_calls(tiny_study, hf_dirs):
         assert (r["n_empty"], r["replicates_with_cut_ties"]) == (b["n_empty"], b["replicates_with_cut_ties"])
         assert r["faithfulness_se"] == e["faithfulness_se"] and r["circuit_error_task_se"] == e["circuit_error_task_se"]
         assert r["snr_median"] == next(x["snr_median"] for x in info["circuits"] if x["size"] == r["size"])
-        assert r["eval_inputs"] == 4 and r["pooling"] is None and r["ig_convention"] == "reference"
+        assert r["eval_inputs"] == 5 and r["eval_set"] == "held-out" and r["pooling"] is None
+        assert r["ig_convention"] == "reference"
+        e_in = next(
+            e
+            for e in _json(os.path.join(folder, "evaluation.json"))
+            if e["size"] == r["size"] and e["inputs"] == "in-sample"
+        )
+        assert (
+            r["faithfulness_in_sample"] == e_in["faithfulness"]
+            and r["implied_jaccard"] == b["selection"]["implied_jaccard"]
+        )
     pert = _json(rd.file("results", "perturbations.json"))
     a, b = (mv.Circuit.from_graph_json(os.path.join(rd.cell_dir(c.id), "circuits", "mean-n20.json")) for c in cells)
     assert pert["mean_by_factor"]["seed"] == pytest.approx(a.jaccard(b))
@@ -246,10 +312,13 @@ def test_run_directory_against_direct_library_calls(tiny_study, hf_dirs):
     noise = _json(rd.file("results", "estimator_noise.json"))
     ref = rd.cell_dir("reference")
     x = _load(os.path.join(ref, "exact-node.safetensors"))
-    ref_rows = np.sort(np.random.default_rng([3, zlib.crc32(b"s0-transfer-abc-n0")]).permutation(8)[:3])
+    order = lambda n: np.random.default_rng([3, zlib.crc32(b"s0-transfer-abc-n0")]).permutation(n)
+    discovery0 = np.setdiff1d(np.arange(13), order(13)[:5])
+    at = np.sort(order(8)[:3])  # random discovery inputs, not the first ones
+    ref_rows = discovery0[at]
     assert _json(os.path.join(ref, "cell.json"))["inputs"] == ref_rows.tolist()
-    assert not np.array_equal(ref_rows, np.arange(3))  # a random subset, not the first inputs
-    d0 = mv.tasks.make("ioi", model, 8, 0, templates="transfer", counterfactual="abc")[ref_rows]
+    assert not np.array_equal(at, np.arange(3))
+    d0 = mv.tasks.make("ioi", model, 13, 0, templates="transfer", counterfactual="abc")[ref_rows]
     np.testing.assert_allclose(x.per_input, mv.attribute(model, d0, "exact", level="node", progress=False).per_input)
     np.testing.assert_array_equal(x.uid, d0.uid)
     approx = _load(os.path.join(ref, "eap-ig-inputs-m2-node.safetensors"))
@@ -259,7 +328,7 @@ def test_run_directory_against_direct_library_calls(tiny_study, hf_dirs):
     # edge level: the reference's exact edges against the first cell's scores of the same inputs
     subset = np.load(os.path.join(ref, "edge-subset.npy"))
     xe = _load(os.path.join(ref, "exact-edge.safetensors")).per_input[:, subset]
-    ae = _load(os.path.join(rd.cell_dir(cells[0].id), "scores.safetensors")).per_input[ref_rows][:, subset]
+    ae = _load(os.path.join(rd.cell_dir(cells[0].id), "scores.safetensors")).per_input[at][:, subset]
     want_edge = mv.stats.estimator_noise(ae, xe, n_edges=(5,)).summary()
     assert noise["edge"]["eap-ig-inputs-m2"]["mean_rmse"] == pytest.approx(want_edge["mean_rmse"])
     assert results.verdict.startswith("undetermined")  # B = 16 < 100: the paper's bar cannot be met
@@ -283,13 +352,25 @@ def test_report_has_every_figure(tiny_study):
     assert "<th>empty replicates</th>" in page and "<th>replicates with cut ties</th>" in page
     assert "<th>median SNR</th>" in page and "CVs are never averaged" in page
     assert re.search(r"<td>-?\d\.\d{3} ± \d\.\d{3}</td>", page)  # faithfulness ± its standard error
+    # past the paper: held-out against in-sample faithfulness, prompts needed, CPR / CMD intervals,
+    # stability at fixed faithfulness, each cell with its reading
+    for th in (
+        "faithfulness (held-out)",
+        "faithfulness in sample",
+        "prompts needed",
+        "CPR [BCa]",
+        "Jaccard at f ≥ 0.3",
+    ):
+        assert f"<th>{th}</th>" in page, th
+    assert page.count("to call this top-20 circuit stable") == 2
+    assert page.count("edges within the 95% band of the cut carry") == 2  # each cell's margins, read out
 
 
 # ------------------------------------------------------------------------------------ resume
 _KILLER = textwrap.dedent(
     """
     import os, signal, sys
-    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+    os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
     import jax
     from mivar_jax.study import Study, StudyConfig, runner
     assert jax.device_count() == 8
@@ -438,7 +519,8 @@ def test_pooling_reaches_the_estimator_and_every_record(hf_dirs, tmp_path):
     scores = _load(os.path.join(rd.cell_dir(act.id), "scores.safetensors"))
     assert scores.params["pooling"] == "source"
     model = mv.load_model(src)
-    data = mv.tasks.make("ioi", model, 8, 0, templates="transfer", counterfactual="abc")
+    discovery, _ = Study(cfg).split(act, 8 + 5)  # checked against the seed's permutation in the test above
+    data = mv.tasks.make("ioi", model, 8 + 5, 0, templates="transfer", counterfactual="abc")[discovery]
     want = mv.attribute(model, data, "eap-ig-activations", steps=2, batch_size=4, pooling="source", progress=False)
     np.testing.assert_array_equal(scores.per_input, want.per_input)
     other = mv.attribute(model, data, "eap-ig-activations", steps=2, batch_size=4, pooling="reference", progress=False)

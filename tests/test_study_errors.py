@@ -68,7 +68,7 @@ def test_unreadable_checkpoint(tmp_path):
     [
         ({"circuits": {"sizes": "[20, 500]"}}, "circuits.sizes [500] exceed the 110 edges"),
         ({"reference": {"edges": "111"}}, "reference.edges = 111 exceeds the 110 edges"),
-        ({"data": {"n": "100000000000"}}, "data.n = 100000000000 exceeds the"),
+        ({"data": {"n": "100000000000"}}, "data.n + data.holdout = 100000000020 exceeds the"),
     ],
 )
 def test_checks_against_the_model_come_before_the_run_directory(tmp_path, hf_dirs, sections, message):

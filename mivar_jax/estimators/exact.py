@@ -252,7 +252,7 @@ def exact_scores(
     Inputs are grouped by how many trailing positions a patch can change (``windows``); each group
     runs kernels of its own window width. The grouping depends on the data only, so every device
     count computes each input in kernels of the same shapes."""
-    cfg, params = model.config, model.params
+    cfg, params = model.config, engine.on_mesh(model.params, res.mesh)
     groups = _edge_groups(cfg) if o.level == "edge" else _node_groups(cfg)
     n_items = cfg.graph.n_edges if o.level == "edge" else cfg.graph.n_src
     if subset is not None:

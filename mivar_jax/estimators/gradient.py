@@ -227,8 +227,9 @@ def run_dense(model, data, o: Options, res: engine.Resources, estimator: Estimat
     means = dataset_means(model, data, local, o.ablation)
     kernel = _dense_kernel(cfg, estimator, o, res.mesh)
     outs, metrics = [], []
+    params = engine.on_mesh(model.params, res.mesh)
     for _, b, rows in engine.batches(data, res, local):
-        items, clean_metric = kernel(model.params, b, data.noise, data.noise_seed, means)
+        items, clean_metric = kernel(params, b, data.noise, data.noise_seed, means)
         outs.append(np.asarray(items)[: len(rows)])
         metrics.append(np.asarray(clean_metric)[: len(rows)])
         if progress is not None:

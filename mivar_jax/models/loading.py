@@ -15,12 +15,14 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, NamedSharding
 
 from mivar_jax.models import gpt2, llama, neox
 from mivar_jax.models.checkpoint import CheckpointError, GGUFFile, GGUFTensors, SafetensorsTensors, read_json
 from mivar_jax.models.gguf_tokenizer import build_gguf_tokenizer
 from mivar_jax.models.model import Model
 from mivar_jax.models.params import param_shapes
+from mivar_jax.sharding import Spec
 
 _TORCH_NOTICE = "PyTorch was not found."
 
@@ -94,6 +96,7 @@ def load_model(
     dtype: str | Any = "float32",
     tokenizer: bool | str = True,
     cache_dir: str | None = None,
+    mesh: Mesh | None = None,
 ) -> Model:
     """Load a model in graph form.
 
@@ -103,6 +106,9 @@ def load_model(
     ``dtype``: ``float32`` (default), ``bfloat16`` or ``float16`` for the parameters and compute.
     ``tokenizer``: True loads it from the source (an error if it has none), False skips it, a
     path or hub name loads it from there.
+    ``mesh``: place every parameter on all of its devices (replicated: each device runs the whole
+    model on its share of the work), each copied there from the host as soon as it is read; with
+    several processes, each process supplies its own devices' copies. Default: the default device.
     """
     dtype = _resolve_dtype(dtype)
     src = os.fspath(source)
@@ -120,17 +126,21 @@ def load_model(
         model = _load_hf_dir(_cached_snapshot(src, cache_dir), src, tokenizer, dtype)
     else:
         raise CheckpointError(f"{src}: no such file or directory, and not a registered name ({sorted(REGISTERED)})")
-    model.params = _to_device(model.params)
+    model.params = _to_device(model.params, mesh)
     return model
 
 
-def _to_device(params: dict) -> dict:
-    """The host parameter tree on the device, leaf by leaf, each host array released once copied:
-    the two copies coexist one leaf at a time, not for the whole model."""
+def _to_device(params: dict, mesh: Mesh | None) -> dict:
+    """The host parameter tree on the device (or replicated over ``mesh``), leaf by leaf, each host
+    array released once copied: the two copies coexist one leaf at a time, not for the whole model."""
     leaves, tree = jax.tree.flatten(params)
     params.clear()
+    everywhere = None if mesh is None else NamedSharding(mesh, Spec())
     for i, leaf in enumerate(leaves):
-        leaves[i] = jnp.asarray(leaf)
+        if everywhere is None:
+            leaves[i] = jnp.asarray(leaf)
+        else:  # multi-process safe: each process fills the copies of its own devices
+            leaves[i] = jax.make_array_from_callback(leaf.shape, everywhere, lambda index, leaf=leaf: leaf[index])
     return jax.tree.unflatten(tree, leaves)
 
 

@@ -8,6 +8,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from scipy.special import ndtr  # noqa: E402
 
 from mivar_jax.circuits import Circuit  # noqa: E402
 from mivar_jax.scores import Scores  # noqa: E402
@@ -114,6 +115,100 @@ def faithfulness_curve(rows: list[dict], path: str, n_edges_total: int) -> str:
         a.legend(fontsize=6)
     else:
         a.text(0.5, 0.5, "circuits were not evaluated", ha="center", transform=a.transAxes)
+    return _save(fig, path)
+
+
+def _empty(ax, text: str) -> None:
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes)
+    ax.axis("off")
+
+
+def prompts_needed(stability: dict[str, dict], path: str) -> str:
+    """Mean pairwise Jaccard of the headline circuit against the number of prompts (m-out-of-N
+    bootstrap, ``stats.prompts_needed``), one line per cell with its Monte-Carlo band."""
+    fig, ax = plt.subplots(figsize=(8, 4))
+    done = {k: v["prompts_needed"] for k, v in stability.items() if "prompts_needed" in v}
+    if not done:
+        _empty(ax, "not computed (stability.prompts_needed = false)")
+        return _save(fig, path)
+    for label, p in done.items():
+        (line,) = ax.plot(p["sizes"], p["mean_jaccard"], marker="o", ms=3, label=label)
+        ax.fill_between(p["sizes"], p["jaccard_low"], p["jaccard_high"], color=line.get_color(), alpha=0.15, lw=0)
+        ax.axvline(p["n_inputs"], color=line.get_color(), lw=0.6, ls=":")
+    first = next(iter(done.values()))
+    ax.axhline(first["target"], color="tab:red", lw=0.8, ls="--", label=f"stability bar {first['target']}")
+    ax.set(xscale="log", ylim=(0, 1.02), xlabel="prompts m (dotted: the prompts the study has)")
+    ax.set_ylabel("bootstrap mean pairwise Jaccard")
+    ax.set_title(f"How many prompts are enough: top-{first['n_edges']} circuit", fontsize=10)
+    ax.legend(fontsize=6)
+    return _save(fig, path)
+
+
+def stability_frontier(stability: dict[str, dict], path: str) -> str:
+    """Mean pairwise Jaccard against mean faithfulness of the replicates' circuits over the size
+    grid (``stats.faithful_stability``): stability at the faithfulness a circuit achieves."""
+    fig, ax = plt.subplots(figsize=(8, 4))
+    done = {
+        k: v["faithfulness"]["targets"][0] for k, v in stability.items() if v.get("faithfulness", {}).get("targets")
+    }
+    if not done:
+        _empty(ax, "not computed (stability.faithfulness = [])")
+        return _save(fig, path)
+    for label, t in done.items():
+        ax.plot(t["frontier_faithfulness"], t["frontier_jaccard"], marker="o", ms=3, label=label)
+    for f in {t["target"] for v in stability.values() for t in v.get("faithfulness", {}).get("targets", [])}:
+        ax.axvline(f, color="grey", lw=0.7, ls=":")
+    ax.axhline(0.8, color="tab:red", lw=0.8, ls="--", label="stability bar 0.8")
+    ax.set(ylim=(0, 1.02), xlabel="mean faithfulness of the replicate circuits (dotted: targets)")
+    ax.set_ylabel("mean pairwise Jaccard")
+    ax.set_title("Stability–faithfulness frontier (one point per circuit size)", fontsize=10)
+    ax.legend(fontsize=6)
+    return _save(fig, path)
+
+
+def margins(panels: dict[str, tuple[np.ndarray, np.ndarray]], path: str, size: int, span: float = 6.0) -> str:
+    """Each edge's margin to the top-n cut (in bootstrap standard errors, ``stats.selection_noise``)
+    against the share of replicates that kept it, with Φ(z), what the margin alone predicts: edges
+    on the curve's slope are decided by noise at the cut."""
+    fig, ax = plt.subplots(figsize=(8, 4))
+    if not panels:
+        _empty(ax, "not computed (stability.margins = false)")
+        return _save(fig, path)
+    for label, (z, f) in panels.items():
+        near = np.isfinite(z) & (np.abs(z) < span)
+        ax.scatter(z[near], f[near], s=7, alpha=0.5, lw=0, label=f"{label} ({near.sum()} edges within ±{span:g} SE)")
+    grid = np.linspace(-span, span, 200)
+    ax.plot(grid, ndtr(grid), color="black", lw=1, label="Φ(z): the margin's prediction")
+    ax.axvspan(-1.96, 1.96, color="grey", alpha=0.12, lw=0)
+    ax.set(ylim=(-0.02, 1.02), xlabel=f"margin to the top-{size} cut (bootstrap standard errors; band: ±1.96)")
+    ax.set_ylabel("share of replicates keeping the edge")
+    ax.set_title("Scoring noise vs the cut: edges near the cut flip between replicates", fontsize=10)
+    ax.legend(fontsize=6)
+    return _save(fig, path)
+
+
+def held_out(rows: list[dict], path: str) -> str:
+    """Faithfulness of the full-data circuits by size, on held-out prompts (solid) and on the
+    discovery prompts (dashed): the optimism of judging a circuit on the prompts that chose it."""
+    fig, ax = plt.subplots(figsize=(8, 4))
+    agg = rows[0]["aggregation"] if rows else None
+    drew = False
+    for cell in dict.fromkeys(r["cell"] for r in rows):
+        rs = sorted((r for r in rows if r["cell"] == cell and r["aggregation"] == agg), key=lambda r: r["size"])
+        sizes = [r["size"] for r in rs]
+        if rs[0].get("eval_set") != "held-out" or any(r["faithfulness_in_sample"] is None for r in rs):
+            continue
+        (line,) = ax.plot(sizes, [r["faithfulness"] for r in rs], marker="o", ms=3, label=f"{rs[0]['label']} held out")
+        ax.plot(sizes, [r["faithfulness_in_sample"] for r in rs], ls="--", color=line.get_color(), lw=1)
+        drew = True
+    if not drew:
+        _empty(ax, "no held-out evaluation (data.holdout = 0 or circuits.evaluate = false)")
+        return _save(fig, path)
+    ax.set(xscale="log", xlabel="circuit size n (top-n edges before pruning)", ylabel="faithfulness")
+    ax.set_xticks(sizes, [str(n) for n in sizes])
+    ax.minorticks_off()
+    ax.set_title("Held-out (solid) vs in-sample (dashed) faithfulness", fontsize=10)
+    ax.legend(fontsize=6)
     return _save(fig, path)
 
 

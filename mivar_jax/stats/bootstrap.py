@@ -3,7 +3,8 @@
 Each replicate b reweights the N inputs with weights w_b [N] drawn inside jit from
 ``fold_in(key, b)`` (so results do not depend on chunking or on the number of devices):
 
-- ``multinomial``: N draws with replacement (w = counts), the classical bootstrap;
+- ``multinomial``: N draws with replacement (w = counts), the classical bootstrap; ``n_draws`` = m
+  makes it the m-out-of-N bootstrap (m draws: the stability of a dataset of m prompts like these);
 - ``subsample``: ⌊fraction·N⌋ inputs without replacement (w ∈ {0, 1});
 - ``disjoint-splits``: one permutation split into B disjoint parts of ⌊N/B⌋ inputs (the
   follow-up paper's protocol: k non-overlapping subsets, all pairwise Jaccards).
@@ -71,6 +72,7 @@ class BootstrapResult:
     n_edges: int
     n_replicates: int
     n_inputs: int
+    n_draws: int  # inputs per replicate: N, except for the m-out-of-N bootstrap
     confidence: float
     aggregated: np.ndarray  # [B, E]
     full_aggregate: np.ndarray  # [E]
@@ -143,6 +145,8 @@ class BootstrapResult:
 
     @property
     def _method_words(self) -> str:
+        if self.n_draws != self.n_inputs:
+            return f"m-out-of-N bootstrap replicates ({self.n_draws} draws from {self.n_inputs} inputs)"
         return {
             "multinomial": "multinomial bootstrap replicates",
             "subsample": "subsamples without replacement",
@@ -156,6 +160,7 @@ class BootstrapResult:
             "n_edges": self.n_edges,
             "n_replicates": self.n_replicates,
             "n_inputs": self.n_inputs,
+            "n_draws": self.n_draws,
             "mean_jaccard": self.mean_jaccard,
             "jaccard_cv": self.jaccard_cv,
             "mean_node_jaccard": self.mean_node_jaccard,
@@ -187,10 +192,10 @@ class BootstrapResult:
         return d
 
 
-def _weights(key, method: str, n: int, b: jax.Array, n_replicates: int, fraction: float) -> jax.Array:
+def _weights(key, method: str, n: int, b: jax.Array, n_replicates: int, fraction: float, draws: int) -> jax.Array:
     """Weights [N] of replicate ``b`` (a traced int)."""
     if method == "multinomial":
-        idx = jax.random.randint(jax.random.fold_in(key, b), (n,), 0, n)
+        idx = jax.random.randint(jax.random.fold_in(key, b), (draws,), 0, n)
         return jnp.zeros(n, jnp.float32).at[idx].add(1.0)
     if method == "subsample":
         m = max(1, int(fraction * n))
@@ -203,11 +208,11 @@ def _weights(key, method: str, n: int, b: jax.Array, n_replicates: int, fraction
 
 
 @functools.lru_cache(maxsize=32)
-def _replicate_kernel(graph: Graph, method, how, n_edges, n_replicates, fraction, mesh):
+def _replicate_kernel(graph: Graph, method, how, n_edges, n_replicates, fraction, draws, mesh):
     def kernel(key, s_NxE, fixed, ids_C):
         n = s_NxE.shape[0]
-        w_CxN = jax.vmap(lambda b: _weights(key, method, n, b, n_replicates, fraction))(ids_C)
-        agg_CxE = jax.vmap(lambda w: aggregate_counts(s_NxE, how, w, n, fixed))(w_CxN)
+        w_CxN = jax.vmap(lambda b: _weights(key, method, n, b, n_replicates, fraction, draws))(ids_C)
+        agg_CxE = jax.vmap(lambda w: aggregate_counts(s_NxE, how, w, max(n, draws), fixed))(w_CxN)
         top, ties = topn(agg_CxE, n_edges)
         kept, nodes = prune_dense(graph, top)
         return agg_CxE, kept, nodes, ties
@@ -256,6 +261,13 @@ def jaccard_matrix(masks_BxE) -> jax.Array:
     """[B, B] Jaccard indices of boolean masks (1 where both are empty): one matmul."""
     masks = jnp.asarray(masks_BxE)
     return _jaccard_to(masks, masks)
+
+
+def mean_pairs(m_BxB) -> float:
+    """Mean of a B × B matrix over pairs b ≠ b' (the diagonal left out)."""
+    m = np.asarray(m_BxB, np.float64)
+    B = m.shape[0]
+    return float((m.sum() - np.trace(m)) / (B * (B - 1)))
 
 
 @functools.partial(jax.jit, static_argnums=1)
@@ -316,11 +328,14 @@ def bootstrap(
     confidence: float = 0.95,
     chunk: int | None = None,
     mesh=None,
+    n_draws: int | None = None,
 ) -> BootstrapResult:
     """Bootstrap the pruned top-``n_edges`` circuit of ``scores`` (a Scores, or [N, E] per-input
     scores with ``graph=``); see the module docstring. ``key`` is required (a jax.random.key);
     ``chunk`` replicates per device per call (default from the size of the scores; it sizes the
-    memory only: results are the same bits for every chunk and device count)."""
+    memory only: results are the same bits for every chunk and device count). ``n_draws``: inputs
+    drawn per ``multinomial`` replicate (default N; another m gives the m-out-of-N bootstrap, whose
+    score intervals are then left out: they would describe a mean of m inputs, not the data's)."""
     key = check_key(key)
     graph = graph if graph is not None else getattr(scores, "graph", None)
     if graph is None:
@@ -346,16 +361,19 @@ def bootstrap(
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
     if chunk is not None:
         chunk = check_int(chunk, "chunk")
+    draws = N if n_draws is None else check_int(n_draws, "n_draws", high=2**22)
+    if draws != N and method != "multinomial":
+        raise ValueError(f"n_draws applies to the multinomial bootstrap, not {method!r}")
     res = engine.resources(mesh=mesh, memory_budget=REPLICATE_MEMORY)
     mesh = res.mesh
     if chunk is None:
         per = bytes_per_replicate(N, E, aggregation)  # a replicate larger than the budget runs alone
         chunk = engine.fit(res.memory_budget, per, cap=256, what="replicate", must_fit=False)
     step = chunk * res.n_devices
-    kernel = _replicate_kernel(graph, method, aggregation, n_edges, B, float(fraction), mesh)
+    kernel = _replicate_kernel(graph, method, aggregation, n_edges, B, float(fraction), draws, mesh)
 
     s_dev = jnp.asarray(s)
-    fixed = fixed_point_jit(s_dev, aggregation, N)  # once, for every replicate and the full data
+    fixed = fixed_point_jit(s_dev, aggregation, max(N, draws))  # once, for every replicate and the full data
     parts = ([], [], [], [])
     for start in range(0, B, step):
         ids = jnp.arange(start, start + step, dtype=jnp.int32)
@@ -375,11 +393,11 @@ def bootstrap(
     majority = freq >= 0.5
     to_ref = _jaccard_to(kept_BxE, jnp.concatenate([full_kept, majority[None]]))
 
-    levels = percentile_levels(confidence, E)
-    if method == "multinomial":  # BCa too: both level pairs read off one pass over the tails
-        levels = jnp.concatenate([levels, _bca_levels(agg_BxE, full_agg, s_dev, aggregation, confidence)])
     pct = bca = None
-    if method != "disjoint-splits":
+    if method != "disjoint-splits" and draws == N:
+        levels = percentile_levels(confidence, E)
+        if method == "multinomial":  # BCa too: both level pairs read off one pass over the tails
+            levels = jnp.concatenate([levels, _bca_levels(agg_BxE, full_agg, s_dev, aggregation, confidence)])
         quantiles = np.asarray(column_quantiles_tails(agg_BxE, levels))
         pct, bca = quantiles[:2], (quantiles[2:] if method == "multinomial" else None)
     if method == "subsample":  # deviations of m-of-N subsamples, rescaled to the full-data score's
@@ -396,6 +414,7 @@ def bootstrap(
         n_edges=n_edges,
         n_replicates=B,
         n_inputs=N,
+        n_draws=draws,
         confidence=confidence,
         aggregated=np.asarray(agg_BxE),
         full_aggregate=np.asarray(full_agg),

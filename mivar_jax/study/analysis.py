@@ -22,6 +22,13 @@
   replicates within a cell.
 - ``estimator_noise.json``: each estimator against the exact reference (``mivar_jax.stats.
   estimator_noise``), at node level and on the reference's random edges.
+- ``stability.json``: per cell, what ``[stability]`` asked for (docs/statistics.md): the prompts
+  needed for a stable headline circuit, MIB's curve with CPR / CMD intervals, and the stability of
+  the smallest circuits reaching each faithfulness target, with the frontier. The summary also
+  gives each circuit's margins to the cut (implied vs unpruned observed Jaccard, contested edges).
+
+Circuits are discovered on ``data.n`` prompts and evaluated on ``data.holdout`` more, held out
+(``eval_set`` "held-out"); the ``_in_sample`` columns evaluate on discovery prompts, for the optimism.
 """
 
 from __future__ import annotations
@@ -45,10 +52,14 @@ SUMMARY_COLUMNS = (
     "cell", "label", "seed", "family", "counterfactual", "noise", "estimator", "ablation", "ig_convention", "pooling",
     "aggregation", "size", "n_edges_mean", "mean_jaccard", "jaccard_mc_low", "jaccard_mc_high", "jaccard_cv",
     "n_empty", "replicates_with_cut_ties", "mean_jaccard_to_full", "mean_node_jaccard", "stable", "snr_median",
-    "eval_inputs", "faithfulness", "faithfulness_se", "circuit_error_task", "circuit_error_task_se",
-    "circuit_error_vocab", "circuit_error_vocab_se", "kl", "verdict",
+    "eval_inputs", "eval_set", "faithfulness", "faithfulness_se", "circuit_error_task", "circuit_error_task_se",
+    "circuit_error_vocab", "circuit_error_vocab_se", "kl", "faithfulness_in_sample", "faithfulness_in_sample_se",
+    "circuit_error_task_in_sample", "kl_in_sample", "implied_jaccard", "unpruned_jaccard", "relative_se",
+    "contested_edges", "contested_share", "verdict",
 )  # fmt: skip
-EVALUATION_KEYS = SUMMARY_COLUMNS[SUMMARY_COLUMNS.index("faithfulness") : -1]  # faithfulness … kl
+EVALUATION_KEYS = SUMMARY_COLUMNS[SUMMARY_COLUMNS.index("faithfulness") : SUMMARY_COLUMNS.index("kl") + 1]
+IN_SAMPLE = {"faithfulness_in_sample": "faithfulness", "faithfulness_in_sample_se": "faithfulness_se",
+             "circuit_error_task_in_sample": "circuit_error_task", "kl_in_sample": "kl"}  # fmt: skip
 JACCARD_INTERVAL = "Monte-Carlo interval over the B replicates"  # what jaccard_mc_low/high are
 
 
@@ -62,6 +73,7 @@ class StudyResults:
     decomposition: dict
     estimator_noise: dict
     cells: list[dict]
+    stability: dict = dataclasses.field(default_factory=dict)  # cell id → its stability.json
 
     def headline_rows(self) -> list[dict]:
         """The summary rows at the headline size with the first aggregation: one per cell."""
@@ -129,7 +141,12 @@ def analyse(rd: RunDir) -> StudyResults:
     write_json(rd.file("results", "decomposition.json"), decomposition)
     noise = _estimator_noise(rd, cfg, cells) if rd.is_done(REFERENCE) else {}
     write_json(rd.file("results", "estimator_noise.json"), noise)
-    results = StudyResults(cfg, rows, perturbations, decomposition, noise, infos)
+    stability = {}
+    for c in cells:
+        if os.path.exists(path := os.path.join(rd.cell_dir(c.id), "stability.json")):
+            stability[c.id] = read_cell_file(rd, path)
+    write_json(rd.file("results", "stability.json"), stability)
+    results = StudyResults(cfg, rows, perturbations, decomposition, noise, infos, stability)
     write_json(rd.file("results", "study.json"), {"verdict": results.verdict, "name": cfg.name, "cells": infos})
     return results
 
@@ -158,12 +175,20 @@ def _summary_rows(rd: RunDir, cfg: StudyConfig, cells, infos: list[dict]) -> lis
         boots = read_cell_file(rd, os.path.join(folder, "bootstrap.json"))
         ev_path = os.path.join(folder, "evaluation.json")
         ev_rows = read_cell_file(rd, ev_path) if os.path.exists(ev_path) else []
-        evals = {(r["aggregation"], r["size"]): r for r in ev_rows if r["circuit"] == "full"}
+        by_set: dict[str, dict] = {}  # runs before held-out evaluation have no "inputs": in sample
+        for r in ev_rows:
+            if r["circuit"] == "full":
+                by_set.setdefault(r.get("inputs", "in-sample"), {})[(r["aggregation"], r["size"])] = r
+        eval_set = "held-out" if "held-out" in by_set else "in-sample" if by_set else None
+        evals = by_set.get(eval_set, {})
+        in_sample = by_set.get("in-sample", {}) if eval_set == "held-out" else {}
         snr = {(r["aggregation"], r["size"]): r["snr_median"] for r in info.get("circuits", [])}
         settings = info.get("estimator_settings") or cfg.estimator_settings(c.method, c.steps)
         eval_inputs = info.get("eval_inputs")
         for b in boots:
             e = evals.get((b["aggregation"], b["size"]), {})
+            e_in = in_sample.get((b["aggregation"], b["size"]), {})
+            sel = b.get("selection") or {}
             lo, hi = b["jaccard_ci_percentile"]["mean_jaccard"]
             rows.append(
                 {
@@ -183,7 +208,14 @@ def _summary_rows(rd: RunDir, cfg: StudyConfig, cells, infos: list[dict]) -> lis
                     **{k: b[k] for k in ("mean_jaccard_to_full", "mean_node_jaccard", "stable")},
                     "snr_median": snr.get((b["aggregation"], b["size"])),
                     "eval_inputs": e.get("n_inputs", None if eval_inputs is None else len(eval_inputs)),
+                    "eval_set": eval_set,
                     **{k: e.get(k) for k in EVALUATION_KEYS},
+                    **{column: e_in.get(k) for column, k in IN_SAMPLE.items()},
+                    "implied_jaccard": sel.get("implied_jaccard"),
+                    "unpruned_jaccard": sel.get("observed_jaccard"),
+                    "relative_se": sel.get("relative_se"),
+                    "contested_edges": sel.get("n_contested"),
+                    "contested_share": sel.get("contested_share"),
                     "verdict": b["verdict"],
                 }
             )

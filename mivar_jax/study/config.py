@@ -54,6 +54,7 @@ class DataSection:
     counterfactuals: tuple[str, ...] = ()  # () = the task's first type
     noise: tuple[float, ...] = (0.0,)  # counterfactual-noise amplitudes σ
     prepend_bos: bool = False
+    holdout: int = 20  # further pairs per dataset, kept out of discovery: circuits are evaluated on them
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,8 +72,8 @@ class EstimatorSection:
 class CircuitsSection:
     sizes: tuple[int, ...] = (25, 50, 100, 200)  # n_edges (top-n before pruning)
     aggregations: tuple[str, ...] = ("mean",)  # circuits are the top-n edges by |aggregated score|, pruned
-    evaluate: bool = True  # faithfulness / circuit error / KL of every circuit
-    eval_inputs: int = 40  # evaluate on k random inputs of each dataset (study.runner.input_order); 0 = all
+    evaluate: bool = True  # faithfulness / circuit error / KL of every circuit, held out and in sample
+    eval_inputs: int = 20  # in-sample evaluation on k random discovery inputs (study.runner.input_order); 0 = all
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,6 +83,19 @@ class BootstrapSection:
     size: int = 100  # the circuit size of the headline verdict (one of circuits.sizes)
     confidence: float = 0.95
     fraction: float = 0.5  # for method = "subsample"
+
+
+@dataclasses.dataclass(frozen=True)
+class StabilitySection:
+    """The analyses past the paper (docs/statistics.md), per cell; ``curve`` and ``faithfulness``
+    evaluate circuits, so ``circuits.evaluate = false`` skips them too."""
+
+    margins: bool = True  # scoring vs selection variance (stats.selection_noise), every aggregation × size
+    prompts_needed: bool = True  # J(m) for m = N/4 … 4N prompts and the m reaching 0.8, at bootstrap.size
+    curve: bool = False  # MIB's faithfulness curve with CPR / CMD intervals, on the held-out inputs
+    faithfulness: tuple[float, ...] = (0.5,)  # stability of the smallest circuit reaching each f; () = off
+    faithfulness_replicates: int = 8  # bootstrap replicates whose circuits are evaluated at every size
+    faithfulness_sizes: tuple[int, ...] = ()  # () = the largest circuits.sizes × 2^k, k = 0 … 4 (≤ edges)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,6 +118,7 @@ class StudyConfig:
     estimator: EstimatorSection = EstimatorSection()
     circuits: CircuitsSection = CircuitsSection()
     bootstrap: BootstrapSection = BootstrapSection()
+    stability: StabilitySection = StabilitySection()
     reference: ReferenceSection = ReferenceSection()
 
     # ------------------------------------------------------------------ the grid
@@ -224,18 +239,18 @@ def estimator_label(method: str, steps: int | None) -> str:
 
 def default_config() -> StudyConfig:
     """The default study (the main job): smollm2-135m on IOI with EAP-IG-inputs (m = 5), two
-    paraphrase families × both counterfactuals of 40 prompts, B = 100 bootstrap replicates, a sweep
-    of circuit sizes evaluated on every prompt (a circuit error of 0.11 then has a standard error
-    of 0.05), and exact node-level scores of 20 random prompts as the estimator-noise reference.
-    About 6½ minutes on a 2-core CPU (measured: 5.6 minutes with 24 evaluation and 12 reference
-    inputs; the reference takes 37 s with 12 inputs and 67 s with 20; evaluating 40 inputs instead
-    of 24 adds about 6 s per cell)."""
+    paraphrase families × both counterfactuals of 40 discovery prompts and 20 held-out ones, B = 100
+    bootstrap replicates, a sweep of circuit sizes evaluated on the held-out prompts and on 20
+    discovery prompts, the margins to the cut, the prompts needed, the stability at faithfulness
+    0.5 (8 replicates × 5 sizes), and exact node-level scores of 12 prompts as the estimator-noise
+    reference. Measured on a 2-core CPU: 8 min 56 s (cells 105–146 s: scores ~35 s, bootstraps and
+    margins 15 s, prompts needed 9–16 s, evaluation 23–32 s, faithfulness 31 s; reference 35 s)."""
     return StudyConfig.from_dict(
         {
             "name": "default",
             "data": {"task": "ioi", "families": ["transfer", "communication"], "counterfactuals": ["abc", "abb"]},
             "bootstrap": {"replicates": 100, "size": 100},
-            "reference": {"level": "node", "inputs": 20},
+            "reference": {"level": "node", "inputs": 12},
         }
     )
 
@@ -319,6 +334,7 @@ def _validate(c: StudyConfig) -> None:
     _distinct("data.families", d.families, _choice, list(spec.families), nonempty=False)
     _distinct("data.counterfactuals", d.counterfactuals, _choice, spec.counterfactuals, nonempty=False)
     _distinct("data.noise", d.noise, _at_least, 0.0)
+    _at_least("data.holdout", d.holdout, 0)
     e = c.estimator
     _distinct("estimator.methods", e.methods)
     if "exact" in e.methods:
@@ -349,6 +365,13 @@ def _validate(c: StudyConfig) -> None:
         raise ConfigError(
             f"bootstrap.replicates = {b.replicates} disjoint splits of data.n = {d.n} inputs leave none per split"
         )
+    st = c.stability
+    for f in st.faithfulness:
+        if not 0 < f <= 1:
+            raise ConfigError(f"stability.faithfulness = {f} is impossible; each target must lie in (0, 1]")
+    _distinct("stability.faithfulness", st.faithfulness, nonempty=False)
+    _at_least("stability.faithfulness_replicates", st.faithfulness_replicates, 2)
+    _distinct("stability.faithfulness_sizes", st.faithfulness_sizes, _at_least, 1, nonempty=False)
     r = c.reference
     _choice("reference.level", r.level, REFERENCE_LEVELS)
     _at_least("reference.inputs", r.inputs, 2)

@@ -46,17 +46,20 @@ import itertools
 import os
 import sys
 import tempfile
+import time
 import zlib
 
 import jax
 import numpy as np
 
-from mivar_jax import stats, tasks
+from mivar_jax import engine, stats, tasks
 from mivar_jax._io import atomic_write_bytes, atomic_write_text
 from mivar_jax._timing import Stopwatch
 from mivar_jax.circuits import Circuit
+from mivar_jax.circuits.pruning import prune
+from mivar_jax.circuits.selection import topn
 from mivar_jax.estimators import attribute
-from mivar_jax.evaluation import evaluate
+from mivar_jax.evaluation import evaluate, evaluate_curve
 from mivar_jax.models import load_model
 from mivar_jax.scores import Scores
 from mivar_jax.study.analysis import analyse, plus_minus
@@ -175,7 +178,7 @@ class Study:
         cfg = self.config
         with Stopwatch() as t:
             try:
-                model = load_model(cfg.model.source, dtype=cfg.model.dtype)
+                model = load_model(cfg.model.source, dtype=cfg.model.dtype, mesh=engine.resources().mesh)
             except (ValueError, OSError) as err:  # CheckpointError is a ValueError
                 raise ConfigError(f"model.source: {err}") from None
         self._check_against_model(model)
@@ -195,22 +198,30 @@ class Study:
         for family, cf in itertools.product(cfg.families, cfg.counterfactuals):
             templates = None if family == "all" else family
             most = tasks.capacity(d.task, model.tokenizer, templates=templates, counterfactual=cf)
-            if d.n > most:
+            if d.n + d.holdout > most:
                 raise ConfigError(
-                    f"data.n = {d.n} exceeds the {most} distinct pairs task {d.task!r} can draw with "
-                    f"{name}'s tokenizer (family {family!r}, counterfactual {cf!r}); lower data.n"
+                    f"data.n + data.holdout = {d.n + d.holdout} exceeds the {most} distinct pairs task {d.task!r} "
+                    f"can draw with {name}'s tokenizer (family {family!r}, counterfactual {cf!r}); lower data.n "
+                    "or data.holdout"
                 )
 
     def _make_dataset(self, model, cell: Cell) -> TaskData:
         d = self.config.data
         try:
             return tasks.make(
-                d.task, model, d.n, cell.seed,
+                d.task, model, d.n + d.holdout, cell.seed,
                 templates=None if cell.family == "all" else cell.family,
                 counterfactual=cell.counterfactual, noise=cell.noise, prepend_bos=d.prepend_bos,
             )  # fmt: skip
         except ValueError as err:
             raise ConfigError(f"data: the dataset {cell.dataset} cannot be built: {err}") from None
+
+    def split(self, cell: Cell, n_inputs: int) -> tuple[np.ndarray, np.ndarray]:
+        """(discovery rows, held-out rows) of the cell's dataset (sorted): the first
+        ``data.holdout`` inputs in ``input_order`` are held out of discovery."""
+        order = input_order(self.config.seed, cell.dataset, n_inputs)
+        held = np.sort(order[: self.config.data.holdout])
+        return np.setdiff1d(np.arange(n_inputs), held), held
 
     def input_rows(self, cell: Cell, n_inputs: int, k: int) -> np.ndarray:
         """The first ``k`` of the cell's dataset's inputs in ``input_order`` (sorted; all for k = 0)."""
@@ -239,7 +250,8 @@ class Study:
             self._commit(rd, reporter, i, names, lambda work, d=data, c=cell: self._cell(model, d, c, work, progress))
         if cfg.reference.level != "none" and not rd.is_done(REFERENCE):
             first = datasets[cells[0].dataset]
-            rows = self.input_rows(cells[0], len(first), cfg.reference.inputs)
+            discovery, _ = self.split(cells[0], len(first))
+            rows = discovery[self.input_rows(cells[0], len(discovery), cfg.reference.inputs)]
             compute = lambda work: self._reference(model, first[rows], rows, work, progress)
             self._commit(rd, reporter, len(cells), names, compute)
 
@@ -264,14 +276,20 @@ class Study:
     def _cell(self, model, data: TaskData, cell: Cell, work: str, progress: bool) -> dict:
         cfg = self.config
         g = model.graph
+        discovery, held = self.split(cell, len(data))
+        found_on = data[discovery]
         path = os.path.join(work, "scores.safetensors")
-        scores = _cached(path, data, lambda: self._attribute(model, data, cell.method, cell.steps, "edge", progress))
+        laps = _Laps()
+        scores = _cached(
+            path, found_on, lambda: self._attribute(model, found_on, cell.method, cell.steps, "edge", progress)
+        )
+        laps.lap("scores")
         aggs, sizes, head = cfg.circuits.aggregations, cfg.circuits.sizes, cfg.bootstrap.size
         key = jax.random.key(cfg.seed)
         full = np.zeros((len(aggs), len(sizes), g.n_edges), bool)
         majority = np.zeros_like(full)
         aggregated = np.zeros((len(aggs), g.n_edges), np.float32)
-        boot_rows, arrays = [], {}
+        boot_rows, arrays, head_boot = [], {}, None
         for a, how in enumerate(aggs):
             for s, n in enumerate(sizes):
                 b = stats.bootstrap(
@@ -281,6 +299,12 @@ class Study:
                 full[a, s], majority[a, s], aggregated[a] = b.full_circuit, b.majority_circuit, b.full_aggregate
                 boot_rows.append({"aggregation": how, "size": n, **b.summary()})
                 tag = f"{how}-n{n}"
+                if cfg.stability.margins:
+                    sel = stats.selection_noise(b, cfg.bootstrap.confidence)
+                    boot_rows[-1]["selection"] = sel.summary()
+                    if n == head:
+                        arrays[f"{tag}/margin"] = sel.margin.astype(np.float32)
+                        arrays[f"{tag}/unpruned_inclusion"] = sel.observed_inclusion.astype(np.float32)
                 arrays |= {
                     f"{tag}/jaccard": b.jaccard.astype(np.float32),
                     f"{tag}/node_jaccard": b.node_jaccard.astype(np.float32),
@@ -291,6 +315,9 @@ class Study:
                 }
                 if n == head:
                     arrays[f"{tag}/circuits_packed"] = np.packbits(b.circuits, axis=1)
+                if (a, n) == (0, head):
+                    head_boot = b  # the headline circuit's bootstrap (first aggregation)
+        laps.lap("bootstrap")
         write_json(os.path.join(work, "bootstrap.json"), boot_rows)
         _save_npz(os.path.join(work, "bootstrap.npz"), arrays)
         _save_npz(
@@ -312,29 +339,66 @@ class Study:
             for a, how in enumerate(aggs)
             for s, n in enumerate(sizes)
         ]
+        stability = {}
+        if cfg.stability.prompts_needed:
+            pn = stats.prompts_needed(
+                scores, head, key=jax.random.fold_in(key, 1), aggregation=aggs[0],
+                n_replicates=cfg.bootstrap.replicates, confidence=cfg.bootstrap.confidence,
+            )  # fmt: skip
+            stability["prompts_needed"] = pn.summary()
+            laps.lap("prompts_needed")
 
         headline = next(r for r in boot_rows if r["size"] == head and r["aggregation"] == aggs[0])
         text = f"n={head}: {headline['verdict']}"
-        eval_rows = faith = faith_se = None
+        eval_rows = faith = faith_se = faith_in = None
         if cfg.circuits.evaluate:
-            eval_rows = self.input_rows(cell, len(data), cfg.circuits.eval_inputs)
+            eval_rows = discovery[self.input_rows(cell, len(discovery), cfg.circuits.eval_inputs)]
             masks = np.concatenate([full.reshape(-1, g.n_edges), majority[:, s_head]])
-            ev = evaluate(model, data[eval_rows], masks, ablation=cfg.estimator.ablation, progress=progress)
             labels = [(how, n, "full") for how in aggs for n in sizes] + [(how, head, "majority") for how in aggs]
-            evaluation = [
-                {"aggregation": h, "size": n, "circuit": kind, "n_inputs": len(eval_rows), **r}
-                for (h, n, kind), r in zip(labels, ev.summary(), strict=True)
-            ]
+            sets = ([("held-out", held)] if held.size else []) + [("in-sample", eval_rows)]
+            evaluation = []
+            for name, rows in sets:
+                ev = evaluate(model, data[rows], masks, ablation=cfg.estimator.ablation, progress=progress)
+                evaluation += [
+                    {"aggregation": h, "size": n, "circuit": kind, "inputs": name, "n_inputs": len(rows), **r}
+                    for (h, n, kind), r in zip(labels, ev.summary(), strict=True)
+                ]
             write_json(os.path.join(work, "evaluation.json"), evaluation)
-            e = next(r for r in evaluation if r["size"] == head and r["aggregation"] == aggs[0])
-            faith, faith_se = e["faithfulness"], e.get("faithfulness_se")
-            text += f"; faithfulness {plus_minus(faith, faith_se)}"
+            laps.lap("evaluation")
+            at_head = {
+                r["inputs"]: r
+                for r in evaluation
+                if r["size"] == head and r["aggregation"] == aggs[0] and r["circuit"] == "full"
+            }
+            e = at_head[sets[0][0]]
+            faith, faith_se, faith_in = (
+                e["faithfulness"],
+                e.get("faithfulness_se"),
+                at_head["in-sample"]["faithfulness"],
+            )
+            text += f"; faithfulness {plus_minus(faith, faith_se)} ({sets[0][0]}"
+            text += f"; in sample {faith_in:.3f})" if held.size else ")"
+            judged = data[sets[0][1]]
+            if cfg.stability.curve:
+                curve = evaluate_curve(
+                    model, judged, scores, aggregation=aggs[0], ablation=cfg.estimator.ablation, progress=progress
+                )
+                ci = stats.curve_intervals(curve, key=jax.random.fold_in(key, 2), confidence=cfg.bootstrap.confidence)
+                stability["curve"] = {"inputs": sets[0][0], **curve.summary(), "intervals": ci.summary()}
+                laps.lap("curve")
+            if cfg.stability.faithfulness and head_boot is not None:
+                stability["faithfulness"] = self._faithful(model, judged, head_boot, sets[0][0], key, progress)
+                laps.lap("faithfulness")
+        if stability:
+            write_json(os.path.join(work, "stability.json"), stability)
         return {
             "cell": cell.id,
             "levels": cell.levels,
             "estimator_settings": cfg.estimator_settings(cell.method, cell.steps),
             "dataset": cell.dataset,
-            "n_inputs": len(data),
+            "n_inputs": len(found_on),
+            "discovery_inputs": discovery.tolist(),
+            "held_out_inputs": held.tolist(),
             "n_positions": data.n_positions,
             "eval_inputs": None if eval_rows is None else eval_rows.tolist(),
             "clean_metric_mean": float(np.mean(scores.clean_metric)),
@@ -342,10 +406,29 @@ class Study:
             "mean_jaccard": headline["mean_jaccard"],
             "faithfulness": faith,
             "faithfulness_se": faith_se,
+            "faithfulness_in_sample": faith_in,
             "circuits": circuits,
             "verdict": headline["verdict"],
             "headline": text,
+            "phase_seconds": laps.seconds,
         }
+
+    def _faithful(self, model, data: TaskData, boot, inputs: str, key, progress: bool) -> dict:
+        """Stability at fixed faithfulness: the first ``stability.faithfulness_replicates`` replicates
+        of the headline bootstrap, their pruned top-n circuits over the size grid, evaluated on
+        ``data``; one ``stats.faithful_stability`` per target."""
+        st, g = self.config.stability, model.graph
+        grid = np.array(st.faithfulness_sizes or _doubling(max(self.config.circuits.sizes), g.n_edges))
+        agg = boot.aggregated[: st.faithfulness_replicates]
+        masks = np.stack([np.asarray(prune(g, topn(agg, int(n))[0])[0]) for n in grid], axis=1)  # [B, S, E]
+        B, S = masks.shape[:2]
+        ev = evaluate(model, data, masks.reshape(B * S, -1), ablation=self.config.estimator.ablation, progress=progress)
+        faith = np.asarray(ev.faithfulness).reshape(B, S)
+        targets = [
+            stats.faithful_stability(masks, faith, grid, f, key=jax.random.fold_in(key, 3), confidence=boot.confidence)
+            for f in st.faithfulness
+        ]
+        return {"inputs": inputs, "aggregation": boot.aggregation, "targets": [t.summary() for t in targets]}
 
     def _reference(self, model, data: TaskData, rows: np.ndarray, work: str, progress: bool) -> dict:
         """Exact node scores (and exact scores of ``reference.edges`` random edges) on ``data``
@@ -379,6 +462,22 @@ def input_order(seed: int, dataset: str, n_inputs: int) -> np.ndarray:
     """The study's random order of a dataset's inputs: ``default_rng([seed, crc32(dataset)])``'s
     permutation of ``n_inputs`` (``dataset``: ``Cell.dataset``)."""
     return np.random.default_rng([seed, zlib.crc32(dataset.encode())]).permutation(n_inputs)
+
+
+class _Laps:
+    """Seconds between successive ``lap(name)`` calls: the parts of a cell, for its cell.json."""
+
+    def __init__(self):
+        self.t, self.seconds = time.perf_counter(), {}
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.seconds[name], self.t = round(now - self.t, 3), now
+
+
+def _doubling(start: int, n_edges: int) -> list[int]:
+    """``start`` × 2^k for k = 0 … 4, at most ``n_edges``, distinct."""
+    return sorted({min(start * 2**k, n_edges) for k in range(5)})
 
 
 def _median(x: np.ndarray) -> float | None:
