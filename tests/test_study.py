@@ -46,7 +46,10 @@ def tiny_config(source: str, **sections) -> StudyConfig:
         "circuits": {"sizes": [6, 20], "eval_inputs": 4},
         "bootstrap": {"replicates": 16, "size": 20},
         "stability": {
-            "curve": True, "faithfulness": [0.3, 0.6], "faithfulness_replicates": 4, "faithfulness_sizes": [6, 20, 60]
+            "curve": True,
+            "faithfulness": [0.3, 0.6],
+            "faithfulness_replicates": 4,
+            "faithfulness_sizes": [6, 20, 60],
         },  # fmt: skip
         "reference": {"level": "node", "inputs": 3, "edges": 8},
     }
