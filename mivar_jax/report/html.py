@@ -53,11 +53,13 @@ def write_report(rd: RunDir, results) -> str:
     first = read_cell_file(rd, os.path.join(rd.cell_dir(cells[0]), "scores.safetensors"), Scores.load)
     graph = first.graph
     labels = cell_labels(cfg)
-    jaccards, freqs = {}, {}
+    jaccards, freqs, margins = {}, {}, {}
     for c in cells:
         z = read_cell_file(rd, os.path.join(rd.cell_dir(c), "bootstrap.npz"), load_npz)
         jaccards[labels[c]] = z[f"{tag}/jaccard"]
         freqs[labels[c]] = z[f"{tag}/inclusion_frequency"]
+        if f"{tag}/margin" in z:  # stability.margins
+            margins[labels[c]] = (z[f"{tag}/margin"], z[f"{tag}/unpruned_inclusion"])
     path = lambda name: os.path.join(fig_dir, f"{name}.png")
     figures.score_distributions(
         first, path("score_distributions"), title=f"{cells[0]}: per-input scores of the top edges"
@@ -72,11 +74,6 @@ def write_report(rd: RunDir, results) -> str:
     figures.majority_circuit(majority, f0, path("majority_circuit"))
     by_label = {labels[c]: v for c, v in results.stability.items()}
     figures.held_out(results.rows, path("held_out"))
-    margins = {}
-    for c in cells:
-        z = read_cell_file(rd, os.path.join(rd.cell_dir(c), "bootstrap.npz"), load_npz)
-        if f"{tag}/margin" in z:
-            margins[labels[c]] = (z[f"{tag}/margin"], z[f"{tag}/unpruned_inclusion"])
     figures.margins(margins, path("margins"), head)
     figures.prompts_needed(by_label, path("prompts_needed"))
     figures.stability_frontier(by_label, path("stability_frontier"))
