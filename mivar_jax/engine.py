@@ -14,6 +14,7 @@ import dataclasses
 from collections.abc import Callable, Iterator
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 
@@ -62,10 +63,11 @@ def on_mesh(params, mesh: Mesh | None):
     (not at every kernel call), and left as they are when already there (``load_model(mesh=)``).
     Without a mesh, parameters spread over several devices come back to the default one."""
     if mesh is None:
-        move = lambda x: x if len(x.sharding.device_set) == 1 else jax.device_put(x, jax.devices()[0])
+        here = lambda x: x if len(x.sharding.device_set) == 1 else jax.device_put(x, jax.devices()[0])
+        move = lambda x: here(x) if isinstance(x, jax.Array) else jnp.asarray(x)  # host arrays: copied once
     else:
         everywhere = NamedSharding(mesh, Spec())
-        move = lambda x: x if x.sharding == everywhere else jax.device_put(x, everywhere)
+        move = lambda x: x if getattr(x, "sharding", None) == everywhere else jax.device_put(x, everywhere)
     return jax.tree.map(move, params)
 
 

@@ -414,3 +414,20 @@ def test_window_widths_are_the_cheapest_grouping():
         )
         assert len(got) <= k and got[-1] == values[-1] and set(got) <= set(values)
         assert total(got) == pytest.approx(best)
+
+
+def test_host_parameters_run_like_device_parameters(tiny_llama):
+    """A Model built by hand with numpy parameters runs every driver (each job moves the parameters
+    to the device once: engine.on_mesh) and gives the scores of the loaded model."""
+    model, data = tiny_llama
+    host = Model(model.config, jax.tree.map(np.asarray, model.params), model.tokenizer)
+    assert isinstance(host.params["tok_embed"], np.ndarray)
+    for method in ("eap", "exact"):
+        a = mv.attribute(model, data, method, level="node", progress=False).per_input
+        b = mv.attribute(host, data, method, level="node", progress=False).per_input
+        np.testing.assert_array_equal(a, b)
+    c = mv.circuits.select(mv.attribute(model, data, "eap", progress=False), n_edges=5)
+    assert (
+        mv.evaluate(host, data, c, progress=False).faithfulness
+        == mv.evaluate(model, data, c, progress=False).faithfulness
+    )

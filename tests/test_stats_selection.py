@@ -73,6 +73,7 @@ def test_m_out_of_n_replicates_average_m_draws():
         se = b.aggregated.std(0, ddof=1)
         np.testing.assert_allclose(se, s.std(0, ddof=1) / np.sqrt(m), rtol=0.08)
         assert b.n_draws == m and b.score_ci_percentile is None and f"{m} draws from 200 inputs" in b.verdict
+        np.testing.assert_array_equal(b.full_aggregate, np.asarray(mv.aggregate(s)))  # the data's, whatever m
 
 
 def _true_curve(graph, means, sd, n_edges, sizes, pairs=300, seed=9):

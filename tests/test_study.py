@@ -4,6 +4,7 @@ on 8 forced CPU devices, identical to one device), the report, and the ``mivar``
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -123,6 +124,7 @@ def test_config_files(tmp_path):
         ("[stability]\nfaithfulness = [1.5]\n", "stability.faithfulness = 1.5 is impossible"),
         ("[data]\nholdout = -1\n", "data.holdout = -1 is impossible"),
         ("[stability]\nfaithfulness_replicates = 1\n", "stability.faithfulness_replicates = 1 is impossible"),
+        ("[stability]\nfaithfulness_sizes = [40, 20]\n", "must increase"),
     ):
         path.write_text(bad)
         with pytest.raises(ConfigError, match=match):
@@ -366,7 +368,7 @@ def test_report_has_every_figure(tiny_study):
     ):
         assert f"<th>{th}</th>" in page, th
     assert page.count("to call this top-20 circuit stable") == 2
-    assert page.count("edges within the 95% band of the cut carry") == 2  # each cell's margins, read out
+    assert page.count("edges within the 95% band of the cut (") == 2  # each cell's margins, read out
 
 
 # ------------------------------------------------------------------------------------ resume
@@ -543,6 +545,20 @@ def test_old_configs_without_pooling_read_as_the_old_default(tiny_study, tmp_pat
     del d["estimator"]["pooling"]
     (copy / "config.json").write_text(json.dumps(d))
     assert RunDir.open(copy).config.estimator.pooling == "source"  # what such runs used
+    del d["data"]["holdout"], d["stability"]  # runs from before held-out evaluation: resumed as started
+    (copy / "config.json").write_text(json.dumps(d))
+    old = RunDir.open(copy).config
+    assert old.data.holdout == 0 and old.stability.faithfulness == () and not old.stability.prompts_needed
+
+
+def test_margin_readings_survive_nan_statistics(tiny_study):
+    """NaN statistics reach the report as JSON nulls (a circuit no replicate changes, a zero score)."""
+    from mivar_jax.report.html import _margin_readings
+
+    _, _, results = tiny_study
+    rows = [dict(r, contested_share=None, relative_se=None) for r in results.rows]
+    text = _margin_readings(dataclasses.replace(results, rows=rows))
+    assert text.count("no edge changes side between replicates") == 2 and "vary by –" in text
 
 
 # ------------------------------------------------------------------------------------ output

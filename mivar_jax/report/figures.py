@@ -8,7 +8,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from scipy.special import ndtr  # noqa: E402
+from scipy.special import ndtr, ndtri  # noqa: E402
 
 from mivar_jax.circuits import Circuit  # noqa: E402
 from mivar_jax.scores import Scores  # noqa: E402
@@ -166,7 +166,9 @@ def stability_frontier(stability: dict[str, dict], path: str) -> str:
     return _save(fig, path)
 
 
-def margins(panels: dict[str, tuple[np.ndarray, np.ndarray]], path: str, size: int, span: float = 6.0) -> str:
+def margins(
+    panels: dict[str, tuple[np.ndarray, np.ndarray]], path: str, size: int, confidence: float, span: float = 6.0
+) -> str:
     """Each edge's margin to the top-n cut (in bootstrap standard errors, ``stats.selection_noise``)
     against the share of replicates that kept it, with Φ(z), what the margin alone predicts: edges
     on the curve's slope are decided by noise at the cut."""
@@ -179,8 +181,9 @@ def margins(panels: dict[str, tuple[np.ndarray, np.ndarray]], path: str, size: i
         ax.scatter(z[near], f[near], s=7, alpha=0.5, lw=0, label=f"{label} ({near.sum()} edges within ±{span:g} SE)")
     grid = np.linspace(-span, span, 200)
     ax.plot(grid, ndtr(grid), color="black", lw=1, label="Φ(z): the margin's prediction")
-    ax.axvspan(-1.96, 1.96, color="grey", alpha=0.12, lw=0)
-    ax.set(ylim=(-0.02, 1.02), xlabel=f"margin to the top-{size} cut (bootstrap standard errors; band: ±1.96)")
+    band = float(ndtri((1 + confidence) / 2))
+    ax.axvspan(-band, band, color="grey", alpha=0.12, lw=0)
+    ax.set(ylim=(-0.02, 1.02), xlabel=f"margin to the top-{size} cut (bootstrap standard errors; band: ±{band:.2f})")
     ax.set_ylabel("share of replicates keeping the edge")
     ax.set_title("Scoring noise vs the cut: edges near the cut flip between replicates", fontsize=10)
     ax.legend(fontsize=6)

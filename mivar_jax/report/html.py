@@ -74,7 +74,7 @@ def write_report(rd: RunDir, results) -> str:
     figures.majority_circuit(majority, f0, path("majority_circuit"))
     by_label = {labels[c]: v for c, v in results.stability.items()}
     figures.held_out(results.rows, path("held_out"))
-    figures.margins(margins, path("margins"), head)
+    figures.margins(margins, path("margins"), head, cfg.bootstrap.confidence)
     figures.prompts_needed(by_label, path("prompts_needed"))
     figures.stability_frontier(by_label, path("stability_frontier"))
 
@@ -216,14 +216,21 @@ def _margin_readings(results) -> str:
     """Each cell's reading of its headline circuit's margins (``stats.SelectionNoise.reading``)."""
     labels = cell_labels(results.config)
     items = []
+    band = f"{results.config.bootstrap.confidence:.0%}"
+    share = lambda v, d=0: "–" if v is None else f"{v:.{d}%}"  # None: NaN in the run's JSON
     for r in results.headline_rows():
         if r.get("implied_jaccard") is None:
             continue
+        carry = (
+            "no edge changes side between replicates"
+            if r["contested_share"] is None
+            else f"they carry {share(r['contested_share'])} of the replicates' disagreement"
+        )
         items.append(
-            f"<li><b>{html.escape(labels[r['cell']])}</b>: {r['contested_edges']} edges within the 95% band of the "
-            f"cut carry {r['contested_share']:.0%} of the replicates' disagreement; the scores themselves vary by "
-            f"{r['relative_se']:.1%}; the margins imply a Jaccard of {r['implied_jaccard']:.3f} against "
-            f"{r['unpruned_jaccard']:.3f} observed (unpruned top-{r['size']})</li>"
+            f"<li><b>{html.escape(labels[r['cell']])}</b>: {r['contested_edges']} edges within the {band} band of the "
+            f"cut ({carry}); the scores themselves vary by {share(r['relative_se'], 1)}; the margins imply a "
+            f"Jaccard of {r['implied_jaccard']:.3f} against {r['unpruned_jaccard']:.3f} observed (unpruned "
+            f"top-{r['size']})</li>"
         )
     if not items:
         return ""

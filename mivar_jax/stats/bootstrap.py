@@ -270,9 +270,10 @@ def mean_pairs(m_BxB) -> float:
     return float((m.sum() - np.trace(m)) / (B * (B - 1)))
 
 
-@functools.partial(jax.jit, static_argnums=1)
-def _full_aggregate(s_NxE, how, fixed):
-    return aggregate_counts(s_NxE, how, jnp.ones(s_NxE.shape[0], jnp.float32), s_NxE.shape[0], fixed)
+@functools.partial(jax.jit, static_argnums=(1, 3))
+def _full_aggregate(s_NxE, how, fixed, max_total: int):
+    """The plain aggregate, from the fixed point built for weights totalling ≤ ``max_total``."""
+    return aggregate_counts(s_NxE, how, jnp.ones(s_NxE.shape[0], jnp.float32), max_total, fixed)
 
 
 @jax.jit
@@ -385,7 +386,7 @@ def bootstrap(
     agg_BxE, kept_BxE, nodes_BxS = (jnp.asarray(np.concatenate(x)) for x in parts[:3])
     ties_B = np.concatenate(parts[3])
 
-    full_agg = _full_aggregate(s_dev, aggregation, fixed)  # = aggregate(s): the same exact sums
+    full_agg = _full_aggregate(s_dev, aggregation, fixed, max(N, draws))  # = aggregate(s): the same exact sums
     full_top, full_ties = topn(full_agg[None], n_edges)
     full_kept, _ = prune_dense(graph, full_top)
     j_edges, j_nodes = jaccard_matrix(kept_BxE), jaccard_matrix(nodes_BxS)

@@ -89,6 +89,10 @@ def faithful_stability(
         )
     if c.shape[0] < 2:
         raise ValueError("stability needs at least two replicates")
+    if np.any(np.diff(grid) <= 0):
+        raise ValueError(
+            f"grid sizes must increase (the first reaching the target is the smallest), got {grid.tolist()}"
+        )
     if not 0 < target <= 1 or not 0 < confidence < 1:
         raise ValueError(f"target must lie in (0, 1] and confidence in (0, 1), got {target}, {confidence}")
     B = c.shape[0]

@@ -51,6 +51,8 @@ class PromptsNeeded:
         head = f"to call this top-{self.n_edges} circuit stable (mean Jaccard ≥ {self.target})"
         if self.n_needed is None:
             return f"{head} you need more than {int(self.sizes[-1])} prompts (the largest size tried)"
+        if np.all(self.mean_jaccard >= self.target):
+            return f"{head} {int(self.sizes[0])} prompts are enough (the smallest size tried); this dataset has {self.n_inputs}"
         return (
             f"{head} you need about {self.n_needed:.0f} prompts (Monte-Carlo interval "
             f"{words(self.n_needed_low)} – {words(self.n_needed_high)}); this dataset has {self.n_inputs}"

@@ -372,6 +372,8 @@ def _validate(c: StudyConfig) -> None:
     _distinct("stability.faithfulness", st.faithfulness, nonempty=False)
     _at_least("stability.faithfulness_replicates", st.faithfulness_replicates, 2)
     _distinct("stability.faithfulness_sizes", st.faithfulness_sizes, _at_least, 1, nonempty=False)
+    if list(st.faithfulness_sizes) != sorted(st.faithfulness_sizes):
+        raise ConfigError(f"stability.faithfulness_sizes = {list(st.faithfulness_sizes)} must increase")
     r = c.reference
     _choice("reference.level", r.level, REFERENCE_LEVELS)
     _at_least("reference.inputs", r.inputs, 2)

@@ -226,6 +226,10 @@ class RunDir:
         d = read_json(self.file("config.json"))
         if isinstance(d, dict) and isinstance(d.get("estimator"), dict):
             d["estimator"].setdefault("pooling", "source")  # runs from before estimator.pooling used "source"
+        if isinstance(d, dict) and isinstance(d.get("data"), dict) and "stability" not in d:
+            # runs from before held-out evaluation and [stability]: resumed as they were started
+            d["data"].setdefault("holdout", 0)
+            d["stability"] = {"margins": False, "prompts_needed": False, "curve": False, "faithfulness": []}
         return StudyConfig.from_dict(d)
 
     def set_status(self, status: str, **extra: Any) -> None:

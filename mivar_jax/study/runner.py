@@ -190,6 +190,10 @@ class Study:
         E, name = model.graph.n_edges, model.config.name
         if too_big := [n for n in cfg.circuits.sizes if n > E]:
             raise ConfigError(f"circuits.sizes {too_big} exceed the {E} edges of {name}; choose sizes ≤ {E}")
+        if too_big := [n for n in cfg.stability.faithfulness_sizes if n > E]:
+            raise ConfigError(
+                f"stability.faithfulness_sizes {too_big} exceed the {E} edges of {name}; choose sizes ≤ {E}"
+            )
         if cfg.reference.level != "none" and cfg.reference.edges > E:
             raise ConfigError(f"reference.edges = {cfg.reference.edges} exceeds the {E} edges of {name}")
         if model.tokenizer is None:
@@ -383,8 +387,12 @@ class Study:
                 curve = evaluate_curve(
                     model, judged, scores, aggregation=aggs[0], ablation=cfg.estimator.ablation, progress=progress
                 )
-                ci = stats.curve_intervals(curve, key=jax.random.fold_in(key, 2), confidence=cfg.bootstrap.confidence)
-                stability["curve"] = {"inputs": sets[0][0], **curve.summary(), "intervals": ci.summary()}
+                ci = (  # intervals over inputs need two of them
+                    stats.curve_intervals(curve, key=jax.random.fold_in(key, 2), confidence=cfg.bootstrap.confidence)
+                    if len(judged) >= 2
+                    else None
+                )
+                stability["curve"] = {"inputs": sets[0][0], **curve.summary(), "intervals": ci and ci.summary()}
                 laps.lap("curve")
             if cfg.stability.faithfulness and head_boot is not None:
                 stability["faithfulness"] = self._faithful(model, judged, head_boot, sets[0][0], key, progress)
