@@ -1,9 +1,10 @@
 """The ``mivar`` command: run studies, resume them, report on them, list models and tasks.
 
 mivar run [STUDY.toml] [--out RUN_DIR]     run a study (the default study without a file)
+mivar run paper [--model M] [--scale S]    the paper's analyses on IOI, SVA and Greater-Than
 mivar run --resume RUN_DIR                 finish an interrupted run
 mivar report RUN_DIR                       rebuild results/ and report.html of a run
-mivar models | mivar tasks | mivar show-default
+mivar models | mivar tasks | mivar show-default [paper]
 """
 
 from __future__ import annotations
@@ -77,9 +78,14 @@ def _summary(results, run_dir: str) -> None:
     console.print(lines, highlight=False, soft_wrap=True)
 
 
+PRESETS = ("default", "paper")  # names `mivar run` takes in place of a study file
+
+
 @app.command()
 def run(
-    study: Annotated[Path | None, typer.Argument(help="study file (TOML); the default study without one")] = None,
+    study: Annotated[
+        Path | None, typer.Argument(help="study file (TOML), or a preset: default (without one) or paper")
+    ] = None,
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="new run directory (default: runs/<name>-<time>)")
     ] = None,
@@ -88,15 +94,39 @@ def run(
     ] = None,
     report: Annotated[bool, typer.Option(help="write figures and report.html")] = True,
     progress: Annotated[bool, typer.Option(help="progress bars inside long cells")] = True,
+    model: Annotated[str | None, typer.Option(help="paper preset: the model source (default: smollm2-135m)")] = None,
+    scale: Annotated[
+        str, typer.Option(help="paper preset: small (≤ 5 min on a 2-core CPU) or paper (the paper's sizes)")
+    ] = "small",
 ):
     """Run a study (or resume one) and print its stability verdict."""
     from mivar_jax.models import CheckpointError
     from mivar_jax.sharding import initialize_distributed
-    from mivar_jax.study import ConfigError, RunDir, RunDirError, Study
+    from mivar_jax.study import ConfigError, RunDir, RunDirError, Study, paper
 
+    preset = str(study) if study is not None and str(study) in PRESETS and not study.exists() else None
+    if resume is not None and paper.is_paper_run(resume):
+        preset = "paper"
+    if preset != "paper" and (model is not None or scale != "small"):
+        _fail("--model and --scale apply to the paper preset (mivar run paper); a study file sets model.source")
     initialize_distributed()
     run_dir = str(resume)
     try:
+        if preset == "paper":
+            if resume is not None and out is not None:
+                _fail("--resume continues a run in its own directory; drop --out")
+            if resume is not None and (model is not None or scale != "small"):
+                _fail("--resume continues the run as it was started; drop --model and --scale")
+            stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+            run_dir = str(resume or out or Path("runs") / f"paper-{scale}-{stamp}")
+            found = paper.run_paper(
+                run_dir, model=model, scale=scale, resume=resume is not None, reporter=RichReporter(),
+                progress=progress, report=report,
+            )  # fmt: skip
+            _paper_summary(found, run_dir)
+            return
+        if preset == "default":
+            study = None
         if resume is not None:
             if out is not None:
                 _fail("--resume continues a run in its own directory; drop --out")
@@ -114,12 +144,36 @@ def run(
     _summary(results, run_dir)
 
 
+def _paper_summary(found: dict, run_dir: str) -> None:
+    from mivar_jax.study.paper import summary_lines
+
+    for line in summary_lines(found):
+        console.print(line, highlight=False, soft_wrap=True, markup=False)
+    console.print(
+        f"run directory: {run_dir}\nfindings: {os.path.join(run_dir, 'findings.md')} (each task's report: "
+        f"{os.path.join(run_dir, '<task>', 'report.html')})",
+        highlight=False,
+        soft_wrap=True,
+        markup=False,
+    )
+
+
 @app.command("report")
 def report_cmd(run_dir: Annotated[Path, typer.Argument(help="a run directory")]):
     """Rebuild results/ and report.html of a run from its finished cells."""
     from mivar_jax.report import write_report
-    from mivar_jax.study import RunDir, RunDirError, analyse
+    from mivar_jax.study import RunDir, RunDirError, analyse, paper
 
+    if paper.is_paper_run(run_dir):
+        try:
+            for task in paper.task_dirs(run_dir):
+                rd = RunDir.open(task)
+                write_report(rd, analyse(rd))
+            found = paper.analyse_paper(run_dir)
+        except (RunDirError, RuntimeError) as e:
+            _fail(str(e))
+        _paper_summary(found, str(run_dir))
+        return
     try:
         rd = RunDir.open(run_dir)
         results = analyse(rd)
@@ -160,11 +214,15 @@ def tasks():
 
 
 @app.command("show-default")
-def show_default():
-    """Print the default study as TOML (a starting point for your own study file)."""
-    from mivar_jax.study import default_config
+def show_default(
+    preset: Annotated[str, typer.Argument(help="default (a study file) or paper (the paper preset)")] = "default",
+):
+    """Print the default study (or the paper preset) as TOML: a starting point for your own."""
+    from mivar_jax.study import default_config, paper
 
-    sys.stdout.write(default_config().to_toml())
+    if preset not in PRESETS:
+        _fail(f"no preset {preset!r}; choose from {list(PRESETS)}")
+    sys.stdout.write(default_config().to_toml() if preset == "default" else paper.preset_text())
 
 
 def main() -> None:  # the console script

@@ -1,5 +1,6 @@
 """Studies: config-driven perturbation sweeps into resumable run directories, with their analysis."""
 
+from mivar_jax.study import paper
 from mivar_jax.study.analysis import StudyResults, analyse
 from mivar_jax.study.config import Cell, ConfigError, StudyConfig, default_config
 from mivar_jax.study.rundir import RunDir, RunDirError
@@ -16,4 +17,5 @@ __all__ = [
     "StudyResults",
     "analyse",
     "default_config",
+    "paper",
 ]

@@ -17,11 +17,16 @@
 - ``decomposition.json``: variance decompositions (``mivar_jax.stats.decompose``) over the grid
   factors that have ≥ 2 levels (crossed, with ``aggregation`` and ``size`` where they vary) of
   (a) aggregated edge scores, (b) circuit membership indicators (edges in no circuit carry no
-  variance and are left out), (c) scalar outcomes (mean Jaccard, faithfulness, circuit error);
-  and (d) nested: membership at the headline size between cells vs. between bootstrap
-  replicates within a cell.
+  variance and are left out), (c) scalar outcomes (mean Jaccard, faithfulness, circuit error) —
+  factorial designs only; and (d) nested: membership at the headline size between cells vs.
+  between bootstrap replicates within a cell, over all cells and (``membership_nested_<factor>``)
+  over the cells along each factor (the first cell and the cells differing from it in that factor
+  only: in a one-at-a-time design, the base cell and that factor's other levels).
 - ``estimator_noise.json``: each estimator against the exact reference (``mivar_jax.stats.
-  estimator_noise``), at node level and on the reference's random edges.
+  estimator_noise``), at node level and on the reference's edges.
+- ``intrinsic.json``: the intrinsic variance of the reference's exact single-input edge scores
+  (``stats.edge_variability``): per edge, and summarised over the estimators' top edges and the
+  random ones (CV, signal-to-noise, sign agreement, inputs needed).
 - ``stability.json``: per cell, what ``[stability]`` asked for (docs/statistics.md): the prompts
   needed for a stable headline circuit, MIB's curve with CPR / CMD intervals, and the stability of
   the smallest circuits reaching each faithfulness target, with the frontier. The summary also
@@ -109,7 +114,18 @@ def plus_minus(value: float | None, se: float | None, digits: int = 3) -> str:
 def cell_labels(cfg: StudyConfig) -> dict[str, str]:
     """Short names of the cells for figures and tables: the levels of the factors that vary."""
     varying = [f for f, levels in cfg.factors().items() if len(levels) > 1]
+    if cfg.design == "one-at-a-time":  # the base cell, or the one level that differs from it
+        base = cfg.cells()[0]
+        return {c.id: _changed(base, c) for c in cfg.cells()}
     return {c.id: "·".join(str(c.levels[f]) for f in varying) or c.id for c in cfg.cells()}
+
+
+def _changed(base, cell) -> str:
+    diff = [(f, v) for f, v in cell.levels.items() if v != base.levels[f]]
+    if not diff:
+        return "base"
+    f, v = diff[0]
+    return f"{f} {v}" if f in ("seed", "noise") else str(v)
 
 
 def analyse(rd: RunDir) -> StudyResults:
@@ -135,12 +151,13 @@ def analyse(rd: RunDir) -> StudyResults:
     zs = [read_cell_file(rd, os.path.join(rd.cell_dir(c.id), "circuits.npz"), load_npz) for c in cells]
     full = np.stack([np.unpackbits(z["full_packed"], axis=-1, count=int(z["n_edges"])).astype(bool) for z in zs])
     aggregated = np.stack([z["aggregated"] for z in zs])  # full: [C, A, S, E], aggregated: [C, A, E]
-    perturbations = _perturbations(cfg, full[:, 0, head])
+    perturbations = _perturbations(cfg, cells, full[:, 0, head])
     write_json(rd.file("results", "perturbations.json"), perturbations)
     decomposition = _decompositions(rd, cfg, cells, rows, full, aggregated)
     write_json(rd.file("results", "decomposition.json"), decomposition)
     noise = _estimator_noise(rd, cfg, cells) if rd.is_done(REFERENCE) else {}
     write_json(rd.file("results", "estimator_noise.json"), noise)
+    write_json(rd.file("results", "intrinsic.json"), _intrinsic(rd) if rd.is_done(REFERENCE) else {})
     stability = {}
     for c in cells:
         if os.path.exists(path := os.path.join(rd.cell_dir(c.id), "stability.json")):
@@ -235,10 +252,10 @@ def _write_csv(path: str, rows: list[dict], columns) -> None:
     atomic_write_text(path, "\n".join(lines) + "\n")
 
 
-def _perturbations(cfg: StudyConfig, circuits_CxE: np.ndarray) -> dict:
+def _perturbations(cfg: StudyConfig, cells, circuits_CxE: np.ndarray) -> dict:
     factors = cfg.factors()
     j = np.asarray(stats.jaccard_matrix(circuits_CxE))
-    coords = list(itertools.product(*factors.values()))  # each cell's levels
+    coords = [tuple(c.levels.values()) for c in cells]
     by_factor = {}
     for f, name in enumerate(factors):
         pairs = [
@@ -251,7 +268,7 @@ def _perturbations(cfg: StudyConfig, circuits_CxE: np.ndarray) -> dict:
     return {
         "size": cfg.bootstrap.size,
         "aggregation": cfg.circuits.aggregations[0],
-        "cells": [c.id for c in cfg.cells()],
+        "cells": [c.id for c in cells],
         "labels": list(cell_labels(cfg).values()),
         "jaccard": j.tolist(),
         "mean_by_factor": by_factor,
@@ -268,6 +285,30 @@ def _crossed(values: np.ndarray, names: list[str]) -> dict:
 
 
 def _decompositions(rd, cfg: StudyConfig, cells, rows, full, aggregated) -> dict:
+    out = _crossed_decompositions(cfg, rows, full, aggregated) if cfg.design == "factorial" else {}
+    # (d) nested: cells, then bootstrap replicates within a cell, at the headline size
+    if len(cells) < 2:
+        out["membership_nested"] = {"skipped": "one cell: no between-cell variation to compare"}
+        return out
+    key = f"{cfg.circuits.aggregations[0]}-n{cfg.bootstrap.size}/circuits_packed"
+    zs = (read_cell_file(rd, os.path.join(rd.cell_dir(c.id), "bootstrap.npz"), load_npz) for c in cells)
+    reps = np.stack([np.unpackbits(z[key], axis=1, count=full.shape[-1]).astype(bool) for z in zs])  # [C, B, E]
+    out["membership_nested"] = _nested(reps, "cell")
+    # per factor: the cells that differ from the first cell in that factor only (and the first cell)
+    base = cells[0].levels
+    for f in cfg.factors():
+        along = [i for i, c in enumerate(cells) if all(v == base[g] for g, v in c.levels.items() if g != f)]
+        if len(along) >= 2 and len(along) < len(cells):
+            out[f"membership_nested_{f}"] = _nested(reps[along], f)
+    return out
+
+
+def _nested(reps_CxBxE: np.ndarray, factor: str) -> dict:
+    used = reps_CxBxE.reshape(-1, reps_CxBxE.shape[-1]).any(0)
+    return stats.decompose(reps_CxBxE[..., used].astype(np.float64), [factor, "replicate"], design="nested").to_json()
+
+
+def _crossed_decompositions(cfg: StudyConfig, rows, full, aggregated) -> dict:
     factors = cfg.factors()
     names, shape = list(factors), tuple(len(v) for v in factors.values())
     A, S = len(cfg.circuits.aggregations), len(cfg.circuits.sizes)
@@ -284,18 +325,43 @@ def _decompositions(rd, cfg: StudyConfig, cells, rows, full, aggregated) -> dict
             out[outcome] = {"skipped": f"{outcome} was not computed in every cell"}
             continue
         out[outcome] = _crossed(vals.reshape(shape + (A, S)), names + ["aggregation", "size"])
-    # (d) nested: cells, then bootstrap replicates within a cell, at the headline size
-    if len(cells) < 2:
-        out["membership_nested"] = {"skipped": "one cell: no between-cell variation to compare"}
-    else:
-        key = f"{cfg.circuits.aggregations[0]}-n{cfg.bootstrap.size}/circuits_packed"
-        zs = (read_cell_file(rd, os.path.join(rd.cell_dir(c.id), "bootstrap.npz"), load_npz) for c in cells)
-        reps = np.stack([np.unpackbits(z[key], axis=1, count=full.shape[-1]).astype(bool) for z in zs])  # [C, B, E]
-        used = reps.reshape(-1, reps.shape[-1]).any(0)
-        out["membership_nested"] = stats.decompose(
-            reps[..., used].astype(np.float64), ["cell", "replicate"], design="nested"
-        ).to_json()
     return out
+
+
+def _intrinsic(rd: RunDir) -> dict:
+    """Intrinsic variance of the reference's exact edge scores, per edge and summarised over the
+    estimators' top edges (``top``) and the others (``random``)."""
+    ref = rd.cell_dir(REFERENCE)
+    if not os.path.exists(edge_path := os.path.join(ref, "exact-edge.safetensors")):
+        return {}
+    subset = read_cell_file(rd, os.path.join(ref, "edge-subset.npy"), np.load)
+    top_path = os.path.join(ref, "edge-top.npy")
+    top = read_cell_file(rd, top_path, np.load) if os.path.exists(top_path) else np.zeros(0, np.int64)
+    exact = read_cell_file(rd, edge_path, Scores.load)
+    var = stats.edge_variability(np.asarray(exact.per_input)[:, subset])
+    is_top = np.isin(subset, top)
+    out = {"n_inputs": var.n_inputs, "edges": subset.tolist(), "top": is_top.tolist(), **var.to_json()}
+    out["summary"] = {
+        name: _variability_summary(var, pick)
+        for name, pick in (("top", is_top), ("random", ~is_top), ("all", np.ones_like(is_top)))
+        if pick.any()
+    }
+    return out
+
+
+def _variability_summary(var, pick: np.ndarray) -> dict:
+    finite = lambda x: x[np.isfinite(x)]
+    med = lambda x: float(np.median(finite(x))) if finite(x).size else None
+    nonzero = pick & (var.mean != 0)
+    return {
+        "edges": int(pick.sum()),
+        "zero_edges": int((pick & (var.mean == 0) & (var.std == 0)).sum()),  # no effect on any input
+        "cv_median": med(var.cv[nonzero]),
+        "snr_median": med(var.snr[nonzero]),
+        "sign_agreement_median": med(var.sign_agreement[nonzero]),
+        "share_sign_agreement_below_0.8": float((var.sign_agreement[nonzero] < 0.8).mean()) if nonzero.any() else None,
+        "inputs_needed_median": med(var.n_needed[nonzero]),
+    }
 
 
 def _estimator_noise(rd: RunDir, cfg: StudyConfig, cells) -> dict:

@@ -1,11 +1,13 @@
 """StudyConfig: one TOML file describing a study, validated on load.
 
 A study is model × task × estimator × hyperparameters × perturbations. Its grid of *cells* (each
-one dataset scored by one estimator) is the product of
+one dataset scored by one estimator) crosses the factors
 
     data.seeds × data.families × data.counterfactuals × data.noise × estimators
 
-where ``estimators`` are ``estimator.methods`` × ``estimator.steps`` (steps only for the methods
+in full (``design = "factorial"``), or varies one factor at a time (``design = "one-at-a-time"``,
+the paper's design): a base cell at the first level of every factor, and for each factor each other
+level with every other factor at its base. ``estimators`` are ``estimators`` are ``estimator.methods`` × ``estimator.steps`` (steps only for the methods
 that integrate: ``eap-ig-inputs``, ``eap-ig-activations``, ``ceap``). Within each cell the cheap
 analyses sweep ``circuits.aggregations`` × ``circuits.sizes`` (selection, bootstrap, evaluation).
 
@@ -32,6 +34,8 @@ from mivar_jax.stats.bootstrap import BOOTSTRAP_METHODS
 from mivar_jax.tasks.registry import TASKS
 
 REFERENCE_LEVELS = ("node", "none")
+DESIGNS = ("factorial", "one-at-a-time")
+ALL_EDGES = -1  # reference.edges: exact scores of every edge
 REFERENCE = "reference"  # the name of the reference cell (exact scores) in a run directory
 
 
@@ -100,18 +104,22 @@ class StabilitySection:
 
 @dataclasses.dataclass(frozen=True)
 class ReferenceSection:
-    """Exact scores as the reference for estimator noise, on ``inputs`` random inputs of the first
-    cell's dataset (``study.runner.input_order``; all of them when ``inputs`` ≥ data.n): node level
-    (every node) and, when ``edges`` > 0, that many random edges."""
+    """Exact scores as the reference for estimator noise and intrinsic variance, on ``inputs``
+    random inputs of the first cell's dataset (``study.runner.input_order``; all of them when
+    ``inputs`` ≥ data.n): node level (every node) and, at edge level, ``edges`` random edges (-1:
+    every edge) together with the union of each estimator's ``top_k`` edges by |mean score| on
+    that dataset (the edges a circuit is made of)."""
 
     level: str = "node"
     inputs: int = 20
-    edges: int = 0
+    edges: int = 0  # random edges (seeded with the study's seed); -1 = every edge of the graph
+    top_k: int = 0  # plus each estimator's top-k edges of the first dataset
 
 
 @dataclasses.dataclass(frozen=True)
 class StudyConfig:
     name: str = "study"
+    design: str = "factorial"  # or "one-at-a-time": a base cell and one factor changed at a time
     seed: int = 0  # keys the bootstrap, the evaluation and reference inputs, and the reference's random edges
     model: ModelSection = ModelSection()
     data: DataSection = DataSection()
@@ -137,11 +145,15 @@ class StudyConfig:
         return self.data.counterfactuals or (TASKS[self.data.task].counterfactuals[0],)
 
     def cells(self) -> list[Cell]:
-        """Every cell of the grid, in a fixed order (the order they run and are reported in)."""
-        product = itertools.product(
-            self.data.seeds, self.families, self.counterfactuals, self.data.noise, self.estimators
-        )
-        return [Cell(seed, fam, cf, noise, m, s) for seed, fam, cf, noise, (m, s) in product]
+        """Every cell of the grid, in a fixed order (the order they run and are reported in): the
+        full product, or (one-at-a-time) the base cell then each factor's other levels in turn."""
+        levels = (self.data.seeds, self.families, self.counterfactuals, self.data.noise, self.estimators)
+        if self.design == "factorial":
+            coords = list(itertools.product(*levels))
+        else:
+            base = tuple(v[0] for v in levels)
+            coords = [base] + [base[:f] + (v,) + base[f + 1 :] for f, vs in enumerate(levels) for v in vs[1:]]
+        return [Cell(seed, fam, cf, noise, m, s) for seed, fam, cf, noise, (m, s) in coords]
 
     def factors(self) -> dict[str, list]:
         """The grid's factors and their levels (cells are their product, in this order)."""
@@ -323,6 +335,7 @@ def _at_least(key: str, value, low) -> None:
 def _validate(c: StudyConfig) -> None:
     if not c.name or not all(ch.isalnum() or ch in "-_." for ch in c.name):
         raise ConfigError(f"name = {c.name!r}: use letters, digits, '-', '_' and '.' only")
+    _choice("design", c.design, DESIGNS)
     _choice("model.dtype", c.model.dtype, sorted(DTYPES))
     if not c.model.source:
         raise ConfigError("model.source must name a model (registered name, HF directory or GGUF file)")
@@ -377,7 +390,8 @@ def _validate(c: StudyConfig) -> None:
     r = c.reference
     _choice("reference.level", r.level, REFERENCE_LEVELS)
     _at_least("reference.inputs", r.inputs, 2)
-    _at_least("reference.edges", r.edges, 0)
+    _at_least("reference.edges", r.edges, ALL_EDGES)
+    _at_least("reference.top_k", r.top_k, 0)
 
 
 def _toml_value(v) -> str:

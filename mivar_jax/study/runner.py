@@ -23,8 +23,9 @@ crc32(dataset name)]).permutation(N)`` (``input_order``; the dataset name is ``C
 e.g. ``s0-transfer-abc-n0``); circuits are evaluated on its first ``circuits.eval_inputs``, the
 reference uses the first ``reference.inputs`` of the first cell's dataset (each in dataset order).
 
-The ``reference`` cell holds exact scores (node level, and optionally random edges) on those
-inputs, with each estimator's scores of the same inputs: the estimator-noise reference. Then
+The ``reference`` cell holds exact scores (node level, and optionally edges: random ones and each
+estimator's top-k of that dataset) on those inputs, with each estimator's node scores of the same
+inputs: the estimator-noise and intrinsic-variance reference. Then
 ``results/`` (``analysis``) and the report (``mivar_jax.report``) are rebuilt from the cells.
 
 Before the run directory is created (or a resumed run touched), the study is checked against the
@@ -63,7 +64,7 @@ from mivar_jax.evaluation import evaluate, evaluate_curve
 from mivar_jax.models import load_model
 from mivar_jax.scores import Scores
 from mivar_jax.study.analysis import analyse, plus_minus
-from mivar_jax.study.config import REFERENCE, Cell, ConfigError, StudyConfig, default_config, estimator_label
+from mivar_jax.study.config import ALL_EDGES, REFERENCE, Cell, ConfigError, StudyConfig, default_config, estimator_label
 from mivar_jax.study.rundir import RunDir, RunDirError, write_json
 from mivar_jax.tasks import TaskData
 
@@ -123,10 +124,12 @@ class Study:
         reporter: Reporter | None = None,
         progress: bool = True,
         report: bool = True,
+        model=None,
     ):
         """Run every cell not yet complete in ``out_dir``, then the study-level analysis and (with
         ``report``) the report. Returns the analysis (``mivar_jax.study.analysis.StudyResults``).
-        With several processes (``jax.distributed``), each computes and process 0 writes."""
+        With several processes (``jax.distributed``), each computes and process 0 writes.
+        ``model``: the config's model already loaded (``Study.load``), to share it between studies."""
         reporter = reporter or Reporter(sys.stderr if progress else None)
         if jax.process_index() != 0:  # identical SPMD work; only process 0 keeps files
             out_dir, resume = tempfile.mkdtemp(prefix="mivar-worker-"), False
@@ -146,7 +149,7 @@ class Study:
                         reporter.damaged(name, what)
                         rd.reopen(name)
             todo = [n for n in self._names() if rd is None or not rd.is_done(n)]
-            model, datasets, seconds = self._prepare() if todo else (None, {}, 0.0)
+            model, datasets, seconds = self._prepare(model) if todo else (None, {}, 0.0)
             if rd is None:
                 rd = RunDir.create(out_dir, self.config)
                 reporter.created(self.config.name, rd.path)
@@ -171,21 +174,28 @@ class Study:
         """The cells to run, in order: the grid, then the reference (when there is one)."""
         return [c.id for c in self.config.cells()] + ([REFERENCE] if self.config.reference.level != "none" else [])
 
-    def _prepare(self) -> tuple:
-        """Load the model and build every dataset of the grid, checking the study against them:
-        (model, {dataset name: TaskData}, seconds to load); a failure is a ``ConfigError`` naming
-        the key, and nothing is written."""
+    def load(self):
+        """The config's model, on the default mesh (a failure is a ``ConfigError``)."""
+        cfg = self.config
+        try:
+            return load_model(cfg.model.source, dtype=cfg.model.dtype, mesh=engine.resources().mesh)
+        except (ValueError, OSError) as err:  # CheckpointError is a ValueError
+            raise ConfigError(f"model.source: {err}") from None
+
+    def _prepare(self, model=None) -> tuple:
+        """Load the model (unless given) and build every dataset of the grid, checking the study
+        against them: (model, {dataset name: TaskData}, seconds to load); a failure is a
+        ``ConfigError`` naming the key, and nothing is written."""
         cfg = self.config
         with Stopwatch() as t:
-            try:
-                model = load_model(cfg.model.source, dtype=cfg.model.dtype, mesh=engine.resources().mesh)
-            except (ValueError, OSError) as err:  # CheckpointError is a ValueError
-                raise ConfigError(f"model.source: {err}") from None
-        self._check_against_model(model)
+            model = model if model is not None else self.load()
+        self.check(model)
         by_dataset = {c.dataset: c for c in cfg.cells()}  # one cell per dataset (they differ in the estimator only)
         return model, {name: self._make_dataset(model, c) for name, c in by_dataset.items()}, t.seconds
 
-    def _check_against_model(self, model) -> None:
+    def check(self, model) -> None:
+        """The study against its loaded model: circuit sizes and reference edges fit its graph, it
+        has a tokenizer, and every dataset of the grid can be drawn (else a ``ConfigError``)."""
         cfg = self.config
         E, name = model.graph.n_edges, model.config.name
         if too_big := [n for n in cfg.circuits.sizes if n > E]:
@@ -256,7 +266,7 @@ class Study:
             first = datasets[cells[0].dataset]
             discovery, _ = self.split(cells[0], len(first))
             rows = discovery[self.input_rows(cells[0], len(discovery), cfg.reference.inputs)]
-            compute = lambda work: self._reference(model, first[rows], rows, work, progress)
+            compute = lambda work: self._reference(rd, model, first[rows], rows, work, progress)
             self._commit(rd, reporter, len(cells), names, compute)
 
     @staticmethod
@@ -438,17 +448,18 @@ class Study:
         ]
         return {"inputs": inputs, "aggregation": boot.aggregation, "targets": [t.summary() for t in targets]}
 
-    def _reference(self, model, data: TaskData, rows: np.ndarray, work: str, progress: bool) -> dict:
-        """Exact node scores (and exact scores of ``reference.edges`` random edges) on ``data``
-        (the first cell's dataset's inputs ``rows``), and every estimator's node scores of them."""
+    def _reference(self, rd: RunDir, model, data: TaskData, rows: np.ndarray, work: str, progress: bool) -> dict:
+        """Exact node scores on ``data`` (the first cell's dataset's inputs ``rows``) with every
+        estimator's node scores of them, and exact scores of ``reference_edges``."""
         cfg = self.config
         files = [("exact-node", "exact", None, "node", None)]  # (file name, method, steps, level, edge subset)
         files += [(f"{estimator_label(m, s)}-node", m, s, "node", None) for m, s in cfg.estimators]
-        if cfg.reference.edges:
-            rng = np.random.default_rng(cfg.seed)
-            subset = np.sort(rng.choice(model.graph.n_edges, cfg.reference.edges, replace=False))
-            files.append(("exact-edge", "exact", None, "edge", subset))
+        subset, top = self.reference_edges(rd, model.graph.n_edges)
+        if len(subset):
+            every = len(subset) == model.graph.n_edges
+            files.append(("exact-edge", "exact", None, "edge", None if every else subset))
             np.save(os.path.join(work, "edge-subset.npy"), subset)
+            np.save(os.path.join(work, "edge-top.npy"), top)
         for name, method, steps, level, edges in files:
             path = os.path.join(work, f"{name}.safetensors")
             _cached(path, data, functools.partial(self._attribute, model, data, method, steps, level, progress, edges))
@@ -459,11 +470,29 @@ class Study:
             "inputs": rows.tolist(),
             "estimator_settings": {estimator_label(m, s): cfg.estimator_settings(m, s) for m, s in cfg.estimators},
             "level": cfg.reference.level,
-            "edges": cfg.reference.edges,
+            "edges": len(subset),
+            "top_edges": len(top),
             "files": sorted(name for name, *_ in files),
             "headline": f"exact node scores of {len(data)} inputs"
-            + (f" and {cfg.reference.edges} edges" if cfg.reference.edges else ""),
+            + (f" and {len(subset)} edges" if len(subset) else ""),
         }
+
+    def reference_edges(self, rd: RunDir | None, n_edges: int) -> tuple[np.ndarray, np.ndarray]:
+        """(every edge the reference scores exactly, the top-k ones among them), sorted: ``reference.
+        edges`` random edges (``default_rng(seed)``; -1: all) and the union over the estimators of
+        their ``reference.top_k`` edges by |mean score| on the first cell's discovery inputs (read from
+        ``rd``, which only top-k needs)."""
+        r, cells = self.config.reference, self.config.cells()
+        top = np.zeros(0, np.int64)
+        for c in (c for c in cells if c.dataset == cells[0].dataset) if r.top_k else ():
+            scores = Scores.load(os.path.join(rd.cell_dir(c.id), "scores.safetensors"))
+            strength = np.abs(np.asarray(scores.per_input, np.float64).mean(0))
+            top = np.union1d(top, np.argsort(-strength, kind="stable")[: r.top_k])
+        if r.edges == ALL_EDGES:
+            return np.arange(n_edges), top
+        rng = np.random.default_rng(self.config.seed)
+        random = rng.choice(n_edges, r.edges, replace=False) if r.edges else np.zeros(0, np.int64)
+        return np.union1d(random, top).astype(np.int64), top.astype(np.int64)
 
 
 def input_order(seed: int, dataset: str, n_inputs: int) -> np.ndarray:
