@@ -96,7 +96,10 @@ def run(
     progress: Annotated[bool, typer.Option(help="progress bars inside long cells")] = True,
     model: Annotated[str | None, typer.Option(help="paper preset: the model source (default: smollm2-135m)")] = None,
     scale: Annotated[
-        str, typer.Option(help="paper preset: small (≤ 5 min on a 2-core CPU) or paper (the paper's sizes)")
+        str,
+        typer.Option(
+            help="paper preset: small (12 min for smollm2-135m on a 2-core CPU) or paper (the paper's sizes, hours)"
+        ),
     ] = "small",
 ):
     """Run a study (or resume one) and print its stability verdict."""
@@ -104,8 +107,10 @@ def run(
     from mivar_jax.sharding import initialize_distributed
     from mivar_jax.study import ConfigError, RunDir, RunDirError, Study, paper
 
-    preset = str(study) if study is not None and str(study) in PRESETS and not study.exists() else None
+    preset = str(study) if study is not None and str(study) in PRESETS and not study.is_file() else None
     if resume is not None and paper.is_paper_run(resume):
+        if study is not None and preset != "paper":
+            _fail(f"{resume} is a run of the paper preset; resume it without a study file")
         preset = "paper"
     if preset != "paper" and (model is not None or scale != "small"):
         _fail("--model and --scale apply to the paper preset (mivar run paper); a study file sets model.source")
@@ -147,7 +152,7 @@ def run(
 def _paper_summary(found: dict, run_dir: str) -> None:
     from mivar_jax.study.paper import summary_lines
 
-    for line in summary_lines(found):
+    for line in summary_lines(found) if found else []:  # (nothing on the processes that do not write)
         console.print(line, highlight=False, soft_wrap=True, markup=False)
     console.print(
         f"run directory: {run_dir}\nfindings: {os.path.join(run_dir, 'findings.md')} (each task's report: "

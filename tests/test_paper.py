@@ -165,10 +165,16 @@ def test_paper_run_resumes_and_reports(paper_run, tmp_path, hf_dirs):
     shutil.rmtree(rd.cell_dir("reference"))
     rd.set_status("running")
     os.remove(out / "paper.json")
+    sva = RunDir.open(out / "sva")  # a finished task damaged since: its cell is recomputed
+    damaged = sva.config.cells()[1].id
+    with open(os.path.join(sva.cell_dir(damaged), "circuits.npz"), "r+b") as f:
+        f.seek(100)
+        f.write(b"\0" * 16)
     cli = CliRunner()
     r = cli.invoke(app, ["run", "--resume", str(out), "--no-progress"])
     assert r.exit_code == 0, r.output[-3000:]
-    assert "ioi: complete (from an earlier run)" in r.output and "sva: complete (from an earlier run)" in r.output
+    assert "ioi: complete (from an earlier run)" in r.output and "sva: complete" not in r.output
+    assert damaged in r.output and "damaged" in r.output
     n = len(rd.config.cells())
     assert f"{n + 1} cells, {n} already complete" in r.output  # greater-than: its cells kept, the reference recomputed
     after = read_json(os.path.join(out, "paper.json"))
@@ -177,6 +183,13 @@ def test_paper_run_resumes_and_reports(paper_run, tmp_path, hf_dirs):
     r = cli.invoke(app, ["report", str(out)])
     assert r.exit_code == 0 and "greater-than: top-100" in r.stdout
     assert strip(read_json(os.path.join(out, "paper.json"))) == strip(before)
+    # a task directory left without its manifest (interrupted while created) is named, not guessed at
+    shutil.rmtree(out / "ioi")
+    os.makedirs(out / "ioi" / "cells")
+    r = cli.invoke(app, ["run", "--resume", str(out)])
+    assert r.exit_code == 2 and "exists without a manifest.json" in r.output
+    r = cli.invoke(app, ["run", "study.toml", "--resume", str(out)])
+    assert r.exit_code == 2 and "resume it without a study file" in r.output
     # bad input: one line, nothing left behind
     r = cli.invoke(app, ["run", "paper", "--model", str(tmp_path / "missing"), "--out", str(tmp_path / "new")])
     assert r.exit_code == 2 and "model.source" in r.output and not os.path.exists(tmp_path / "new")
@@ -188,6 +201,22 @@ def test_paper_run_resumes_and_reports(paper_run, tmp_path, hf_dirs):
     study.write_text('name = "x"\n')
     r = cli.invoke(app, ["run", str(study), "--scale", "paper"])
     assert r.exit_code == 2 and "apply to the paper preset" in r.output
+
+
+def test_a_new_run_may_go_into_an_existing_empty_directory(hf_dirs, tmp_path, monkeypatch):
+    from mivar_jax.study import runner
+
+    class Stop(Exception):
+        pass
+
+    def stop(*args, **kwargs):
+        raise Stop
+
+    monkeypatch.setattr(runner.Study, "run", stop)  # no study: only the checks and the preset file
+    os.makedirs(tmp_path / "empty")
+    with pytest.raises(Stop):
+        paper.run_paper(tmp_path / "empty", model=hf_dirs["gpt2"][0], progress=False)
+    assert read_json(str(tmp_path / "empty" / "preset.json"))["model"] == hf_dirs["gpt2"][0]
 
 
 def test_the_reproduction_notebook_runs_on_the_small_run(paper_run, monkeypatch):

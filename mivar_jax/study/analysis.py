@@ -18,15 +18,16 @@
   factors that have ≥ 2 levels (crossed, with ``aggregation`` and ``size`` where they vary) of
   (a) aggregated edge scores, (b) circuit membership indicators (edges in no circuit carry no
   variance and are left out), (c) scalar outcomes (mean Jaccard, faithfulness, circuit error) —
-  factorial designs only; and (d) nested: membership at the headline size between cells vs.
+  (a)–(c) in factorial designs only; and (d) nested: membership at the headline size between cells vs.
   between bootstrap replicates within a cell, over all cells and (``membership_nested_<factor>``)
   over the cells along each factor (the first cell and the cells differing from it in that factor
   only: in a one-at-a-time design, the base cell and that factor's other levels).
 - ``estimator_noise.json``: each estimator against the exact reference (``mivar_jax.stats.
   estimator_noise``), at node level and on the reference's edges.
 - ``intrinsic.json``: the intrinsic variance of the reference's exact single-input edge scores
-  (``stats.edge_variability``): per edge, and summarised over the estimators' top edges and the
-  random ones (CV, signal-to-noise, sign agreement, inputs needed).
+  (``stats.edge_variability``): per edge, and summarised over the estimators' top edges (``top``)
+  and the reference's other edges (``random``: the random sample, or every other edge with
+  ``reference.edges = -1``): CV, signal-to-noise, sign agreement, inputs needed.
 - ``stability.json``: per cell, what ``[stability]`` asked for (docs/statistics.md): the prompts
   needed for a stable headline circuit, MIB's curve with CPR / CMD intervals, and the stability of
   the smallest circuits reaching each faithfulness target, with the frontier. The summary also
@@ -305,6 +306,8 @@ def _decompositions(rd, cfg: StudyConfig, cells, rows, full, aggregated) -> dict
 
 def _nested(reps_CxBxE: np.ndarray, factor: str) -> dict:
     used = reps_CxBxE.reshape(-1, reps_CxBxE.shape[-1]).any(0)
+    if not used.any():
+        return {"skipped": "every replicate circuit is empty: no membership to decompose"}
     return stats.decompose(reps_CxBxE[..., used].astype(np.float64), [factor, "replicate"], design="nested").to_json()
 
 

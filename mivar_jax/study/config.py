@@ -7,8 +7,9 @@ one dataset scored by one estimator) crosses the factors
 
 in full (``design = "factorial"``), or varies one factor at a time (``design = "one-at-a-time"``,
 the paper's design): a base cell at the first level of every factor, and for each factor each other
-level with every other factor at its base. ``estimators`` are ``estimators`` are ``estimator.methods`` × ``estimator.steps`` (steps only for the methods
-that integrate: ``eap-ig-inputs``, ``eap-ig-activations``, ``ceap``). Within each cell the cheap
+level with every other factor at its base. ``estimators`` are ``estimator.methods`` ×
+``estimator.steps`` (steps only for the methods that integrate: ``eap-ig-inputs``,
+``eap-ig-activations``, ``ceap``). Within each cell the cheap
 analyses sweep ``circuits.aggregations`` × ``circuits.sizes`` (selection, bootstrap, evaluation).
 
 Every key is checked: an unknown key, a wrong type or an impossible value raises ``ConfigError``
@@ -156,7 +157,7 @@ class StudyConfig:
         return [Cell(seed, fam, cf, noise, m, s) for seed, fam, cf, noise, (m, s) in coords]
 
     def factors(self) -> dict[str, list]:
-        """The grid's factors and their levels (cells are their product, in this order)."""
+        """The grid's factors and their levels, in this order (``cells`` crosses or varies them)."""
         return {
             "seed": list(self.data.seeds),
             "family": list(self.families),

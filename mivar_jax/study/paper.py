@@ -16,9 +16,12 @@ from __future__ import annotations
 import copy
 import os
 import sys
+import tempfile
 import tomllib
 from importlib import resources
+from typing import Any
 
+import jax
 import numpy as np
 
 from mivar_jax.study.analysis import StudyResults, analyse, load_npz, read_cell_file
@@ -86,31 +89,55 @@ def run_paper(
     ``analyse_paper``. Returns what ``analyse_paper`` returns."""
     out_dir = os.fspath(out_dir)
     reporter = reporter or Reporter(sys.stderr if progress else None)
-    loaded = None
     if resume:
         meta = _read_preset(out_dir)
-        configs = {t: StudyConfig.from_dict(c) for t, c in meta["configs"].items()}
-    else:  # every check before anything is written
+    else:
         configs = paper_configs(model, scale)
-        RunDir.check_new(out_dir)
-        loaded = Study(next(iter(configs.values()))).load()
-        for cfg in configs.values():
-            Study(cfg).check(loaded)
-        os.makedirs(out_dir)
         meta = {"preset": "paper", "scale": scale, "model": next(iter(configs.values())).model.source,
                 "configs": {t: c.to_dict() for t, c in configs.items()}}  # fmt: skip
+    configs = {t: StudyConfig.from_dict(c) for t, c in meta["configs"].items()}
+    worker = jax.process_index() != 0  # identical SPMD work (as in Study.run); only process 0 keeps files
+    if worker:
+        out_dir, resume = os.path.join(tempfile.mkdtemp(prefix="mivar-worker-"), "paper"), False
+    models: dict[tuple[str, str], Any] = {}  # (source, dtype) → the model, loaded once for every task
+
+    def model_of(cfg: StudyConfig):
+        key = (cfg.model.source, cfg.model.dtype)
+        if key not in models:
+            models[key] = Study(cfg).load()
+        return models[key]
+
+    if not resume:  # every check before anything is written
+        RunDir.check_new(out_dir)
+        for cfg in configs.values():
+            Study(cfg).check(model_of(cfg))
+        try:
+            os.makedirs(out_dir, exist_ok=True)
+        except OSError as err:
+            raise RunDirError(f"cannot create the run directory {out_dir}: {err.strerror}") from None
         write_json(os.path.join(out_dir, PRESET), meta)
     for i, (task, cfg) in enumerate(configs.items()):
         reporter.say(f"== task {i + 1}/{len(configs)}: {task} ==")
         path = os.path.join(out_dir, task)
         started = os.path.exists(os.path.join(path, "manifest.json"))
-        if started and RunDir.open(path).manifest.get("status") == "complete":
+        if not started and os.path.exists(path) and os.listdir(path):
+            raise RunDirError(
+                f"{path} exists without a manifest.json (interrupted while it was being created); "
+                f"remove it and resume: mivar run --resume {out_dir}"
+            )
+        if started and _intact_and_complete(RunDir.open(path), Study(cfg)):
             reporter.say(f"{task}: complete (from an earlier run)")
             continue
         study = Study(cfg)
-        loaded = study.load() if loaded is None else loaded  # one model for every task (the same source and dtype)
-        study.run(path, resume=started, reporter=reporter, progress=progress, report=report, model=loaded)
-    return analyse_paper(out_dir)
+        study.run(path, resume=started, reporter=reporter, progress=progress, report=report, model=model_of(cfg))
+    return {} if worker else analyse_paper(out_dir)
+
+
+def _intact_and_complete(rd: RunDir, study: Study) -> bool:
+    """A finished task whose cells all pass their checksums (else ``Study.run`` resumes it,
+    recomputing what is damaged)."""
+    names = [c.id for c in study.config.cells()] + ([REFERENCE] if study.config.reference.level != "none" else [])
+    return rd.manifest.get("status") == "complete" and all(rd.damage(n) is None for n in names)
 
 
 def task_dirs(out_dir: str | os.PathLike) -> list[str]:
@@ -215,7 +242,8 @@ def _task_findings(rd: RunDir, results: StudyResults) -> dict:
 
 
 def _factor(base, cell) -> str:
-    return next((f for f, v in cell.levels.items() if v != base.levels[f]), "none")
+    """The factors a cell changes from the base cell ("seed+family" in a factorial design)."""
+    return "+".join(f for f, v in cell.levels.items() if v != base.levels[f]) or "none"
 
 
 def _jaccard(a: np.ndarray, b: np.ndarray) -> float:

@@ -43,7 +43,6 @@ import contextlib
 import dataclasses
 import functools
 import io
-import itertools
 import os
 import sys
 import tempfile
@@ -209,7 +208,7 @@ class Study:
         if model.tokenizer is None:
             raise ConfigError(f"model.source: {name} was loaded without a tokenizer; studies build datasets from text")
         d = cfg.data
-        for family, cf in itertools.product(cfg.families, cfg.counterfactuals):
+        for family, cf in sorted({(c.family, c.counterfactual) for c in cfg.cells()}):
             templates = None if family == "all" else family
             most = tasks.capacity(d.task, model.tokenizer, templates=templates, counterfactual=cf)
             if d.n + d.holdout > most:
