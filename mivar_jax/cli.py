@@ -171,10 +171,12 @@ def report_cmd(run_dir: Annotated[Path, typer.Argument(help="a run directory")])
 
     if paper.is_paper_run(run_dir):
         try:
+            analysed = {}
             for task in paper.task_dirs(run_dir):
                 rd = RunDir.open(task)
-                write_report(rd, analyse(rd))
-            found = paper.analyse_paper(run_dir)
+                analysed[os.path.basename(task)] = results = analyse(rd)
+                write_report(rd, results)
+            found = paper.analyse_paper(run_dir, analysed)
         except (RunDirError, RuntimeError) as e:
             _fail(str(e))
         _paper_summary(found, str(run_dir))

@@ -150,6 +150,13 @@ def test_paper_run_findings_recomputed_from_the_run_files(paper_run):
         assert list(t["hyperparameters"]["across_aggregations"]) == [
             f"{a} vs {b}" for a, b in itertools.combinations(aggs, 2)
         ]
+        base_rows = [r for r in rows if r["cell"] == cells[0].id]
+        for r, b in zip(t["hyperparameters"]["sweep"], base_rows, strict=True):  # the base cell's summary rows
+            assert (r["size"], r["mean_jaccard"], r["faithfulness"]) == (
+                b["size"],
+                b["mean_jaccard"],
+                b["faithfulness"],
+            )
     assert "counterfactual" in found["tasks"]["ioi"]["membership_variance"]
     with open(os.path.join(paper_run, "findings.md")) as f:
         text = f.read()

@@ -121,8 +121,13 @@ def cell_labels(cfg: StudyConfig) -> dict[str, str]:
     return {c.id: "·".join(str(c.levels[f]) for f in varying) or c.id for c in cfg.cells()}
 
 
+def changed_levels(base, cell) -> dict:
+    """The factors ``cell`` changes from ``base`` and its levels of them (empty for the base)."""
+    return {f: v for f, v in cell.levels.items() if v != base.levels[f]}
+
+
 def _changed(base, cell) -> str:
-    diff = [(f, v) for f, v in cell.levels.items() if v != base.levels[f]]
+    diff = list(changed_levels(base, cell).items())
     if not diff:
         return "base"
     f, v = diff[0]

@@ -24,7 +24,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from mivar_jax.study.analysis import StudyResults, analyse, load_npz, read_cell_file
+from mivar_jax.study.analysis import StudyResults, analyse, changed_levels, load_npz, read_cell_file
 from mivar_jax.study.config import REFERENCE, ConfigError, StudyConfig
 from mivar_jax.study.rundir import RunDir, RunDirError, read_json, write_json
 from mivar_jax.study.runner import Reporter, Study
@@ -116,6 +116,7 @@ def run_paper(
         except OSError as err:
             raise RunDirError(f"cannot create the run directory {out_dir}: {err.strerror}") from None
         write_json(os.path.join(out_dir, PRESET), meta)
+    done: dict[str, StudyResults] = {}
     for i, (task, cfg) in enumerate(configs.items()):
         reporter.say(f"== task {i + 1}/{len(configs)}: {task} ==")
         path = os.path.join(out_dir, task)
@@ -129,15 +130,15 @@ def run_paper(
             reporter.say(f"{task}: complete (from an earlier run)")
             continue
         study = Study(cfg)
-        study.run(path, resume=started, reporter=reporter, progress=progress, report=report, model=model_of(cfg))
-    return {} if worker else analyse_paper(out_dir)
+        done[task] = study.run(path, resume=started, reporter=reporter, progress=progress, report=report,
+                               model=model_of(cfg))  # fmt: skip
+    return {} if worker else analyse_paper(out_dir, done)
 
 
 def _intact_and_complete(rd: RunDir, study: Study) -> bool:
     """A finished task whose cells all pass their checksums (else ``Study.run`` resumes it,
     recomputing what is damaged)."""
-    names = [c.id for c in study.config.cells()] + ([REFERENCE] if study.config.reference.level != "none" else [])
-    return rd.manifest.get("status") == "complete" and all(rd.damage(n) is None for n in names)
+    return rd.manifest.get("status") == "complete" and all(rd.damage(n) is None for n in study._names())
 
 
 def task_dirs(out_dir: str | os.PathLike) -> list[str]:
@@ -152,13 +153,14 @@ def _read_preset(out_dir: str) -> dict:
 
 
 # ---------------------------------------------------------------------- the analyses over tasks
-def analyse_paper(out_dir: str | os.PathLike) -> dict:
+def analyse_paper(out_dir: str | os.PathLike, analysed: dict[str, StudyResults] | None = None) -> dict:
     """Gather the paper's analyses from each task's finished study into ``paper.json`` and
     ``findings.md``: per task the headline (circuit error, mean Jaccard, Jaccard CV at the base
     cell), intrinsic variance of exact edge scores, estimator noise at edge level, the Jaccard of
     every perturbed cell's circuit to the base circuit, the aggregation × size sweep of the base
     cell, the overlap of EAP-IG-inputs and clean-corrupted circuits, and the variance decomposition
-    of circuit membership (perturbation vs bootstrap resampling)."""
+    of circuit membership (perturbation vs bootstrap resampling). ``analysed``: tasks whose study
+    analysis is at hand (``Study.run``'s result); the others are analysed here."""
     out_dir = os.fspath(out_dir)
     meta = _read_preset(out_dir)
     tasks = {}
@@ -166,7 +168,7 @@ def analyse_paper(out_dir: str | os.PathLike) -> dict:
         rd = RunDir.open(os.path.join(out_dir, task))
         if rd.manifest.get("status") != "complete":
             raise RunDirError(f"task {task} is not complete; resume the run first (mivar run --resume {out_dir})")
-        tasks[task] = _task_findings(rd, analyse(rd))
+        tasks[task] = _task_findings(rd, (analysed or {}).get(task) or analyse(rd))
     paper = {"preset": "paper", "scale": meta["scale"], "model": meta["model"], "tasks": tasks}
     write_json(os.path.join(out_dir, "paper.json"), paper)
     from mivar_jax._io import atomic_write_text
@@ -184,7 +186,12 @@ def _task_findings(rd: RunDir, results: StudyResults) -> dict:
     j = np.asarray(results.perturbations["jaccard"])
     labels = results.perturbations["labels"]
     to_base = [
-        {"cell": c.id, "label": labels[i], "factor": _factor(base, c), "jaccard_to_base": float(j[0, i])}
+        {
+            "cell": c.id,
+            "label": labels[i],
+            "factor": "+".join(changed_levels(base, c)),
+            "jaccard_to_base": float(j[0, i]),
+        }
         for i, c in enumerate(cells)
         if i
     ]
@@ -239,11 +246,6 @@ def _task_findings(rd: RunDir, results: StudyResults) -> dict:
         "membership_variance": decomposition,
         "seconds": sum(c.get("seconds", 0.0) for c in results.cells),
     }
-
-
-def _factor(base, cell) -> str:
-    """The factors a cell changes from the base cell ("seed+family" in a factorial design)."""
-    return "+".join(f for f, v in cell.levels.items() if v != base.levels[f]) or "none"
 
 
 def _jaccard(a: np.ndarray, b: np.ndarray) -> float:
