@@ -86,6 +86,12 @@ def fit(
     return int(min(max(n, 1), cap))
 
 
+def bucket(n: int) -> int:
+    """The smallest power of two ≥ ``n`` (≥ 1): the padded size of a job's last or only chunk, so
+    few compilations serve every size and little work is padding (a chunk is ``min(fit, bucket(n))``)."""
+    return 1 << max(int(n) - 1, 0).bit_length()
+
+
 def kernel(fn: Callable, mesh: Mesh | None, in_specs, out_specs) -> Callable:
     """``fn`` jitted, run once per device on its block with a mesh (``sharding.spmd``)."""
     return jax.jit(spmd(fn, mesh, in_specs, out_specs))
@@ -103,4 +109,4 @@ def batches(data, res: Resources, per_device: int, *, widths=None, axis: str | N
             yield int(width), b, rows
 
 
-__all__ = ["DEFAULT_MEMORY_BUDGET", "EDGES", "INPUTS", "Resources", "batches", "fit", "kernel", "resources"]
+__all__ = ["DEFAULT_MEMORY_BUDGET", "EDGES", "INPUTS", "Resources", "batches", "bucket", "fit", "kernel", "resources"]

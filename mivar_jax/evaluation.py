@@ -5,7 +5,8 @@ forward), with z̃ the corrupted run's node outputs (``ablation="patch"``), zero
 means. Per input n:
 
 - ``metric`` m_n(C) (the task's metric at the answer position); m(full) is the clean model,
-  m(∅) the empty circuit (every edge ablated: the corrupted run for ``patch``).
+  m(∅) the empty circuit (every edge ablated: the corrupted run for ``patch``), evaluated by the
+  same kernel as the circuits (the first row of the stack), so an empty mask scores exactly 0.
 - faithfulness f(C) = (m̄(C) − m̄(∅)) / (m̄(full) − m̄(∅)) with m̄ the mean over inputs (MIB's
   definition); ``faithfulness_per_input`` applies the same ratio per input (noisy where the
   full and empty metrics are close).
@@ -60,6 +61,10 @@ from mivar_jax.tasks.data import TaskBatch, TaskData
 from mivar_jax.tasks.metrics import get_metric, kl_divergence
 
 ANSWER_SETS = ("task", "vocab")
+# A circuit kernel's compilation costs about as much as running 400 input·positions through one
+# circuit (smollm2-135m, 2-core CPU: ≈ 3 s against ≈ 8 ms; an accelerator runs faster, so the
+# trade favours fewer widths there too): with few circuits, one window width per evaluation.
+COMPILE_POSITIONS = 400.0
 MIB_FRACTIONS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 
 
@@ -75,6 +80,15 @@ class CircuitEvaluation:
     kl: np.ndarray
     n_edges: np.ndarray | np.integer
     ablation: str = "patch"
+
+    def on_inputs(self, index) -> CircuitEvaluation:
+        """The results on the evaluated inputs ``index`` only (an index array, mask or slice over
+        the last axis): one evaluation of several input sets, split into one per set."""
+        take = lambda a: a[..., index]
+        return dataclasses.replace(
+            self, metric=take(self.metric), full_metric=take(self.full_metric), empty_metric=take(self.empty_metric),
+            agree_task=take(self.agree_task), agree_vocab=take(self.agree_vocab), kl=take(self.kl),
+        )  # fmt: skip
 
     @property
     def faithfulness(self) -> np.ndarray | float:
@@ -174,36 +188,47 @@ def _top_answer(logits_NxV, b: TaskBatch):
 
 
 @functools.lru_cache(maxsize=16)
-def _kernels(cfg, metric_name, ablation, mesh, width: int | None):
-    """The jitted baseline and circuit kernels; with ``width`` (counterfactual patching) circuits
-    run on each input's window of ``width`` positions only (``windows``), earlier positions being
-    the clean run's."""
+def _baseline_kernel(cfg, metric_name, ablation, mesh):
+    """The jitted per-batch baseline: the clean logits and metric, what patched edges read (z̃, the
+    whole prompt) and the clean run's key/value caches (counterfactual patching: what circuit
+    windows read). One compilation per batch shape, whatever the windows."""
     metric = get_metric(metric_name)
     rows = Spec((EDGES, INPUTS))
     batch = TaskBatch(*(rows for _ in TaskBatch._fields))
 
     def baseline(params, b, noise, noise_seed, means):
         z_ref, _ = reference_values(cfg, params, b, ablation, noise, noise_seed, means)
-        window = ()
-        if width is None:
-            full = forward(cfg, params, b.clean, b.attention_mask, logit_positions=b.answer_pos)
-        else:
-            full, nodes = forward(cfg, params, b.clean, b.attention_mask, logit_positions=b.answer_pos, nodes=True)
+        full, nodes = forward(cfg, params, b.clean, b.attention_mask, logit_positions=b.answer_pos, nodes=True)
+        caches = ()
+        if ablation == "patch":
             pre, _, _ = residual_states(cfg, params, nodes)
-            keys, values = kv_caches(cfg, params, pre, position_ids(b.attention_mask))
-            start = window_start(b, width)
-            z_ref = take_window(z_ref, start, width, axis=2)
-            window = (Window(start, keys, values, width),)
-        empty = forward(
-            cfg, params, b.clean, b.attention_mask, (EdgeMix(jnp.zeros(cfg.graph.n_edges, full.dtype), z_ref), *window),
-            logit_positions=b.answer_pos,
-        )  # fmt: skip
-        caches = () if width is None else (keys, values)
-        return full, z_ref, caches, metric(full, b.correct, b.incorrect), metric(empty, b.correct, b.incorrect)
+            caches = kv_caches(cfg, params, pre, position_ids(b.attention_mask))
+        return full, z_ref, caches, metric(full, b.correct, b.incorrect)
+
+    out = (rows, Spec(None, (EDGES, INPUTS)), _cache_specs(ablation), rows)
+    return engine.kernel(baseline, mesh, (Spec(), batch, Spec(), Spec(), Spec()), out)
+
+
+def _cache_specs(ablation: str) -> tuple:
+    return (Spec(None, None, (EDGES, INPUTS)),) * 2 if ablation == "patch" else ()
+
+
+@functools.lru_cache(maxsize=16)
+def _circuit_kernel(cfg, metric_name, ablation, mesh, width: int | None):
+    """The jitted circuit kernel (a chunk of masks on a batch); with ``width`` (counterfactual
+    patching) circuits run on each input's window of ``width`` positions only (``windows``),
+    earlier positions being the clean run's."""
+    metric = get_metric(metric_name)
+    rows = Spec((EDGES, INPUTS))
+    batch = TaskBatch(*(rows for _ in TaskBatch._fields))
 
     def circuits(params, b, z_ref, caches, full_NxV, masks_CxE):
         full_top_task, full_top_vocab = _top_answer(full_NxV, b), jnp.argmax(full_NxV, -1)
-        window = () if width is None else (Window(window_start(b, width), *caches, width),)
+        window = ()
+        if width is not None:
+            start = window_start(b, width)
+            z_ref = take_window(z_ref, start, width, axis=2)
+            window = (Window(start, *caches, width),)
 
         def one(mask_E):
             logits = forward(
@@ -219,14 +244,8 @@ def _kernels(cfg, metric_name, ablation, mesh, width: int | None):
 
         return jax.vmap(one)(masks_CxE)
 
-    rep = Spec()
-    z_spec = Spec(None, (EDGES, INPUTS))
-    cache_spec = () if width is None else (Spec(None, None, (EDGES, INPUTS)),) * 2
-    out_c = Spec(None, (EDGES, INPUTS))
-    return (
-        engine.kernel(baseline, mesh, (rep, batch, rep, rep, rep), (rows, z_spec, cache_spec, rows, rows)),
-        engine.kernel(circuits, mesh, (rep, batch, z_spec, cache_spec, rows, rep), (out_c,) * 4),
-    )
+    z_spec, out_c = Spec(None, (EDGES, INPUTS)), Spec(None, (EDGES, INPUTS))
+    return engine.kernel(circuits, mesh, (Spec(), batch, z_spec, _cache_specs(ablation), rows, Spec()), (out_c,) * 4)
 
 
 def bytes_per_circuit(cfg, n_inputs: int, n_positions: int) -> int:
@@ -266,34 +285,37 @@ def evaluate(
     res = engine.resources(model, data, batch_size=batch_size, memory_budget=memory_budget, mesh=mesh)
     cfg = model.config
     local = min(res.batch_size or 8, len(data))
-    chunk = circuit_chunk(cfg, local, data.n_positions, res.memory_budget)
+    C = masks.shape[0]
+    # the stack runs with the empty circuit first (m(∅): the same kernel as every circuit), in
+    # chunks of the budget's size or of the stack's rounded up to a power of two
+    chunk = min(circuit_chunk(cfg, local, data.n_positions, res.memory_budget), engine.bucket(C + 1))
     means = dataset_means(model, data, local, ablation)
     params = engine.on_mesh(model.params, res.mesh)
 
-    C = masks.shape[0]
-    n_chunks = -(-C // chunk)
+    n_chunks = -(-(C + 1) // chunk)
     padded = np.zeros((n_chunks * chunk, graph.n_edges), bool)
-    padded[:C] = masks
-    full_m, empty_m = np.zeros(len(data), np.float32), np.zeros(len(data), np.float32)
-    outs = [np.zeros((C, len(data)), dtype) for dtype in (np.float32, bool, bool, np.float32)]
+    padded[1 : C + 1] = masks
+    full_m = np.zeros(len(data), np.float32)
+    outs = [np.zeros((C + 1, len(data)), dtype) for dtype in (np.float32, bool, bool, np.float32)]
     # Counterfactual patching changes nothing before the first position where the prompts
     # differ: inputs are grouped by the window of trailing positions a circuit can change.
-    widths = windows(data, ablation, local)
+    widths = windows(data, ablation, local, per_width=COMPILE_POSITIONS / (C + 1))
     with progress_bar(progress, len(data) * C, "evaluate") as bar:
         for width, b, rows in engine.batches(data, res, local, widths=widths):
             n_real = len(rows)
-            baseline, run = _kernels(cfg, data.metric, ablation, res.mesh, width if width < data.n_positions else None)
-            full, z_ref, caches, m_full, m_empty = baseline(params, b, data.noise, data.noise_seed, means)
+            baseline = _baseline_kernel(cfg, data.metric, ablation, res.mesh)
+            run = _circuit_kernel(cfg, data.metric, ablation, res.mesh, width if width < data.n_positions else None)
+            full, z_ref, caches, m_full = baseline(params, b, data.noise, data.noise_seed, means)
             full_m[rows] = np.asarray(m_full)[:n_real]
-            empty_m[rows] = np.asarray(m_empty)[:n_real]
             for k in range(n_chunks):
                 res_k = run(params, b, z_ref, caches, full, jnp.asarray(padded[k * chunk : (k + 1) * chunk]))
-                n_c = min(chunk, C - k * chunk)
+                n_c = min(chunk, C + 1 - k * chunk)
                 for out, r in zip(outs, res_k, strict=True):
                     out[k * chunk : k * chunk + n_c, rows] = np.asarray(r)[:n_c, :n_real]
                 if bar is not None:
-                    bar(n_real * n_c)
-    metric, agree_task, agree_vocab, kl = outs
+                    bar(n_real * (n_c - (k == 0)))
+    empty_m = outs[0][0]
+    metric, agree_task, agree_vocab, kl = (out[1:] for out in outs)
     squeeze = (lambda a: a[0]) if single else (lambda a: a)
     return CircuitEvaluation(
         metric=squeeze(metric),

@@ -291,15 +291,18 @@ def test_full_and_empty_circuits(tiny):
     np.testing.assert_allclose(ev.kl[1], (np.exp(log_p) * (log_p - log_q)).sum(1), rtol=1e-3, atol=1e-5)
 
 
-def test_a_stack_equals_one_by_one_and_the_numpy_oracle(tiny):
+def test_a_stack_equals_one_by_one_and_the_numpy_oracle(tiny, monkeypatch):
     model, data = tiny
     g = model.graph
     # counterfactual patching runs each input on its window of positions, grouped by width: with 2
-    # inputs per call the stack runs several widths, one by one (8 per call) runs one, all shorter
-    # than the prompts, so the oracle below checks the windowed path
+    # inputs per call and compilations free the stack runs several widths, one by one (8 per call)
+    # runs one, all shorter than the prompts, so the oracle below checks the windowed path
     widths = windows(data, "patch", 2)
     assert len(np.unique(widths)) > 1 and widths.max() < data.n_positions
     assert len(np.unique(windows(data, "patch", 8))) == 1
+    # a width costs a compilation: a few circuits on a few inputs take one
+    assert len(np.unique(windows(data, "patch", 2, per_width=mv.evaluation.COMPILE_POSITIONS / 5))) == 1
+    monkeypatch.setattr(mv.evaluation, "COMPILE_POSITIONS", 0.0)
     rng = np.random.default_rng(5)
     per_input = rng.normal(size=(3, g.n_edges)).astype(np.float32)
     circuits = [mv.circuits.select(per_input[i], n, graph=g) for i, n in enumerate((10, 30, 80))]

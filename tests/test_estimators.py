@@ -401,14 +401,15 @@ def test_window_widths_are_the_cheapest_grouping():
         values = np.sort(rng.choice(np.arange(1, 30), n, replace=False))
         counts = rng.integers(1, 20, n)
         k, batch, per_call = int(rng.integers(1, 4)), int(rng.integers(1, 10)), float(rng.uniform(0, 60))
+        per_width = float(rng.choice([0.0, rng.uniform(0, 200)]))  # a width's compilation
 
-        def total(widths, values=values, counts=counts, batch=batch, per_call=per_call):
+        def total(widths, values=values, counts=counts, batch=batch, per_call=per_call, per_width=per_width):
             widths = np.sort(np.asarray(widths))
             assigned = widths[np.searchsorted(widths, values)]
             sizes = [counts[assigned == w].sum() for w in widths]
-            return sum(c * w + -(-c // batch) * per_call for c, w in zip(sizes, widths, strict=True) if c)
+            return sum(c * w + -(-c // batch) * per_call + per_width for c, w in zip(sizes, widths, strict=True) if c)
 
-        got = _cheapest_widths(values, counts, k, batch, per_call)
+        got = _cheapest_widths(values, counts, k, batch, per_call, per_width)
         best = min(
             total(c) for r in range(1, min(k, n) + 1) for c in itertools.combinations(values, r) if c[-1] == values[-1]
         )

@@ -100,3 +100,29 @@ def test_output_inside_a_file(tmp_path, hf_dirs):
     out = tmp_path / "notes.txt" / "run"
     err = _fails_in_one_line(tmp_path, _study(tmp_path, hf_dirs["gpt2"][0]), out=out)
     assert f"{tmp_path / 'notes.txt'} is not a directory" in err
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"XDG_CACHE_HOME": "{tmp}"}, "{tmp}/mivar_jax/xla"),  # the default: the user's cache directory
+        ({"XDG_CACHE_HOME": "{tmp}", "JAX_COMPILATION_CACHE_DIR": "{tmp}/mine"}, "{tmp}/mine"),  # JAX's own setting
+        ({"XDG_CACHE_HOME": "{tmp}", "MIVAR_COMPILATION_CACHE": "0"}, "None"),  # turned off
+    ],
+)
+def test_the_cli_keeps_compiled_kernels_between_runs(tmp_path, env, expected):
+    """`mivar run` turns on JAX's persistent compilation cache (in a fresh process: the setting is
+    read before the first compilation), unless told otherwise."""
+    import subprocess
+    import sys
+
+    env = {k: v.format(tmp=tmp_path) for k, v in env.items()}
+    base = {k: v for k, v in os.environ.items() if k not in ("JAX_COMPILATION_CACHE_DIR", "MIVAR_COMPILATION_CACHE")}
+    code = (
+        "import jax; from mivar_jax.cli import _compilation_cache; _compilation_cache(); "
+        "print(jax.config.jax_compilation_cache_dir, jax.config.jax_compilation_cache_max_size)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], env=base | env, capture_output=True, text=True, check=True)
+    where, size = out.stdout.split()
+    assert where == expected.format(tmp=tmp_path)
+    assert int(size) == (-1 if where == "None" else 4 * 2**30)

@@ -280,7 +280,7 @@ def exact_scores(
         for group in groups:
             # per-device chunk: the budget's, or the group's size rounded up to a power of two
             # (few compilations; device-independent, so results do not depend on the mesh)
-            step = min(chunk, 1 << int(np.ceil(np.log2(len(group.items))))) * n_edge_dev
+            step = min(chunk, engine.bucket(len(group.items))) * n_edge_dev
             for first in range(0, len(group.items), step):
                 take = np.arange(first, min(first + step, len(group.items)))
                 n_take = len(take)

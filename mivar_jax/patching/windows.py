@@ -24,7 +24,9 @@ def first_changes(clean, corrupted, attention_mask, answer_pos, xp=np):
     return xp.minimum(first, answer_pos)
 
 
-def windows(data: TaskData, ablation: str, batch_size: int = 8, max_widths: int = 3) -> np.ndarray:
+def windows(
+    data: TaskData, ablation: str, batch_size: int = 8, max_widths: int = 3, per_width: float = 0.0
+) -> np.ndarray:
     """Per input, how many positions a patch computes (a window of the prompt).
 
     Counterfactual patching leaves everything before the first position where the prompts differ
@@ -32,7 +34,8 @@ def windows(data: TaskData, ablation: str, batch_size: int = 8, max_widths: int 
     causal): an input needs answer − first + 1 positions. Inputs are grouped by window width
     (a compilation and at least one call each, of up to ``batch_size`` inputs); at most
     ``max_widths`` widths are chosen to minimise the positions computed plus, per call, half a
-    call of full-width prompts (the per-call cost that favours fewer, fuller groups). Zero or
+    call of full-width prompts (the per-call cost that favours fewer, fuller groups), plus
+    ``per_width`` positions per width (its compilation: a small job takes one width). Zero or
     mean ablation change every position. Where a window starts: ``window_start``."""
     if ablation != "patch":
         return np.full(len(data), data.n_positions)
@@ -40,17 +43,20 @@ def windows(data: TaskData, ablation: str, batch_size: int = 8, max_widths: int 
     need = np.minimum(data.answer_pos - first + 1, data.n_positions)
     values, counts = np.unique(need, return_counts=True)
     per_call = batch_size * data.n_positions / 2
-    widths = _cheapest_widths(values, counts, max_widths, batch_size, per_call)
+    widths = _cheapest_widths(values, counts, max_widths, batch_size, per_call, per_width)
     return widths[np.searchsorted(widths, need)]
 
 
-def _cheapest_widths(values, counts, k: int, batch_size: int, per_call: float) -> np.ndarray:
+def _cheapest_widths(values, counts, k: int, batch_size: int, per_call: float, per_width: float) -> np.ndarray:
     """At most ``k`` widths for inputs needing sorted ``values`` (``counts`` of each), each the
     largest need of a run of consecutive values, minimising Σ_groups count × width + calls ×
-    ``per_call`` (calls = ⌈count / batch_size⌉): dynamic programming over the split points."""
+    ``per_call`` (calls = ⌈count / batch_size⌉) + ``per_width``: dynamic programming over the
+    split points."""
     n = len(values)
     prefix = np.concatenate([[0], np.cumsum(counts)])
-    group = lambda h, i: (prefix[i] - prefix[h]) * values[i - 1] + -(-(prefix[i] - prefix[h]) // batch_size) * per_call
+    group = lambda h, i: (
+        (prefix[i] - prefix[h]) * values[i - 1] + -(-(prefix[i] - prefix[h]) // batch_size) * per_call + per_width
+    )
     cost = np.full((k + 1, n + 1), np.inf)  # cost[j, i]: values[:i] in j groups
     cut = np.zeros((k + 1, n + 1), int)
     cost[0, 0] = 0.0

@@ -369,7 +369,7 @@ def bootstrap(
     mesh = res.mesh
     if chunk is None:
         per = bytes_per_replicate(N, E, aggregation)  # a replicate larger than the budget runs alone
-        chunk = engine.fit(res.memory_budget, per, cap=256, what="replicate", must_fit=False)
+        chunk = engine.fit(res.memory_budget, per, cap=min(256, engine.bucket(B)), what="replicate", must_fit=False)
     step = chunk * res.n_devices
     kernel = _replicate_kernel(graph, method, aggregation, n_edges, B, float(fraction), draws, mesh)
 

@@ -369,9 +369,15 @@ class Study:
             masks = np.concatenate([full.reshape(-1, g.n_edges), majority[:, s_head]])
             labels = [(how, n, "full") for how in aggs for n in sizes] + [(how, head, "majority") for how in aggs]
             sets = ([("held-out", held)] if held.size else []) + [("in-sample", eval_rows)]
+            # one evaluation of both input sets (one set of kernels and calls), then split by set
+            every = evaluate(
+                model, data[np.concatenate([rows for _, rows in sets])], masks, ablation=cfg.estimator.ablation,
+                progress=progress,
+            )  # fmt: skip
+            ends = np.cumsum([len(rows) for _, rows in sets])
             evaluation = []
-            for name, rows in sets:
-                ev = evaluate(model, data[rows], masks, ablation=cfg.estimator.ablation, progress=progress)
+            for (name, rows), end in zip(sets, ends, strict=True):
+                ev = every.on_inputs(slice(end - len(rows), end))
                 evaluation += [
                     {"aggregation": h, "size": n, "circuit": kind, "inputs": name, "n_inputs": len(rows), **r}
                     for (h, n, kind), r in zip(labels, ev.summary(), strict=True)

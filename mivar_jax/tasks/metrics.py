@@ -47,10 +47,23 @@ def prob_diff(
 def kl_divergence(
     logits_NxV: Float[ArrayLike, "N V"], reference_logits_NxV: Float[ArrayLike, "N V"]
 ) -> Float[Array, " N"]:
-    """KL(reference ‖ logits) per input, in nats (e.g. KL(clean model ‖ patched model))."""
-    log_p = jax.nn.log_softmax(reference_logits_NxV.astype(jnp.float32), -1)
-    log_q = jax.nn.log_softmax(logits_NxV.astype(jnp.float32), -1)
-    return (jnp.exp(log_p) * (log_p - log_q)).sum(-1)
+    """KL(reference ‖ logits) per input, in nats (e.g. KL(clean model ‖ patched model)).
+
+    With p = softmax(reference) and d = Δ − E_p[Δ], Δ = reference − logits: KL = log E_p[e^(−d)],
+    computed as log1p(E_p[expm1(−d)]), which keeps a small KL's digits (Σ p (log p − log q) loses
+    them to cancellation: ~1e-6 nats in float32), and as logsumexp(log p − d) where e^(−d) could
+    overflow."""
+    ref = reference_logits_NxV.astype(jnp.float32)
+    log_p = jax.nn.log_softmax(ref, -1)
+    p = jnp.exp(log_p)
+    delta = ref - logits_NxV.astype(jnp.float32)
+    d = delta - (p * delta).sum(-1, keepdims=True)
+    small = jnp.log1p((p * jnp.expm1(jnp.minimum(-d, _EXP_SAFE))).sum(-1))
+    large = jax.nn.logsumexp(log_p - d, -1)
+    return jnp.maximum(jnp.where((-d).max(-1) < _EXP_SAFE, small, large), 0.0)
+
+
+_EXP_SAFE = 60.0  # e^60 · 2^17 vocabulary entries stays finite in float32
 
 
 METRICS: dict[str, Callable] = {"logit_diff": logit_diff, "prob_diff": prob_diff}
