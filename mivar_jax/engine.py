@@ -92,6 +92,13 @@ def bucket(n: int) -> int:
     return 1 << max(int(n) - 1, 0).bit_length()
 
 
+def even_chunks(n: int, fit: int) -> tuple[int, int]:
+    """(chunk, calls) for ``n`` items at most ``fit`` per call: the fewest calls, of equal size
+    (less than one padded item per call); one call is rounded up to ``bucket(n)`` within ``fit``."""
+    calls = -(-n // fit)
+    return (min(fit, bucket(n)) if calls == 1 else -(-n // calls)), calls
+
+
 def kernel(fn: Callable, mesh: Mesh | None, in_specs, out_specs) -> Callable:
     """``fn`` jitted, run once per device on its block with a mesh (``sharding.spmd``)."""
     return jax.jit(spmd(fn, mesh, in_specs, out_specs))
@@ -109,4 +116,15 @@ def batches(data, res: Resources, per_device: int, *, widths=None, axis: str | N
             yield int(width), b, rows
 
 
-__all__ = ["DEFAULT_MEMORY_BUDGET", "EDGES", "INPUTS", "Resources", "batches", "bucket", "fit", "kernel", "resources"]
+__all__ = [
+    "DEFAULT_MEMORY_BUDGET",
+    "EDGES",
+    "INPUTS",
+    "Resources",
+    "batches",
+    "bucket",
+    "even_chunks",
+    "fit",
+    "kernel",
+    "resources",
+]

@@ -287,12 +287,11 @@ def evaluate(
     local = min(res.batch_size or 8, len(data))
     C = masks.shape[0]
     # the stack runs with the empty circuit first (m(∅): the same kernel as every circuit), in
-    # chunks of the budget's size or of the stack's rounded up to a power of two
-    chunk = min(circuit_chunk(cfg, local, data.n_positions, res.memory_budget), engine.bucket(C + 1))
+    # the fewest calls the budget allows, of equal size
+    chunk, n_chunks = engine.even_chunks(C + 1, circuit_chunk(cfg, local, data.n_positions, res.memory_budget))
     means = dataset_means(model, data, local, ablation)
     params = engine.on_mesh(model.params, res.mesh)
 
-    n_chunks = -(-(C + 1) // chunk)
     padded = np.zeros((n_chunks * chunk, graph.n_edges), bool)
     padded[1 : C + 1] = masks
     full_m = np.zeros(len(data), np.float32)

@@ -434,3 +434,17 @@ def test_standard_errors_match_the_sampling_spread():
     row = one.summary()
     assert row["faithfulness_se"] == pytest.approx(one.faithfulness_se) and "circuit_error_task_se" in row
     assert np.isnan(evaluation(*draw(1)).faithfulness_se)  # one input: no spread to measure
+
+
+def test_circuit_chunks_are_the_fewest_calls_of_equal_size():
+    """engine.even_chunks by brute force: the fewest calls within the budget's fit, less than one
+    padded circuit per call, and one call rounded up to a power of two (fewer compilations)."""
+    for n in range(1, 150):
+        for fit in range(1, 70):
+            chunk, calls = mv.engine.even_chunks(n, fit)
+            assert calls == min(k for k in range(1, n + 1) if k * fit >= n) and 1 <= chunk <= fit
+            assert chunk * calls >= n
+            if calls > 1:
+                assert chunk * calls - n < calls
+            else:
+                assert chunk in (fit, 1 << (n - 1).bit_length()) and chunk >= n
