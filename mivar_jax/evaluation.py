@@ -5,8 +5,7 @@ forward), with z̃ the corrupted run's node outputs (``ablation="patch"``), zero
 means. Per input n:
 
 - ``metric`` m_n(C) (the task's metric at the answer position); m(full) is the clean model,
-  m(∅) the empty circuit (every edge ablated: the corrupted run for ``patch``), evaluated by the
-  same kernel as the circuits (the first row of the stack), so an empty mask scores exactly 0.
+  m(∅) the empty circuit (every edge ablated: the corrupted run for ``patch``).
 - faithfulness f(C) = (m̄(C) − m̄(∅)) / (m̄(full) − m̄(∅)) with m̄ the mean over inputs (MIB's
   definition); ``faithfulness_per_input`` applies the same ratio per input (noisy where the
   full and empty metrics are close).
@@ -190,22 +189,32 @@ def _top_answer(logits_NxV, b: TaskBatch):
 @functools.lru_cache(maxsize=16)
 def _baseline_kernel(cfg, metric_name, ablation, mesh):
     """The jitted per-batch baseline: the clean logits and metric, what patched edges read (z̃, the
-    whole prompt) and the clean run's key/value caches (counterfactual patching: what circuit
-    windows read). One compilation per batch shape, whatever the windows."""
+    whole prompt), the clean run's key/value caches (counterfactual patching: what circuit windows
+    read) and the empty circuit's metric (for ``patch`` the corrupted run itself). One compilation
+    per batch shape, whatever the windows."""
     metric = get_metric(metric_name)
     rows = Spec((EDGES, INPUTS))
     batch = TaskBatch(*(rows for _ in TaskBatch._fields))
 
     def baseline(params, b, noise, noise_seed, means):
-        z_ref, _ = reference_values(cfg, params, b, ablation, noise, noise_seed, means)
+        z_ref, x_ref = reference_values(cfg, params, b, ablation, noise, noise_seed, means)
         full, nodes = forward(cfg, params, b.clean, b.attention_mask, logit_positions=b.answer_pos, nodes=True)
         caches = ()
         if ablation == "patch":
             pre, _, _ = residual_states(cfg, params, nodes)
             caches = kv_caches(cfg, params, pre, position_ids(b.attention_mask))
-        return full, z_ref, caches, metric(full, b.correct, b.incorrect)
+            # every edge patched reads the corrupted run: the empty circuit is that run
+            empty = forward(
+                cfg, params, b.corrupted, b.attention_mask, input_embeds=x_ref, logit_positions=b.answer_pos
+            )
+        else:
+            zeros = jnp.zeros(cfg.graph.n_edges, full.dtype)
+            empty = forward(
+                cfg, params, b.clean, b.attention_mask, (EdgeMix(zeros, z_ref),), logit_positions=b.answer_pos
+            )
+        return full, z_ref, caches, metric(full, b.correct, b.incorrect), metric(empty, b.correct, b.incorrect)
 
-    out = (rows, Spec(None, (EDGES, INPUTS)), _cache_specs(ablation), rows)
+    out = (rows, Spec(None, (EDGES, INPUTS)), _cache_specs(ablation), rows, rows)
     return engine.kernel(baseline, mesh, (Spec(), batch, Spec(), Spec(), Spec()), out)
 
 
@@ -286,35 +295,34 @@ def evaluate(
     cfg = model.config
     local = min(res.batch_size or 8, len(data))
     C = masks.shape[0]
-    # the stack runs with the empty circuit first (m(∅): the same kernel as every circuit), in
-    # the fewest calls the budget allows, of equal size
-    chunk, n_chunks = engine.even_chunks(C + 1, circuit_chunk(cfg, local, data.n_positions, res.memory_budget))
+    # the stack in the fewest calls the budget allows, of equal size
+    chunk, n_chunks = engine.even_chunks(C, circuit_chunk(cfg, local, data.n_positions, res.memory_budget))
     means = dataset_means(model, data, local, ablation)
     params = engine.on_mesh(model.params, res.mesh)
 
     padded = np.zeros((n_chunks * chunk, graph.n_edges), bool)
-    padded[1 : C + 1] = masks
-    full_m = np.zeros(len(data), np.float32)
-    outs = [np.zeros((C + 1, len(data)), dtype) for dtype in (np.float32, bool, bool, np.float32)]
+    padded[:C] = masks
+    full_m, empty_m = np.zeros(len(data), np.float32), np.zeros(len(data), np.float32)
+    outs = [np.zeros((C, len(data)), dtype) for dtype in (np.float32, bool, bool, np.float32)]
     # Counterfactual patching changes nothing before the first position where the prompts
     # differ: inputs are grouped by the window of trailing positions a circuit can change.
-    widths = windows(data, ablation, local, per_width=COMPILE_POSITIONS / (C + 1))
+    widths = windows(data, ablation, local, per_width=COMPILE_POSITIONS / C)
     with progress_bar(progress, len(data) * C, "evaluate") as bar:
         for width, b, rows in engine.batches(data, res, local, widths=widths):
             n_real = len(rows)
             baseline = _baseline_kernel(cfg, data.metric, ablation, res.mesh)
             run = _circuit_kernel(cfg, data.metric, ablation, res.mesh, width if width < data.n_positions else None)
-            full, z_ref, caches, m_full = baseline(params, b, data.noise, data.noise_seed, means)
+            full, z_ref, caches, m_full, m_empty = baseline(params, b, data.noise, data.noise_seed, means)
             full_m[rows] = np.asarray(m_full)[:n_real]
+            empty_m[rows] = np.asarray(m_empty)[:n_real]
             for k in range(n_chunks):
                 res_k = run(params, b, z_ref, caches, full, jnp.asarray(padded[k * chunk : (k + 1) * chunk]))
-                n_c = min(chunk, C + 1 - k * chunk)
+                n_c = min(chunk, C - k * chunk)
                 for out, r in zip(outs, res_k, strict=True):
                     out[k * chunk : k * chunk + n_c, rows] = np.asarray(r)[:n_c, :n_real]
                 if bar is not None:
-                    bar(n_real * (n_c - (k == 0)))
-    empty_m = outs[0][0]
-    metric, agree_task, agree_vocab, kl = (out[1:] for out in outs)
+                    bar(n_real * n_c)
+    metric, agree_task, agree_vocab, kl = outs
     squeeze = (lambda a: a[0]) if single else (lambda a: a)
     return CircuitEvaluation(
         metric=squeeze(metric),
