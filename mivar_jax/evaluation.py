@@ -47,6 +47,7 @@ from mivar_jax.models.layers import position_ids, take_window
 from mivar_jax.models.transformer import forward
 from mivar_jax.patching import (
     check_ablation,
+    corrupted_run,
     dataset_means,
     kv_caches,
     reference_values,
@@ -197,17 +198,15 @@ def _baseline_kernel(cfg, metric_name, ablation, mesh):
     batch = TaskBatch(*(rows for _ in TaskBatch._fields))
 
     def baseline(params, b, noise, noise_seed, means):
-        z_ref, x_ref = reference_values(cfg, params, b, ablation, noise, noise_seed, means)
         full, nodes = forward(cfg, params, b.clean, b.attention_mask, logit_positions=b.answer_pos, nodes=True)
         caches = ()
         if ablation == "patch":
             pre, _, _ = residual_states(cfg, params, nodes)
             caches = kv_caches(cfg, params, pre, position_ids(b.attention_mask))
             # every edge patched reads the corrupted run: the empty circuit is that run
-            empty = forward(
-                cfg, params, b.corrupted, b.attention_mask, input_embeds=x_ref, logit_positions=b.answer_pos
-            )
+            empty, z_ref, _ = corrupted_run(cfg, params, b, noise, noise_seed)
         else:
+            z_ref, _ = reference_values(cfg, params, b, ablation, noise, noise_seed, means)
             zeros = jnp.zeros(cfg.graph.n_edges, full.dtype)
             empty = forward(
                 cfg, params, b.clean, b.attention_mask, (EdgeMix(zeros, z_ref),), logit_positions=b.answer_pos

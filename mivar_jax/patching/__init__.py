@@ -7,6 +7,7 @@ from mivar_jax.patching.reference import (
     ABLATIONS,
     answer_metric,
     check_ablation,
+    corrupted_run,
     dataset_means,
     reference_values,
     run_nodes,
@@ -15,6 +16,7 @@ from mivar_jax.patching.states import CleanState, clean_state, kv_caches, layer_
 from mivar_jax.patching.windows import first_changes, window_start, windows
 
 __all__ = [
+    "corrupted_run",
     "ABLATIONS",
     "CleanState",
     "answer_metric",

@@ -76,6 +76,18 @@ def dataset_means(
     return (total / count)[:, None, None, :]
 
 
+def corrupted_run(
+    cfg: ModelConfig, params, b: TaskBatch, noise, noise_seed
+) -> tuple[Float[Array, "N V"], Float[Array, "S N P D"], Float[Array, "N P D"]]:
+    """The corrupted prompts' run with counterfactual noise: (logits at the answer positions, node
+    outputs z̃, input x̃)."""
+    x_ref = corrupted_input(cfg, params, b, noise, noise_seed)
+    logits, nodes = forward(
+        cfg, params, b.corrupted, b.attention_mask, input_embeds=x_ref, logit_positions=b.answer_pos, nodes=True
+    )
+    return logits, nodes, x_ref
+
+
 def reference_values(
     cfg: ModelConfig, params, b: TaskBatch, ablation: str, noise, noise_seed, means: jax.Array | None
 ) -> tuple[Float[Array, "S N P D"], Float[Array, "N P D"]]:
@@ -85,10 +97,7 @@ def reference_values(
     S, D = cfg.graph.n_src, cfg.d_model
     dtype = params["tok_embed"].dtype
     if ablation == "patch":
-        x_ref = corrupted_input(cfg, params, b, noise, noise_seed)
-        _, nodes = forward(
-            cfg, params, b.corrupted, b.attention_mask, input_embeds=x_ref, logit_positions=b.answer_pos, nodes=True
-        )
+        _, nodes, x_ref = corrupted_run(cfg, params, b, noise, noise_seed)
         return nodes, x_ref
     if ablation == "zero":
         return jnp.zeros((S, N, P, D), dtype), jnp.zeros((N, P, D), dtype)
