@@ -6,12 +6,12 @@ per-input scores, and how many inputs per device each job fits in a memory budge
 
 ``--check`` builds the named model with random float32 weights, runs EAP on ``--inputs`` IOI prompts
 (GPT-2's tokenizer, from the test extra) in one batch and prints the process's peak memory above
-the weights beside the memory model's prediction (``bytes_per_input`` × inputs): the table's
+the weights beside the memory model's prediction (EAP's ``bytes_per_input`` × inputs): the table's
 input counts hold where the measured growth is below the prediction.
 
 The configs are the published shapes (config.json of each checkpoint), read through the same
-``config_from_hf`` as real loading; the byte counts are the engine's own (``bytes_per_input`` of
-the gradient estimators, ``bytes_per_patch`` / ``bytes_per_input_state`` of exact patching). Weights
+``config_from_hf`` as real loading; the byte counts are the engine's own (each gradient estimator's
+``bytes_per_input`` in the registry, ``bytes_per_patch`` / ``bytes_per_input_state`` of exact patching). Weights
 are counted at 2 bytes (bfloat16) and 4 (float32). A budget is what the job may use besides the
 weights.
 """
@@ -23,7 +23,7 @@ import os
 
 from benchmarks.common import peak_rss_mb, save
 from mivar_jax.estimators.exact import bytes_per_input_state, bytes_per_patch
-from mivar_jax.estimators.gradient import bytes_per_input, bytes_per_input_activations
+from mivar_jax.estimators.registry import get
 from mivar_jax.models import gpt2, llama, neox
 
 GiB = 2**30
@@ -77,8 +77,8 @@ def rows(positions: int, budgets: dict[str, int]) -> list[dict]:
         }
         for budget_name, budget in budgets.items():
             for job, per in (
-                ("eap", bytes_per_input(cfg, positions)),
-                ("eap-ig-activations", bytes_per_input_activations(cfg, positions)),
+                ("eap", get("eap").bytes_per_input(cfg, positions)),
+                ("eap-ig-activations", get("eap-ig-activations").bytes_per_input(cfg, positions)),
                 ("exact", bytes_per_input_state(cfg, positions) + bytes_per_patch(cfg, positions, positions)),
             ):
                 row[f"{job}_inputs_{budget_name}"] = max(0, (budget - 4 * weights) // per)
@@ -108,7 +108,7 @@ def check(name: str, n_inputs: int) -> dict:
     scores = mv.attribute(model, data, "eap", batch_size=n_inputs, progress=False)
     assert np.isfinite(scores.per_input).all()
     grown = peak_rss_mb() - before
-    predicted = n_inputs * bytes_per_input(cfg, data.n_positions) / 2**20
+    predicted = n_inputs * get("eap").bytes_per_input(cfg, data.n_positions) / 2**20
     return {
         "model": name, "inputs": n_inputs, "positions": data.n_positions, "weights_MiB": 4 * n_weights(cfg) / 2**20,
         "peak_growth_MiB": round(grown, 1), "predicted_MiB": round(predicted, 1), "within": grown <= predicted,

@@ -92,11 +92,12 @@ def bucket(n: int) -> int:
     return 1 << max(int(n) - 1, 0).bit_length()
 
 
-def even_chunks(n: int, fit: int) -> tuple[int, int]:
+def even_chunks(n: int, fit: int, *, bucketed: bool = True) -> tuple[int, int]:
     """(chunk, calls) for ``n`` items at most ``fit`` per call: the fewest calls, of equal size
-    (less than one padded item per call); one call is rounded up to ``bucket(n)`` within ``fit``."""
+    (less than one padded item per call). ``bucketed``: one call is rounded up to ``bucket(n)``
+    within ``fit`` (jobs of many sizes share compilations); otherwise it is exactly ``n``."""
     calls = -(-n // fit)
-    return (min(fit, bucket(n)) if calls == 1 else -(-n // calls)), calls
+    return (min(fit, bucket(n)) if calls == 1 and bucketed else -(-n // calls)), calls
 
 
 def kernel(fn: Callable, mesh: Mesh | None, in_specs, out_specs) -> Callable:

@@ -438,7 +438,8 @@ def test_standard_errors_match_the_sampling_spread():
 
 def test_circuit_chunks_are_the_fewest_calls_of_equal_size():
     """engine.even_chunks by brute force: the fewest calls within the budget's fit, less than one
-    padded circuit per call, and one call rounded up to a power of two (fewer compilations)."""
+    padded circuit per call, and one call rounded up to a power of two (fewer compilations) unless
+    ``bucketed=False`` (then exactly ``n``)."""
     for n in range(1, 150):
         for fit in range(1, 70):
             chunk, calls = mv.engine.even_chunks(n, fit)
@@ -448,3 +449,6 @@ def test_circuit_chunks_are_the_fewest_calls_of_equal_size():
                 assert chunk * calls - n < calls
             else:
                 assert chunk in (fit, 1 << (n - 1).bit_length()) and chunk >= n
+            exact_chunk, exact_calls = mv.engine.even_chunks(n, fit, bucketed=False)  # the estimators' batches
+            assert exact_calls == calls and exact_chunk * calls - n < calls and exact_chunk <= fit
+            assert exact_chunk == (n if calls == 1 else chunk)

@@ -432,3 +432,29 @@ def test_host_parameters_run_like_device_parameters(tiny_llama):
         mv.evaluate(host, data, c, progress=False).faithfulness
         == mv.evaluate(model, data, c, progress=False).faithfulness
     )
+
+
+def test_gradient_memory_model_bounds_xlas_buffers(tiny_llama):
+    """Each gradient estimator's ``bytes_per_input`` against XLA's buffer assignment of its compiled
+    kernel (``memory_analysis``): an upper bound of the temporary memory added by each input, and
+    not so loose that batches shrink for nothing (within 3.5×). On the tiny Llama (GQA, gated MLP;
+    the logits dominate) and a two-layer model of GPT-2 small's width (slot gradients dominate)."""
+    from benchmarks.common import gpt2_small_config
+    from mivar_jax.estimators.gradient import _dense_kernel
+    from mivar_jax.estimators.registry import Options, get
+    from tests.factory import gpt2_tokenizer
+
+    cfg = gpt2_small_config(n_layers=2)
+    wide = mv.Model(cfg, mv.models.init_params(cfg, jax.random.key(0)), gpt2_tokenizer())
+    for model, data in (tiny_llama, (wide, mv.tasks.make("ioi", wide, n=4, seed=0))):
+        res = mv.engine.resources()
+        for method in ("eap", "eap-ig-inputs", "eap-ig-activations", "clean-corrupted", "ceap"):
+            est = get(method)
+            o = Options(data.metric, "edge", "patch", 3 if est.takes_steps else None, "reference", "reference")
+            kernel, temp = _dense_kernel(model.config, est, o, None), {}
+            for n in (2, 4):
+                b = data.batch(np.arange(n) % len(data))
+                compiled = kernel.lower(model.params, b, data.noise, data.noise_seed, jnp.zeros(1)).compile()
+                temp[n] = compiled.memory_analysis().temp_size_in_bytes
+            growth, predicted = (temp[4] - temp[2]) / 2, est.bytes_per_input(model.config, data.n_positions)
+            assert growth <= predicted <= 3.5 * growth, (method, model.config.name, growth, predicted)
