@@ -41,16 +41,12 @@ def exact_flops(cfg, data, edges: np.ndarray) -> float:
     per_layer_token = 2 * (4 * D * D + 2 * D * F) + 4 * P * D  # projections + MLP, attention over P keys
     mlp_token = 2 * (2 * D * F)
     head_token = 2 * 4 * D * cfg.d_head + 4 * P * cfg.d_head
-    total = 0.0
-    for width in windows(data, "patch"):
-        for e in edges:
-            layer, kind = g.dst_layer[g.edge_dst[e]], g.dst_kind[g.edge_dst[e]]
-            if kind == "logits":
-                total += 2 * D * 2
-                continue
-            rest = L - layer - 1
-            total += width * (mlp_token + rest * per_layer_token + (head_token if kind != "mlp" else 0))
-    return total
+    dst = np.asarray(g.edge_dst)[np.asarray(edges)]
+    layer, kind = np.asarray(g.dst_layer)[dst], np.asarray(g.dst_kind)[dst]
+    per_token = mlp_token + (L - layer - 1) * per_layer_token + np.where(kind != "mlp", head_token, 0)
+    widths = windows(data, "patch")
+    logits = kind == "logits"  # one unembedding dot per input, whatever the window
+    return float(widths.sum() * per_token[~logits].sum() + len(widths) * logits.sum() * 2 * D * 2)
 
 
 def main(argv=None):

@@ -98,7 +98,7 @@ def run(
     scale: Annotated[
         str,
         typer.Option(
-            help="paper preset: small (8.5 min for smollm2-135m on a 2-core CPU) or paper (the paper's sizes, hours)"
+            help="paper preset: small (4.5 min for smollm2-135m on a 2-core CPU) or paper (the paper's sizes, hours)"
         ),
     ] = "small",
 ):

@@ -447,7 +447,6 @@ def test_gradient_memory_model_bounds_xlas_buffers(tiny_llama):
     cfg = gpt2_small_config(n_layers=2)
     wide = mv.Model(cfg, mv.models.init_params(cfg, jax.random.key(0)), gpt2_tokenizer())
     for model, data in (tiny_llama, (wide, mv.tasks.make("ioi", wide, n=4, seed=0))):
-        res = mv.engine.resources()
         for method in ("eap", "eap-ig-inputs", "eap-ig-activations", "clean-corrupted", "ceap"):
             est = get(method)
             o = Options(data.metric, "edge", "patch", 3 if est.takes_steps else None, "reference", "reference")

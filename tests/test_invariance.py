@@ -93,6 +93,29 @@ def test_circuit_metrics_do_not_depend_on_the_batch(hf_dirs):
         np.testing.assert_array_equal(r.agree_vocab, first.agree_vocab)
 
 
+def test_results_do_not_depend_on_the_padding(hf_dirs):
+    """``TaskData.pad`` (a study runs every dataset at one width): the same per-input scores,
+    exact and gradient, and circuit metrics within the tolerance, whatever the extra positions."""
+    model, data = _setup(hf_dirs, "gpt2")
+    wide = data.pad(data.n_positions + 5)
+    assert wide.n_positions == data.n_positions + 5 and (wide.attention_mask[:, data.n_positions :] == 0).all()
+    np.testing.assert_array_equal(wide.attention_mask.sum(1), data.attention_mask.sum(1))
+    np.testing.assert_array_equal(wide[np.arange(3)].clean, data[np.arange(3)].clean)  # rows trim it away again
+    with pytest.raises(ValueError, match="cannot pad"):
+        data.pad(data.n_positions - 1)
+    subset = np.arange(0, model.graph.n_edges, 7)
+    for method in ("exact", "eap-ig-inputs"):
+        a, b = (mv.attribute(model, d, method, steps=2, subset=subset if method == "exact" else None, progress=False)
+                for d in (data, wide))  # fmt: skip
+        keep = subset if method == "exact" else slice(None)
+        _close_per_input(b.per_input[:, keep], a.per_input[:, keep], a.clean_metric)
+    circuits = [mv.circuits.select(a, n_edges=n) for n in (5, 30)]
+    narrow_ev, wide_ev = (mv.evaluate(model, d, circuits, progress=False) for d in (data, wide))
+    scale = np.abs(narrow_ev.full_metric).max()
+    assert np.abs(wide_ev.metric - narrow_ev.metric).max() <= SCORE_RTOL * scale
+    np.testing.assert_array_equal(wide_ev.agree_task, narrow_ev.agree_task)
+
+
 def test_aggregation_is_exact_whatever_the_order_and_the_weights():
     """The exact sums: the same bits for any order of the inputs, and integer weights equal the
     repeated rows bit for bit (same grid: every row kept). Sizes odd, below and above the SIMD

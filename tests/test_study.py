@@ -185,15 +185,18 @@ def test_run_directory_against_direct_library_calls(tiny_study, hf_dirs):
 
     model = mv.load_model(hf_dirs["gpt2"][0])
     key = jax.random.key(cfg.seed)
+    make = lambda seed: mv.tasks.make("ioi", model, 8 + 5, seed, templates="transfer", counterfactual="abc")
+    width = max(make(c.seed).n_positions for c in cells)  # the runner computes every dataset at the study's width
     for c in cells:
         folder = rd.cell_dir(c.id)
         data = mv.tasks.TaskData.load(rd.file("data", f"s{c.seed}-transfer-abc-n0.npz"))
-        whole = mv.tasks.make("ioi", model, 8 + 5, c.seed, templates="transfer", counterfactual="abc")
+        whole = make(c.seed)
         np.testing.assert_array_equal(data.clean, whole.clean)
+        rows_of = lambda rows, whole=whole: whole[rows].pad(width)
         # 5 inputs held out of discovery: the first 5 of the study seed's permutation of the 13
         held = np.sort(np.random.default_rng([3, zlib.crc32(c.dataset.encode())]).permutation(13)[:5])
         discovery = np.setdiff1d(np.arange(13), held)
-        direct = whole[discovery]
+        direct = rows_of(discovery)
         scores = _load(os.path.join(folder, "scores.safetensors"))
         want = mv.attribute(model, direct, "eap-ig-inputs", steps=2, batch_size=4, progress=False)
         np.testing.assert_array_equal(scores.per_input, want.per_input)
@@ -230,7 +233,9 @@ def test_run_directory_against_direct_library_calls(tiny_study, hf_dirs):
         full = np.unpackbits(z["full_packed"], axis=-1, count=E).astype(bool).reshape(-1, E)
         majority = np.unpackbits(z["majority_packed"], axis=-1, count=E).astype(bool)[:, -1]
         np.testing.assert_array_equal(full[1], circ.edges)  # sizes 6, 20: the headline is the second
-        both = mv.evaluate(model, whole[np.concatenate([held, rows])], np.concatenate([full, majority]), progress=False)
+        both = mv.evaluate(
+            model, rows_of(np.concatenate([held, rows])), np.concatenate([full, majority]), progress=False
+        )
         parts = {"held-out": both.on_inputs(slice(0, len(held))), "in-sample": both.on_inputs(slice(len(held), None))}
         for alone, name in ((whole[held], "held-out"), (whole[rows], "in-sample")):
             one = mv.evaluate(model, alone, circ, progress=False)
@@ -254,7 +259,7 @@ def test_run_directory_against_direct_library_calls(tiny_study, hf_dirs):
         assert st["prompts_needed"]["sizes"] == [2, 4, 8, 16, 32]  # N/4 … 4N
         assert st["prompts_needed"]["mean_jaccard"] == pytest.approx(pn.mean_jaccard.tolist())
         assert st["prompts_needed"]["n_needed"] == pn.n_needed
-        curve = mv.evaluate_curve(model, whole[held], want, progress=False)
+        curve = mv.evaluate_curve(model, rows_of(held), want, progress=False)
         assert st["curve"]["inputs"] == "held-out" and st["curve"]["cpr"] == pytest.approx(curve.cpr, rel=1e-5)
         ci = mv.stats.curve_intervals(curve, key=jax.random.fold_in(key, 2)).summary()
         assert st["curve"]["intervals"]["cmd"]["ci_bca"] == pytest.approx(ci["cmd"]["ci_bca"], rel=1e-4)
@@ -262,7 +267,7 @@ def test_run_directory_against_direct_library_calls(tiny_study, hf_dirs):
         masks = np.stack(
             [np.asarray(mv.circuits.prune(model.graph, topn(r20.aggregated[:4], int(n))[0])[0]) for n in grid], 1
         )
-        faith = np.asarray(mv.evaluate(model, whole[held], masks.reshape(12, -1), progress=False).faithfulness)
+        faith = np.asarray(mv.evaluate(model, rows_of(held), masks.reshape(12, -1), progress=False).faithfulness)
         for got, target in zip(st["faithfulness"]["targets"], (0.3, 0.6), strict=True):
             fs = mv.stats.faithful_stability(masks, faith.reshape(4, 3), grid, target, key=jax.random.fold_in(key, 3))
             assert (got["target"], got["n_reached"], got["size_median"]) == (target, fs.n_reached, fs.size_median)
@@ -335,7 +340,7 @@ def test_run_directory_against_direct_library_calls(tiny_study, hf_dirs):
     ref_rows = discovery0[at]
     assert _json(os.path.join(ref, "cell.json"))["inputs"] == ref_rows.tolist()
     assert not np.array_equal(at, np.arange(3))
-    d0 = mv.tasks.make("ioi", model, 13, 0, templates="transfer", counterfactual="abc")[ref_rows]
+    d0 = make(0)[ref_rows].pad(width)
     np.testing.assert_allclose(x.per_input, mv.attribute(model, d0, "exact", level="node", progress=False).per_input)
     np.testing.assert_array_equal(x.uid, d0.uid)
     approx = _load(os.path.join(ref, "eap-ig-inputs-m2-node.safetensors"))

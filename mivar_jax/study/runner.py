@@ -255,6 +255,9 @@ class Study:
         for key, data in datasets.items():
             if not os.path.exists(path := rd.file("data", f"{key}.npz")):
                 data.save(path)
+        # every dataset and subset of the study at one width: later cells reuse the compiled kernels
+        width = max(data.n_positions for data in datasets.values())
+        datasets = {key: data.pad(width) for key, data in datasets.items()}
         for i, cell in enumerate(cells):
             if rd.is_done(cell.id):
                 reporter.cell_cached(i, len(names), cell.id)
@@ -265,7 +268,7 @@ class Study:
             first = datasets[cells[0].dataset]
             discovery, _ = self.split(cells[0], len(first))
             rows = discovery[self.input_rows(cells[0], len(discovery), cfg.reference.inputs)]
-            compute = lambda work: self._reference(rd, model, first[rows], rows, work, progress)
+            compute = lambda work: self._reference(rd, model, _rows(first, rows), rows, work, progress)
             self._commit(rd, reporter, len(cells), names, compute)
 
     @staticmethod
@@ -290,7 +293,7 @@ class Study:
         cfg = self.config
         g = model.graph
         discovery, held = self.split(cell, len(data))
-        found_on = data[discovery]
+        found_on = _rows(data, discovery)
         path = os.path.join(work, "scores.safetensors")
         laps = _Laps()
         scores = _cached(
@@ -371,7 +374,7 @@ class Study:
             sets = ([("held-out", held)] if held.size else []) + [("in-sample", eval_rows)]
             # one evaluation of both input sets (one set of kernels and calls), then split by set
             every = evaluate(
-                model, data[np.concatenate([rows for _, rows in sets])], masks, ablation=cfg.estimator.ablation,
+                model, _rows(data, np.concatenate([rows for _, rows in sets])), masks, ablation=cfg.estimator.ablation,
                 progress=progress,
             )  # fmt: skip
             ends = np.cumsum([len(rows) for _, rows in sets])
@@ -397,7 +400,7 @@ class Study:
             )
             text += f"; faithfulness {plus_minus(faith, faith_se)} ({sets[0][0]}"
             text += f"; in sample {faith_in:.3f})" if held.size else ")"
-            judged = data[sets[0][1]]
+            judged = _rows(data, sets[0][1])
             if cfg.stability.curve:
                 curve = evaluate_curve(
                     model, judged, scores, aggregation=aggs[0], ablation=cfg.estimator.ablation, progress=progress
@@ -515,6 +518,11 @@ class _Laps:
     def lap(self, name: str) -> None:
         now = time.perf_counter()
         self.seconds[name], self.t = round(now - self.t, 3), now
+
+
+def _rows(data: TaskData, rows: np.ndarray) -> TaskData:
+    """Inputs ``rows`` of ``data`` at its width (not trimmed to theirs: one width, one compilation)."""
+    return data[rows].pad(data.n_positions)
 
 
 def _doubling(start: int, n_edges: int) -> list[int]:

@@ -146,6 +146,20 @@ class TaskData:
             corrupted_text=tuple(self.corrupted_text[i] for i in rows),
         )
 
+    def pad(self, width: int) -> TaskData:
+        """The same inputs right-padded to ``width`` positions (≥ ``n_positions``): datasets of one
+        width share compiled kernels; per-input results do not depend on the padding."""
+        if width < self.n_positions:
+            raise ValueError(f"cannot pad {self.n_positions} positions to {width}")
+        extra = ((0, 0), (0, width - self.n_positions))
+        pad_id = self.info.get("pad_id", 0)
+        return dataclasses.replace(
+            self,
+            clean=np.pad(self.clean, extra, constant_values=pad_id),
+            corrupted=np.pad(self.corrupted, extra, constant_values=pad_id),
+            attention_mask=np.pad(self.attention_mask, extra, constant_values=0),
+        )
+
     def with_noise(self, sigma: float, seed: int = 0) -> TaskData:
         """The same pairs with counterfactual noise of amplitude ``sigma`` (keyed by ``seed``)."""
         return dataclasses.replace(self, noise=check_noise(sigma), noise_seed=int(seed))
