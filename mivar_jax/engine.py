@@ -101,7 +101,10 @@ def even_chunks(n: int, fit: int, *, bucketed: bool = True) -> tuple[int, int]:
 
 
 def kernel(fn: Callable, mesh: Mesh | None, in_specs, out_specs) -> Callable:
-    """``fn`` jitted, run once per device on its block with a mesh (``sharding.spmd``)."""
+    """``fn`` jitted, run once per device on its block with a mesh (``sharding.spmd``). With several
+    processes the outputs are gathered onto every device, so each process reads whole results."""
+    if mesh is not None and jax.process_count() > 1:
+        return jax.jit(spmd(fn, mesh, in_specs, out_specs), out_shardings=NamedSharding(mesh, Spec()))
     return jax.jit(spmd(fn, mesh, in_specs, out_specs))
 
 

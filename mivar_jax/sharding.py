@@ -57,8 +57,15 @@ def initialize_distributed() -> bool:
     if not any(os.environ.get(k) for k in DISTRIBUTED_ENV):
         return False
     kwargs = {}
-    for env, arg in (("JAX_NUM_PROCESSES", "num_processes"), ("JAX_PROCESS_ID", "process_id")):
+    for env, arg in (
+        ("JAX_NUM_PROCESSES", "num_processes"),
+        ("JAX_PROCESS_ID", "process_id"),
+        ("MIVAR_HEARTBEAT_SECONDS", "heartbeat_timeout_seconds"),  # a lost process stops the others after this
+    ):
         if os.environ.get(env):
             kwargs[arg] = int(os.environ[env])
+    if jax.config.jax_platforms in (None, "", "cpu") or os.environ.get("JAX_PLATFORMS", "") == "cpu":
+        # CPU processes need a collectives backend to run one program together (gloo, bundled with jaxlib)
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(**kwargs)
     return True

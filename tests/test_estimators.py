@@ -441,14 +441,14 @@ def test_gradient_memory_model_bounds_xlas_buffers(tiny_llama):
     the logits dominate) and a two-layer model of GPT-2 small's width (slot gradients dominate)."""
     from benchmarks.common import gpt2_small_config
     from mivar_jax.estimators.gradient import _dense_kernel
-    from mivar_jax.estimators.registry import Options, get
+    from mivar_jax.estimators.registry import ESTIMATORS, Options
     from tests.factory import gpt2_tokenizer
 
     cfg = gpt2_small_config(n_layers=2)
     wide = mv.Model(cfg, mv.models.init_params(cfg, jax.random.key(0)), gpt2_tokenizer())
     for model, data in (tiny_llama, (wide, mv.tasks.make("ioi", wide, n=4, seed=0))):
-        for method in ("eap", "eap-ig-inputs", "eap-ig-activations", "clean-corrupted", "ceap"):
-            est = get(method)
+        for est in (e for e in ESTIMATORS.values() if e.kernel is not None):  # every dense estimator
+            method = est.name
             o = Options(data.metric, "edge", "patch", 3 if est.takes_steps else None, "reference", "reference")
             kernel, temp = _dense_kernel(model.config, est, o, None), {}
             for n in (2, 4):

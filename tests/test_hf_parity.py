@@ -106,6 +106,24 @@ def test_bfloat16_parameters_track_float32(hf_dirs):
     assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.999
 
 
+def test_bfloat16_scores_track_float32_except_exact(hf_dirs):
+    """A bfloat16 model's logits come out float32 (the unembedding accumulates in float32), its EAP
+    scores rank the edges as float32's do, and exact patching, whose scores are differences of two
+    rounded metrics, warns (README, "Reduced precision")."""
+    from scipy.stats import spearmanr
+
+    directory, _ = hf_dirs["llama-gqa-llama3"]
+    f32, bf16 = mv.load_model(directory), mv.load_model(directory, dtype="bfloat16")
+    data = mv.tasks.make("ioi", f32, n=4, seed=0)
+    assert bf16(data.clean, data.attention_mask).dtype == np.float32
+    a, b = (mv.attribute(m, data, "eap", progress=False).per_input for m in (f32, bf16))
+    assert b.dtype == np.float32
+    rho = [spearmanr(x, y).statistic for x, y in zip(a, b, strict=True)]
+    assert np.median(rho) > 0.95, rho
+    with pytest.warns(UserWarning, match="float32 for exact patching"):
+        mv.attribute(bf16, data[:1], "exact", level="node", progress=False)
+
+
 _LOAD_PEAK = """
 import resource, sys
 import jax, jax.numpy as jnp

@@ -463,6 +463,85 @@ def test_resume_after_kill_between_and_inside_cells_on_eight_devices(tiny_study,
                 np.testing.assert_array_equal(x[k], y[k])
 
 
+def _processes(cfg, out: Path, tmp_path: Path, n: int) -> list[subprocess.Popen]:
+    """``mivar run`` of ``cfg`` as ``n`` JAX processes of one distributed run on this machine
+    (localhost coordinator, gloo collectives on CPU); each worker's temporary files under
+    ``tmp_path/tmp-<i>``."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("localhost", 0))
+        port = sock.getsockname()[1]
+    (tmp_path / "study.toml").write_text(cfg.to_toml())
+    procs = []
+    for i in range(n):
+        (tmp := tmp_path / f"tmp-{i}").mkdir()
+        env = {**os.environ, "PYTHONPATH": os.getcwd(), "JAX_COORDINATOR_ADDRESS": f"localhost:{port}",
+               "JAX_NUM_PROCESSES": str(n), "JAX_PROCESS_ID": str(i), "MIVAR_HEARTBEAT_SECONDS": "10",
+               "TMPDIR": str(tmp), "JAX_PLATFORMS": "cpu"}  # fmt: skip
+        cmd = [sys.executable, "-m", "mivar_jax.cli", "run", str(tmp_path / "study.toml"), "-o", str(out),
+               "--no-progress", "--no-report"]  # fmt: skip
+        procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    return procs
+
+
+def _same_results(out, reference_out, cells) -> None:
+    for name in ("summary.json", "perturbations.json", "decomposition.json", "estimator_noise.json"):
+        assert _json(os.path.join(out, "results", name)) == _json(os.path.join(reference_out, "results", name)), name
+    for c in cells:
+        for name in ("bootstrap.json", "evaluation.json", "stability.json"):
+            got = _json(os.path.join(out, "cells", c, name))
+            assert got == _json(os.path.join(reference_out, "cells", c, name)), (c, name)
+        a, b = (_load(os.path.join(d, "cells", c, "scores.safetensors")) for d in (out, reference_out))
+        np.testing.assert_array_equal(a.per_input, b.per_input)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("n", [2, 4])
+def test_a_study_as_several_processes_equals_one(tiny_study, tmp_path, n):
+    """The tiny study run as 2 and 4 JAX processes (jax.distributed on localhost, one CPU device
+    each): every result identical to the one-process run; only process 0 writes (a worker's
+    temporary run directory is gone at the end)."""
+    cfg, reference_out, _ = tiny_study
+    out = tmp_path / "run"
+    procs = _processes(cfg, out, tmp_path, n)
+    outputs = [p.communicate(timeout=900) for p in procs]
+    for p, (_, err) in zip(procs, outputs, strict=True):
+        assert p.returncode == 0, err[-3000:]
+    assert _json(str(out / "environment.json"))["process_count"] == n
+    assert _json(str(out / "environment.json"))["device_count"] == n
+    _same_results(str(out), reference_out, [c.id for c in cfg.cells()])
+    for i in range(1, n):
+        assert not list((tmp_path / f"tmp-{i}").iterdir()), f"process {i} left files behind"
+
+
+@pytest.mark.slow
+def test_a_lost_process_stops_the_others_and_resume_finishes(tiny_study, tmp_path):
+    """Process 1 of 2 killed (SIGKILL) once the first cell is committed: process 0 stops within the
+    heartbeat timeout with JAX's message that another task died (no hang), the run directory
+    keeps the finished cells, and ``--resume`` in one process finishes it, identical to the
+    uninterrupted run."""
+    import time
+
+    cfg, reference_out, _ = tiny_study
+    out = tmp_path / "run"
+    first = cfg.cells()[0].id
+    procs = _processes(cfg, out, tmp_path, 2)
+    deadline = time.time() + 600
+    while not (out / "cells" / first / "cell.json").exists():
+        assert time.time() < deadline and procs[0].poll() is None, "the first cell never finished"
+        time.sleep(0.2)
+    procs[1].send_signal(signal.SIGKILL)
+    _, err = procs[0].communicate(timeout=120)  # the heartbeat timeout is 10 s
+    procs[1].communicate()
+    assert procs[0].returncode != 0 and "another task died" in err, err[-3000:]
+    rd = RunDir.open(out)
+    assert first in rd.done_cells() and rd.manifest["status"] == "running"
+    Study.resume(out, progress=False)
+    assert RunDir.open(out).manifest["status"] == "complete"
+    _same_results(str(out), reference_out, [c.id for c in cfg.cells()])
+
+
 def test_run_directory_refusals(tmp_path, hf_dirs):
     cfg = tiny_config(hf_dirs["gpt2"][0])
     (tmp_path / "busy").mkdir()

@@ -271,9 +271,12 @@ def embed(
 
 
 def unembed(cfg: ModelConfig, params: Params, x: Float[Array, "... D"]) -> Float[Array, "... V"]:
-    """Final norm and unembedding of residual-stream vectors (soft-capped by ``logit_softcap``)."""
+    """Final norm and unembedding of residual-stream vectors (soft-capped by ``logit_softcap``).
+    The logits are float32 whatever the compute dtype (the product accumulates in float32): metrics,
+    and exact scores as their differences, keep their digits in a bfloat16 model."""
     w_u = params["tok_embed"].T if cfg.tied_embeddings else params["unembed"]
-    return softcap(norm(cfg, params["ln_f"], x) @ w_u, cfg.logit_softcap)
+    logits = jnp.matmul(norm(cfg, params["ln_f"], x), w_u, preferred_element_type=jnp.float32)
+    return softcap(logits, cfg.logit_softcap)
 
 
 def output_bias(cfg: ModelConfig, blocks: Params, dtype) -> Float[Array, "L D"]:

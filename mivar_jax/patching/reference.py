@@ -36,7 +36,8 @@ def answer_metric(
     w_u = params["tok_embed"] if cfg.tied_embeddings else params["unembed"].T  # [V, D]
     ids = jnp.concatenate([correct, incorrect], -1)
     h = norm(cfg, params["ln_f"], x_NxD)
-    logits_NxA = jnp.einsum("nd,nkd->nk", h, w_u[jnp.maximum(ids, 0)])  # A = Ac + Ai: the answers' logits
+    # A = Ac + Ai: the answers' logits, float32 as ``unembed``'s
+    logits_NxA = jnp.einsum("nd,nkd->nk", h, w_u[jnp.maximum(ids, 0)], preferred_element_type=jnp.float32)
     logits_NxA = softcap(logits_NxA, cfg.logit_softcap)
     a, b = correct.shape[1], incorrect.shape[1]
     remap = lambda ids_, offset: jnp.where(ids_ >= 0, offset + jnp.arange(ids_.shape[1]), -1)

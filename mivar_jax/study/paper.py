@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import os
+import shutil
 import sys
 import tempfile
 import tomllib
@@ -132,7 +133,10 @@ def run_paper(
         study = Study(cfg)
         done[task] = study.run(path, resume=started, reporter=reporter, progress=progress, report=report,
                                model=model_of(cfg))  # fmt: skip
-    return {} if worker else analyse_paper(out_dir, done)
+    if worker:
+        shutil.rmtree(os.path.dirname(out_dir), ignore_errors=True)
+        return {}
+    return analyse_paper(out_dir, done)
 
 
 def _intact_and_complete(rd: RunDir, study: Study) -> bool:

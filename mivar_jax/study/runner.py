@@ -44,6 +44,7 @@ import dataclasses
 import functools
 import io
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -130,7 +131,8 @@ class Study:
         With several processes (``jax.distributed``), each computes and process 0 writes.
         ``model``: the config's model already loaded (``Study.load``), to share it between studies."""
         reporter = reporter or Reporter(sys.stderr if progress else None)
-        if jax.process_index() != 0:  # identical SPMD work; only process 0 keeps files
+        worker = jax.process_index() != 0
+        if worker:  # identical SPMD work; only process 0 keeps files (a worker's are removed at the end)
             out_dir, resume = tempfile.mkdtemp(prefix="mivar-worker-"), False
         rd = None
         if resume:
@@ -167,6 +169,8 @@ class Study:
         finally:
             if rd is not None:
                 rd.unlock()
+            if worker:
+                shutil.rmtree(out_dir, ignore_errors=True)
 
     # ------------------------------------------------------------------ checks
     def _names(self) -> list[str]:
