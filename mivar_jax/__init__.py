@@ -13,6 +13,7 @@ from mivar_jax.graph import Graph, GraphJSON
 from mivar_jax.models import CheckpointError, Model, ModelConfig, load_model, registered_models
 from mivar_jax.scores import Scores
 from mivar_jax.study import Study, StudyConfig
+from mivar_jax.study.plan import Plan, plan
 
 __version__ = "0.1.0"
 
@@ -26,6 +27,8 @@ __all__ = [
     "study",
     "Study",
     "StudyConfig",
+    "Plan",
+    "plan",
     "evaluate",
     "evaluate_curve",
     "Scores",

@@ -3,6 +3,7 @@
 mivar run [STUDY.toml] [--out RUN_DIR]     run a study (the default study without a file)
 mivar run paper [--model M] [--scale S]    the paper's analyses on IOI, SVA and Greater-Than
 mivar run --resume RUN_DIR                 finish an interrupted run
+mivar plan [STUDY.toml] [--device cpu|gpu|tpu]   expected time, memory and disk, before running
 mivar report RUN_DIR                       rebuild results/ and report.html of a run
 mivar models | mivar tasks | mivar show-default [paper]
 """
@@ -148,6 +149,54 @@ def run(
         err.print(f"\ninterrupted; finished cells are kept. Resume with: mivar run --resume {run_dir}")
         raise typer.Exit(130) from None
     _summary(results, run_dir)
+
+
+@app.command("plan")
+def plan_cmd(
+    study: Annotated[Path | None, typer.Argument(help="study file (TOML); the default study without one")] = None,
+    device: Annotated[
+        str | None, typer.Option(help="cpu, gpu or tpu: the platform to plan on (default: JAX's)")
+    ] = None,
+    calibrate: Annotated[
+        bool, typer.Option(help="time a calibration run: the first cell, one call per estimator")
+    ] = True,
+):
+    """Print a study's expected time, peak memory and scores on disk per cell, without running it."""
+    import jax
+
+    from mivar_jax.models import CheckpointError
+    from mivar_jax.study import ConfigError, Study
+    from mivar_jax.study.plan import plan
+
+    if device is not None:
+        if device not in ("cpu", "gpu", "tpu"):
+            _fail(f"--device {device!r}: choose cpu, gpu or tpu")
+        jax.config.update("jax_platforms", "cuda" if device == "gpu" else device)
+    _compilation_cache()
+    try:
+        p = plan(Study.from_file(study) if study is not None else Study(), calibrate=calibrate)
+    except (ConfigError, CheckpointError) as e:
+        _fail(str(e))
+    except RuntimeError as e:  # no such platform
+        _fail(f"--device {device}: {e}")
+    from mivar_jax._checks import mib
+
+    table = Table(title=f"plan of {p.study}: {p.model} ({p.edges:,} edges) on {p.device}")
+    for col in ("cell", "method", "inputs", "per call × calls", "seconds", "peak memory", "scores"):
+        table.add_column(col, justify="left" if col in ("cell", "method") else "right")
+    for r in p.rows:
+        secs = "–" if r["seconds"] is None else f"{r['seconds']:.1f}"
+        table.add_row(r["cell"], r["method"], str(r["inputs"]), f"{r['batch']} × {r['calls']}", secs,
+                      mib(r["peak_bytes"]), mib(r["scores_bytes"]))  # fmt: skip
+    console.print(table)
+    total = "not calibrated" if p.total_seconds is None else f"{p.total_seconds / 60:.1f} min of cells"
+    calib = "" if p.calibration_seconds is None else f" (calibration took {p.calibration_seconds:.0f} s)"
+    room = "unknown" if p.device_bytes is None else mib(p.device_bytes)
+    console.print(
+        f"total: {total}{calib}; peak memory {mib(p.peak_bytes)} of {room} (weights {mib(p.weights_bytes)}); "
+        f"scores on disk {mib(p.scores_bytes)}",
+        highlight=False, soft_wrap=True,
+    )  # fmt: skip
 
 
 def _compilation_cache() -> None:

@@ -64,8 +64,7 @@ def initialize_distributed() -> bool:
     ):
         if os.environ.get(env):
             kwargs[arg] = int(os.environ[env])
-    if jax.config.jax_platforms in (None, "", "cpu") or os.environ.get("JAX_PLATFORMS", "") == "cpu":
-        # CPU processes need a collectives backend to run one program together (gloo, bundled with jaxlib)
-        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    # CPU devices of several processes need a collectives backend to run one program (gloo, in jaxlib)
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(**kwargs)
     return True

@@ -756,3 +756,37 @@ def test_format_1_runs_are_read_unverified_and_not_resumed(tiny_study, tmp_path)
     (copy / "cells" / second / "bootstrap.json").write_text("[{")
     err = _one_line_error(cli.invoke(app, ["report", str(copy)]))
     assert f"{copy}/cells/{second}/bootstrap.json is not valid JSON" in err and "new directory" in err
+
+
+def test_plan_sizes_every_cell_and_refuses_what_does_not_fit(hf_dirs, tmp_path):
+    """``mv``'s planner: per cell the driver's batches (fewest calls of equal size within the memory
+    model), peak memory = weights + one call's working memory, scores on disk = inputs × edges ×
+    4 bytes; calibrated seconds for every cell; a device too small is refused with the fix; the CLI
+    prints the table."""
+    from mivar_jax.estimators.registry import get
+
+    cfg = tiny_config(hf_dirs["gpt2"][0], estimator={"batch_size": 0, "memory_budget_mib": 16})
+    model = mv.load_model(hf_dirs["gpt2"][0])
+    p = mv.plan(cfg, model=model, calibrate=False)
+    weights = sum(np.asarray(x).nbytes for x in jax.tree.leaves(model.params))
+    assert p.edges == model.graph.n_edges and p.weights_bytes == weights and p.total_seconds is None
+    assert [r["cell"] for r in p.rows] == [c.id for c in cfg.cells()] + ["reference"]
+    width = max(
+        mv.tasks.make("ioi", model, 13, c.seed, templates="transfer", counterfactual="abc").n_positions
+        for c in cfg.cells()
+    )
+    per_input = get("eap-ig-inputs").bytes_per_input(model.config, width)
+    fit = mv.engine.fit(16 * 2**20, per_input, cap=32, what="")
+    for r in p.rows[:-1]:
+        assert (r["batch"], r["calls"]) == mv.engine.even_chunks(8, fit, bucketed=False)
+        assert r["peak_bytes"] == weights + r["batch"] * per_input and r["scores_bytes"] == 4 * 8 * p.edges
+    assert p.peak_bytes == max(r["peak_bytes"] for r in p.rows)
+    with pytest.raises(ConfigError, match="lower estimator.memory_budget_mib"):
+        mv.plan(cfg, model=model, calibrate=False, device_bytes=weights)
+    timed = mv.plan(cfg, model=model)
+    assert all(r["seconds"] > 0 for r in timed.rows) and timed.calibration_seconds > 0
+    assert timed.total_seconds == pytest.approx(sum(r["seconds"] for r in timed.rows))
+    (tmp_path / "study.toml").write_text(cfg.to_toml())
+    result = CliRunner().invoke(app, ["plan", str(tmp_path / "study.toml"), "--no-calibrate"])
+    assert result.exit_code == 0, result.output
+    assert "plan of tiny" in result.output and "reference" in result.output and "scores on disk" in result.output

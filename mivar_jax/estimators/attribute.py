@@ -45,9 +45,9 @@ def attribute(
     ``zero``, or ``mean`` (each node's clean output averaged over the dataset's real positions).
     ``batch_size`` (at most that many inputs per device and call; gradient estimators split the
     inputs into the fewest calls of equal size) and ``memory_budget`` (bytes per device for the
-    per-input work, default 2 GiB) size the work; ``mesh`` (axes ``edges``, ``inputs``; default: every visible device) spreads it, with
-    identical results on any number of devices. ``subset`` (edge or node indices; ``exact`` only)
-    computes just those, leaving the others NaN. ``pooling`` (``eap-ig-activations``):
+    per-input work, default 2 GiB) size the work; ``mesh`` (axes ``edges``, ``inputs``; default:
+    every visible device) spreads it, with identical results on any number of devices. ``subset``
+    (edge or node indices; ``exact`` only) computes just those, leaving the others NaN. ``pooling`` (``eap-ig-activations``):
     ``reference`` (default: the reference EAP-IG library's), ``reference-tl`` (its numbers through
     TransformerLens, artefact included) or ``source`` (see ``estimators.gradient``).
     ``progress`` shows a bar for long runs.

@@ -259,9 +259,7 @@ class Study:
         for key, data in datasets.items():
             if not os.path.exists(path := rd.file("data", f"{key}.npz")):
                 data.save(path)
-        # every dataset and subset of the study at one width: later cells reuse the compiled kernels
-        width = max(data.n_positions for data in datasets.values())
-        datasets = {key: data.pad(width) for key, data in datasets.items()}
+        datasets = at_one_width(datasets)
         for i, cell in enumerate(cells):
             if rd.is_done(cell.id):
                 reporter.cell_cached(i, len(names), cell.id)
@@ -522,6 +520,12 @@ class _Laps:
     def lap(self, name: str) -> None:
         now = time.perf_counter()
         self.seconds[name], self.t = round(now - self.t, 3), now
+
+
+def at_one_width(datasets: dict[str, TaskData]) -> dict[str, TaskData]:
+    """Every dataset of a study padded to the widest: its cells reuse one set of compiled kernels."""
+    width = max(data.n_positions for data in datasets.values())
+    return {key: data.pad(width) for key, data in datasets.items()}
 
 
 def _rows(data: TaskData, rows: np.ndarray) -> TaskData:
