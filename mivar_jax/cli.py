@@ -179,8 +179,7 @@ def plan_cmd(
         _fail(str(e))
     except RuntimeError as e:  # no such platform
         _fail(f"--device {device}: {e}")
-    from mivar_jax._checks import mib
-
+    mib = lambda n: f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.3g} MiB"
     table = Table(title=f"plan of {p.study}: {p.model} ({p.edges:,} edges) on {p.device}")
     for col in ("cell", "method", "inputs", "per call × calls", "seconds", "peak memory", "scores"):
         table.add_column(col, justify="left" if col in ("cell", "method") else "right")
