@@ -172,13 +172,15 @@ def plan_cmd(
         if device not in ("cpu", "gpu", "tpu"):
             _fail(f"--device {device!r}: choose cpu, gpu or tpu")
         jax.config.update("jax_platforms", "cuda" if device == "gpu" else device)
+        try:
+            jax.devices()
+        except Exception as e:  # noqa: BLE001 - JAX raises RuntimeError (or AssertionError) for a missing platform
+            _fail(f"--device {device}: JAX finds no such device here ({type(e).__name__}{f': {e}' if str(e) else ''})")
     _compilation_cache()
     try:
         p = plan(Study.from_file(study) if study is not None else Study(), calibrate=calibrate)
     except (ConfigError, CheckpointError) as e:
         _fail(str(e))
-    except RuntimeError as e:  # no such platform
-        _fail(f"--device {device}: {e}")
     mib = lambda n: f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.3g} MiB"
     table = Table(title=f"plan of {p.study}: {p.model} ({p.edges:,} edges) on {p.device}")
     for col in ("cell", "method", "inputs", "per call × calls", "seconds", "peak memory", "scores"):

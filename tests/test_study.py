@@ -790,3 +790,16 @@ def test_plan_sizes_every_cell_and_refuses_what_does_not_fit(hf_dirs, tmp_path):
     result = CliRunner().invoke(app, ["plan", str(tmp_path / "study.toml"), "--no-calibrate"])
     assert result.exit_code == 0, result.output
     assert "plan of tiny" in result.output and "reference" in result.output and "scores on disk" in result.output
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    cmd = [
+        sys.executable,
+        "-m",
+        "mivar_jax.cli",
+        "plan",
+        str(tmp_path / "study.toml"),
+        "--device",
+        "tpu",
+        "--no-calibrate",
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 2 and "--device tpu: JAX finds no such device here" in proc.stderr, proc.stderr[-2000:]
