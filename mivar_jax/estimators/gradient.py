@@ -215,14 +215,19 @@ def _dense_kernel(cfg, estimator: Estimator, o: Options, mesh):
     return engine.kernel(kernel, mesh, (Spec(), batch, Spec(), Spec(), Spec()), (rows, rows))
 
 
+def batching(cfg, estimator: Estimator, n_inputs: int, n_positions: int, res: engine.Resources) -> tuple[int, int]:
+    """(inputs per device and call, calls) of a dense estimator's job: the fewest calls of equal size
+    within ``res.batch_size`` or the memory model; the same on any number of devices."""
+    fit = res.batch_size or engine.fit(
+        res.memory_budget, estimator.bytes_per_input(cfg, n_positions), cap=32, what=f"input of {n_positions} positions"
+    )
+    return engine.even_chunks(n_inputs, fit, bucketed=False)
+
+
 def run_dense(model, data, o: Options, res: engine.Resources, estimator: Estimator, subset=None, progress=None):
     """Per-input scores of a dense estimator: batches of inputs, every edge (or node) at once."""
     cfg = model.config
-    fit = res.batch_size or engine.fit(
-        res.memory_budget, estimator.bytes_per_input(cfg, data.n_positions), cap=32,
-        what=f"input of {data.n_positions} positions",
-    )  # fmt: skip
-    local = engine.even_chunks(len(data), fit, bucketed=False)[0]  # same on any number of devices
+    local = batching(cfg, estimator, len(data), data.n_positions, res)[0]
     means = dataset_means(model, data, local, o.ablation)
     kernel = _dense_kernel(cfg, estimator, o, res.mesh)
     outs, metrics = [], []

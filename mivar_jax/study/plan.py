@@ -18,6 +18,7 @@ analysis and report after the cells (seconds) are not counted.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import tempfile
 import time
@@ -29,6 +30,7 @@ from mivar_jax import engine
 from mivar_jax._checks import mib
 from mivar_jax._timing import Stopwatch
 from mivar_jax.estimators.exact import bytes_per_input_state, bytes_per_patch
+from mivar_jax.estimators.gradient import batching
 from mivar_jax.estimators.registry import get
 from mivar_jax.study.config import ConfigError, StudyConfig, estimator_label
 from mivar_jax.study.runner import REFERENCE, Study, _rows, at_one_width
@@ -86,22 +88,22 @@ def plan(study, *, model=None, calibrate: bool = True, device_bytes: int | None 
     datasets = at_one_width(built)
     P = next(iter(datasets.values())).n_positions
     weights = int(sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(model.params)))
-    budget = cfg.estimator.memory_budget_mib * 2**20
+    res = engine.Resources(None, cfg.estimator.batch_size or None, cfg.estimator.memory_budget_mib * 2**20)
     capacity = device_bytes if device_bytes is not None else _device_bytes()
 
     rows = []
     for cell in cfg.cells():
         data = datasets[cell.dataset]
         discovery, _ = s.split(cell, len(data))
-        per_input = get(cell.method).bytes_per_input(mc, P)
-        fit = cfg.estimator.batch_size or engine.fit(budget, per_input, cap=32, what=f"input of {P} positions")
-        batch, calls = engine.even_chunks(len(discovery), fit, bucketed=False)
+        estimator = get(cell.method)
+        per_input = estimator.bytes_per_input(mc, P)
+        batch, calls = batching(mc, estimator, len(discovery), P, res)  # as the driver sizes the job
         rows.append({"cell": cell.id, "method": estimator_label(cell.method, cell.steps), "inputs": len(discovery),
                      "batch": batch, "calls": calls, "seconds": None, "peak_bytes": weights + batch * per_input,
                      "scores_bytes": 4 * len(discovery) * g.n_edges})  # fmt: skip
     if cfg.reference.level != "none":
         r = cfg.reference
-        n_ref = min(r.inputs, cfg.data.n)
+        n_ref = cfg.data.n if r.inputs == 0 else min(r.inputs, cfg.data.n)  # runner.input_rows: 0 = all
         n_top = r.top_k * sum(c.dataset == cfg.cells()[0].dataset for c in cfg.cells())
         ref_edges = g.n_edges if r.edges == -1 else min(g.n_edges, r.edges + n_top)  # at most
         state = bytes_per_input_state(mc, P) + bytes_per_patch(mc, P, P)
@@ -133,12 +135,7 @@ def _calibrate(s: Study, model, datasets, rows) -> float:
         data = datasets[cell.dataset]
         discovery, _ = s.split(cell, len(data))
         some = _rows(data, discovery[: row["batch"]])
-        times = []
-        for _ in range(2):
-            t0 = time.perf_counter()
-            s._attribute(model, some, cell.method, cell.steps, "edge", False)
-            times.append(time.perf_counter() - t0)
-        first_call[key], steady[key] = times[0], times[1]
+        first_call[key], steady[key] = _timed_twice(functools.partial(s._attribute, model, some, *key, "edge", False))
     c0 = cells[0]
     with tempfile.TemporaryDirectory(prefix="mivar-plan-") as work, Stopwatch() as t:
         info = s._cell(model, datasets[c0.dataset], c0, work, False)
