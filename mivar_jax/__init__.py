@@ -5,6 +5,7 @@ model = mv.load_model("smollm2-135m")
 """
 
 from mivar_jax import circuits, models, stats, study, tasks
+from mivar_jax._shards import ScoreShards
 from mivar_jax.aggregation import aggregate
 from mivar_jax.circuits import Circuit
 from mivar_jax.estimators import attribute
@@ -32,6 +33,7 @@ __all__ = [
     "evaluate",
     "evaluate_curve",
     "Scores",
+    "ScoreShards",
     "aggregate",
     "attribute",
     "Graph",

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Real
 
+from mivar_jax._shards import ScoreShards
 from mivar_jax.scores import Scores
 
 AGGREGATIONS = ("mean", "median", "mean-abs", "abs-mean", "sum")
@@ -46,9 +47,17 @@ def aggregate(
 ) -> Float[Array, " E"]:
     """Per-input scores (a Scores, or an array [N, E]) aggregated over inputs into a jax array [E]
     (``mean`` | ``median`` | ``mean-abs`` | ``abs-mean`` | ``sum``; optional weights [N]; exact
-    sums: module docstring)."""
+    sums: module docstring). Scores on disk (``ScoreShards``) are aggregated a column block at a
+    time: every aggregation is per edge, so the result is the same."""
     check_aggregation(how)
-    s = jnp.asarray(scores.per_input if isinstance(scores, Scores) else scores, jnp.float32)
+    per_input = scores.per_input if isinstance(scores, Scores) else scores
+    if isinstance(per_input, ScoreShards):
+        return jnp.concatenate([_aggregate(block, how, weights_N) for _, block in per_input.column_blocks()])
+    return _aggregate(per_input, how, weights_N)
+
+
+def _aggregate(scores_NxE, how: str, weights_N) -> jax.Array:
+    s = jnp.asarray(scores_NxE, jnp.float32)
     if s.ndim != 2 or s.shape[0] == 0:
         raise ValueError(f"per-input scores must be a non-empty [N, E] array, got shape {s.shape}")
     n = s.shape[0]

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from mivar_jax._io import atomic_write_bytes
+from mivar_jax._shards import ScoreShards
 from mivar_jax.graph import Graph
 
 FORMAT_VERSION = 1
@@ -23,10 +24,11 @@ class Scores:
 
     Sign: a score estimates metric(patched) − metric(clean) on that input, as the reference library
     reports; a large |score| marks an important component. ``clean_metric`` [N] is the full model's
-    metric per input; ``uid`` [N] identifies the inputs (TaskData.uid).
+    metric per input; ``uid`` [N] identifies the inputs (TaskData.uid). ``per_input`` is an array,
+    or ``ScoreShards`` on disk for scores larger than memory (``attribute(scores_dir=…)``).
     """
 
-    per_input: np.ndarray
+    per_input: np.ndarray | ScoreShards
     graph: Graph
     level: str
     method: str
@@ -35,7 +37,8 @@ class Scores:
     uid: np.ndarray | None = None
 
     def __post_init__(self):
-        self.per_input = np.asarray(self.per_input, np.float32)
+        if not isinstance(self.per_input, ScoreShards):
+            self.per_input = np.asarray(self.per_input, np.float32)
         if self.level not in ("edge", "node"):
             raise ValueError(f"level must be 'edge' or 'node', got {self.level!r}")
         if self.per_input.ndim != 2 or self.per_input.shape[1] != self.n_items:
@@ -75,10 +78,15 @@ class Scores:
         return self.graph.to_json(path, node_scores=agg, in_graph=in_graph)
 
     def save(self, path: str | os.PathLike) -> None:
-        """One safetensors file: the arrays, with graph / method / parameters as metadata."""
+        """One safetensors file: the arrays, with graph / method / parameters as metadata. Scores on
+        disk stay in their shards; the file then lists them (paths relative to it) and the inputs of
+        this view, so keep the shards beside it."""
         from safetensors.numpy import save
 
-        tensors = {"per_input": np.ascontiguousarray(self.per_input)}
+        on_disk = isinstance(self.per_input, ScoreShards)
+        tensors = (
+            {"view_rows": self.per_input._rows} if on_disk else {"per_input": np.ascontiguousarray(self.per_input)}
+        )
         if self.clean_metric is not None:
             tensors["clean_metric"] = np.asarray(self.clean_metric, np.float32)
         if self.uid is not None:
@@ -90,6 +98,10 @@ class Scores:
             "method": self.method,
             "params": self.params,
         }
+        if on_disk:
+            here = os.path.dirname(os.path.abspath(path))
+            files = [os.path.relpath(f, here).replace(os.sep, "/") for f in self.per_input.files]
+            meta["shards"] = {"files": files, "budget": self.per_input.budget}
         atomic_write_bytes(path, save(tensors, metadata={"mivar_jax": json.dumps(meta)}))
 
     @classmethod
@@ -106,9 +118,19 @@ class Scores:
             raise ValueError(f"{path}: not a readable Scores file ({err})") from None
         if meta.get("format_version") != FORMAT_VERSION:
             raise ValueError(f"{path}: Scores format {meta.get('format_version')}, this version reads {FORMAT_VERSION}")
+        graph, per_input = Graph(**meta["graph"]), tensors.get("per_input")
+        if "shards" in meta:
+            here, shards = os.path.dirname(os.path.abspath(path)), meta["shards"]
+            files = [os.path.join(here, f) for f in shards["files"]]
+            if missing := [f for f in files if not os.path.exists(f)]:
+                raise ValueError(
+                    f"{path}: {len(missing)} of its {len(files)} score shards are missing, e.g. {missing[0]}"
+                )
+            n_items = graph.n_edges if meta["level"] == "edge" else graph.n_src
+            per_input = ScoreShards(files, n_items, shards["budget"], rows=tensors["view_rows"])
         return cls(
-            tensors["per_input"],
-            Graph(**meta["graph"]),
+            per_input,
+            graph,
             meta["level"],
             meta["method"],
             meta["params"],

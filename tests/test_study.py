@@ -496,6 +496,60 @@ def _same_results(out, reference_out, cells) -> None:
         np.testing.assert_array_equal(a.per_input, b.per_input)
 
 
+def _close(a, b, where="") -> None:
+    """JSON values equal, floats within float32 rounding (rtol 1e-6): what XLA promises for float
+    reductions over column blocks of different widths."""
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for k in (k for k in a if "seconds" not in k):  # timings differ
+            _close(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, list):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            _close(x, y, f"{where}[{i}]")
+    elif isinstance(a, float) and isinstance(b, float):
+        assert b == pytest.approx(a, rel=1e-6, abs=1e-9), where
+    else:
+        assert a == b, where
+
+
+def test_scores_larger_than_memory_give_the_same_study(tiny_study, tmp_path):
+    """The tiny study with estimator.scores_memory_kib = 1: every cell's scores (and the reference's
+    exact edge scores) go to disk in many shards as inputs finish and are read back in column blocks
+    of a few edges; every result equals the in-memory run's (discrete ones exactly, floats within
+    float32 rounding), the report included, and a resume reads the shards."""
+    cfg, reference_out, _ = tiny_study
+    cfg = dataclasses.replace(cfg, estimator=dataclasses.replace(cfg.estimator, scores_memory_kib=1))
+    out = str(tmp_path / "run")
+    Study(cfg).run(out, progress=False)
+    cells = [c.id for c in cfg.cells()]
+    for c in cells:
+        shards = os.listdir(os.path.join(out, "cells", c, "scores-shards"))
+        assert len(shards) >= 4, (c, shards)
+        scores = _load(os.path.join(out, "cells", c, "scores.safetensors"))
+        assert isinstance(scores.per_input, mv.ScoreShards)
+        np.testing.assert_array_equal(
+            np.asarray(scores.per_input), _load(os.path.join(reference_out, "cells", c, "scores.safetensors")).per_input
+        )
+        for name in ("bootstrap.json", "evaluation.json", "stability.json"):
+            _close(_json(os.path.join(reference_out, "cells", c, name)), _json(os.path.join(out, "cells", c, name)), c)
+        for name in ("bootstrap.npz", "circuits.npz"):
+            a, b = (np.load(os.path.join(d, "cells", c, name)) for d in (reference_out, out))
+            for k in a.files:
+                np.testing.assert_array_equal(a[k], b[k], err_msg=(c, name, k))
+    assert os.path.isdir(os.path.join(out, "cells", "reference", "exact-edge-shards"))
+    for name in os.listdir(os.path.join(reference_out, "results")):
+        if name.endswith(".json"):
+            _close(_json(os.path.join(reference_out, "results", name)), _json(os.path.join(out, "results", name)), name)
+    assert os.path.getsize(os.path.join(out, "report.html")) > 10_000
+    shutil.rmtree(os.path.join(out, "results"))  # a resume re-analyses from the shards
+    Study.resume(out, progress=False)
+    _close(
+        _json(os.path.join(reference_out, "results", "summary.json")),
+        _json(os.path.join(out, "results", "summary.json")),
+    )
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("n", [2, 4])
 def test_a_study_as_several_processes_equals_one(tiny_study, tmp_path, n):

@@ -29,6 +29,7 @@ import numpy as np
 from jaxtyping import Array, Bool, Float
 
 from mivar_jax._checks import check_int, check_scores_finite
+from mivar_jax._shards import ScoreShards
 from mivar_jax.aggregation import aggregate
 from mivar_jax.circuits.circuit import Circuit
 from mivar_jax.circuits.pruning import bottleneck_rank, prune, slot_owner
@@ -105,7 +106,8 @@ def aggregated(scores, aggregation: str, graph: Graph | None) -> tuple[np.ndarra
             raise ValueError("circuits are selected from edge-level scores; got node-level scores")
         if graph is not None and graph != scores.graph:
             raise ValueError(f"scores are for {scores.graph}, not {graph}")
-        check_scores_finite(scores.per_input, "scores", allow_unscored=True)
+        if not isinstance(scores.per_input, ScoreShards):  # shards: checked as they were written
+            check_scores_finite(scores.per_input, "scores", allow_unscored=True)
         return np.asarray(aggregate(scores, aggregation)), scores.graph
     if graph is None:
         raise ValueError("pass graph= with an array of aggregated scores")

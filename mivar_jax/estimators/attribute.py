@@ -9,7 +9,9 @@ import numpy as np
 from jax.sharding import Mesh
 
 from mivar_jax import engine
+from mivar_jax._checks import mib
 from mivar_jax._progress import progress_bar
+from mivar_jax._shards import MAX_SHARD_BYTES, ArraySink, RowSink, ShardWriter, host_memory
 from mivar_jax.estimators.gradient import IG_CONVENTIONS, POOLINGS
 from mivar_jax.estimators.registry import ESTIMATORS, Options, get, load
 from mivar_jax.patching import check_ablation
@@ -33,6 +35,8 @@ def attribute(
     ig_convention: str = "reference",
     pooling: str = "reference",
     subset=None,
+    scores_dir=None,
+    scores_memory: int | None = None,
     progress: bool = True,
 ) -> Scores:
     """Per-input scores [N, E] (edges) or [N, S] (nodes) of ``data``'s metric on ``model``.
@@ -50,7 +54,11 @@ def attribute(
     (edge or node indices; ``exact`` only) computes just those, leaving the others NaN. ``pooling`` (``eap-ig-activations``):
     ``reference`` (default: the reference EAP-IG library's), ``reference-tl`` (its numbers through
     TransformerLens, artefact included) or ``source`` (see ``estimators.gradient``).
-    ``progress`` shows a bar for long runs.
+    ``scores_memory``: bytes the per-input scores may take in host memory (default: a quarter of
+    this machine's). Larger scores are written to ``scores_dir`` in shards as they are computed and
+    come back as lazy ``ScoreShards``, which aggregation, selection, the bootstrap and the per-edge
+    statistics read in column blocks of ``scores_memory / 8`` bytes (``mivar_jax._shards``); without
+    ``scores_dir`` they are refused. ``progress`` shows a bar for long runs.
     """
     estimator = get(method)
     if level not in LEVELS:
@@ -97,16 +105,37 @@ def attribute(
     if subset is not None:
         params["subset"] = int(subset.size)
 
+    sink = _sink(len(data), n_items, subset, names, scores_dir, scores_memory)
     t0 = time.perf_counter()
     n_work = (n_items if subset is None else subset.size) if estimator.kernel is None else 1
     with progress_bar(progress, len(data) * n_work, method) as bar:
-        per_input, clean_metric = estimator.run(model, data, options, res, estimator, subset, bar)
+        clean_metric = estimator.run(model, data, options, res, estimator, subset, bar, sink)
     params["seconds"] = round(time.perf_counter() - t0, 3)
-    finite_or_raise(
-        per_input if subset is None else per_input[:, subset],
-        names if subset is None else tuple(names[i] for i in subset),
+    return Scores(sink.finish(), graph, level, method, params, clean_metric, np.asarray(data.uid))
+
+
+def _sink(n_rows: int, n_items: int, subset, names, scores_dir, scores_memory) -> RowSink:
+    """Where the scores go: memory if [n_rows, n_items] float32 fits ``scores_memory``, else shards
+    in ``scores_dir``. Every batch is checked for NaN/inf (the scored items) as it arrives."""
+    limit = host_memory() // 4 if scores_memory is None else int(scores_memory)
+    if limit < 1:
+        raise ValueError(f"scores_memory must be a positive number of bytes, got {scores_memory!r}")
+    cols = slice(None) if subset is None else subset
+    item_names = names if subset is None else tuple(names[i] for i in subset)
+    check = lambda rows, values: finite_or_raise(values[:, cols], item_names, rows)  # noqa: E731
+    fill = np.nan if subset is not None else 0.0
+    size = 4 * n_rows * n_items
+    if size <= limit:
+        return ArraySink(n_rows, n_items, fill, check)
+    if scores_dir is None:
+        raise ValueError(
+            f"the scores of {n_rows} inputs × {n_items} items take {mib(size)}, over scores_memory = {mib(limit)}: "
+            "pass scores_dir= to write them to disk as they are computed, raise scores_memory, or score fewer inputs"
+        )
+    shard_bytes = min(max(limit // 4, 1), MAX_SHARD_BYTES)
+    return ShardWriter(
+        scores_dir, n_rows, n_items, fill, shard_bytes=shard_bytes, budget=max(limit // 8, 1), check=check
     )
-    return Scores(per_input, graph, level, method, params, clean_metric, np.asarray(data.uid))
 
 
 def finite_or_raise(per_input: np.ndarray, names: tuple[str, ...], rows: np.ndarray | None = None) -> None:

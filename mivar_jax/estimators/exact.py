@@ -243,11 +243,10 @@ def bytes_per_input_state(cfg: ModelConfig, n_positions: int) -> int:
     return 4 * n_positions * (cfg.d_model * (streams + 2 * g.n_src + 2) + caches)
 
 
-def exact_scores(
-    model, data: TaskData, o: Options, res: engine.Resources, estimator=None, subset=None, progress=None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Per-input exact scores ``[N, E]`` (or ``[N, S]`` for nodes) and the clean metric ``[N]``;
-    with ``subset`` (edge or node indices) only those are computed, the others are NaN.
+def exact_scores(model, data: TaskData, o: Options, res: engine.Resources, estimator, subset, progress, sink):
+    """Per-input exact scores ``[N, E]`` (or ``[N, S]`` for nodes) into ``sink``, a batch of inputs
+    at a time; returns the clean metric ``[N]``. With ``subset`` (edge or node indices) only those
+    are computed, the others are NaN.
 
     Inputs are grouped by how many trailing positions a patch can change (``windows``); each group
     runs kernels of its own window width. The grouping depends on the data only, so every device
@@ -266,7 +265,6 @@ def exact_scores(
     local = min(res.batch_size or 8, len(data))
     means = dataset_means(model, data, local, o.ablation)
     P = data.n_positions
-    per_input = np.full((len(data), n_items), np.nan if subset is not None else 0.0, np.float32)
     clean_metric = np.zeros(len(data), np.float32)
     cap = min(max(len(x.items) for x in groups), 4096)
     for width, b, rows in engine.batches(data, res, local, widths=windows(data, o.ablation, local), axis=INPUTS):
@@ -277,6 +275,7 @@ def exact_scores(
         )  # fmt: skip
         st = kernels["prepare"](params, b, data.noise, data.noise_seed, means)
         clean_metric[rows] = np.asarray(st.metric)[: len(rows)]
+        scores = np.full((len(rows), n_items), sink.fill, np.float32)
         for group in groups:
             # per-device chunk: the budget's, or the group's size rounded up to a power of two
             # (few compilations; device-independent, so results do not depend on the mesh)
@@ -288,10 +287,11 @@ def exact_scores(
                 args = [jnp.asarray(a[take]) for a in group.args]
                 layer = () if group.kernel == "logits" else (jnp.int32(group.layer),)
                 out = np.asarray(kernels[group.kernel](params, b, st, *layer, *args))  # [step, batch]
-                per_input[np.ix_(rows, group.items[take[:n_take]])] = out[:n_take, : len(rows)].T
+                scores[:, group.items[take[:n_take]]] = out[:n_take, : len(rows)].T
                 if progress is not None:
                     progress(n_take * len(rows))
-    return per_input, clean_metric
+        sink.put(rows, scores)
+    return clean_metric
 
 
 register(Estimator("exact", exact_scores, subset=True))

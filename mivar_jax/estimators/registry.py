@@ -25,8 +25,9 @@ class Options(NamedTuple):
 
 @dataclasses.dataclass(frozen=True)
 class Estimator:
-    """``run(model, data, options, resources, subset, progress) → (per_input [N, items], clean_metric
-    [N])`` does the job through the driver (``engine``). Dense estimators (every edge at once from a
+    """``run(model, data, options, resources, estimator, subset, progress, sink) → clean_metric [N]``
+    does the job through the driver (``engine``), putting per-input scores [n, items] into ``sink``
+    (``_shards.RowSink``: memory or disk) a batch of inputs at a time. Dense estimators (every edge at once from a
     few runs) give ``kernel(cfg, options, params, batch, clean_nodes, ref_nodes, ref_input,
     ref_is_run) → [N, S, T]`` and ``bytes_per_input(cfg, n_positions)``; ``run`` is then the
     shared dense driver. ``options``: the optional parameters it reads (``steps``,

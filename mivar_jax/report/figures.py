@@ -29,11 +29,12 @@ def score_distributions(scores: Scores, path: str, top: int = 12, title: str = "
     """Single-input scores of the ``top`` edges with the largest |mean|: one box per edge, with
     every input drawn as a point, so the spread behind each mean is visible; each edge is labelled
     with its signal-to-noise ratio |mean|/std (``stats.EdgeVariability.snr``)."""
-    s = scores.per_input
-    order = np.argsort(-np.abs(s.mean(0)), kind="stable")[:top]
-    snr = np.asarray(edge_variability(scores).snr)[order]
+    var = edge_variability(scores)
+    order = np.argsort(-np.abs(var.mean), kind="stable")[:top]
+    snr = var.snr[order]
     fig, ax = plt.subplots(figsize=(9, 0.42 * len(order) + 1.4))
-    data = [s[:, e] for e in order][::-1]
+    columns = scores.per_input[:, order]  # only these edges' scores (scores on disk stay there)
+    data = [columns[:, i] for i in range(len(order))][::-1]
     ax.boxplot(data, orientation="horizontal", widths=0.6, showfliers=False, medianprops=dict(color="black"))
     rng = np.random.default_rng(0)
     for i, col in enumerate(data, start=1):

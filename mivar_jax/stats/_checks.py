@@ -7,16 +7,20 @@ import dataclasses
 import numpy as np
 
 from mivar_jax._checks import check_scores_finite
+from mivar_jax._shards import ScoreShards
 
 
-def as_scores(scores, min_inputs: int = 1, name: str = "scores") -> np.ndarray:
-    """Per-input scores [N, E] as float32, from a Scores or an array; refuses NaN/inf and bad shapes."""
-    s = np.asarray(getattr(scores, "per_input", scores), np.float32)
+def as_scores(scores, min_inputs: int = 1, name: str = "scores") -> np.ndarray | ScoreShards:
+    """Per-input scores [N, E] as float32, from a Scores or an array; refuses NaN/inf and bad shapes.
+    Scores on disk stay there (``ScoreShards``: checked for NaN/inf as they were written)."""
+    s = getattr(scores, "per_input", scores)
+    s = s if isinstance(s, ScoreShards) else np.asarray(s, np.float32)
     if s.ndim != 2:
         raise ValueError(f"{name} must be per-input scores [N, E], got shape {s.shape}")
     if s.shape[0] < min_inputs or s.shape[1] < 1:
         raise ValueError(f"{name} needs at least {min_inputs} inputs and 1 edge, got shape {s.shape}")
-    check_scores_finite(s, name)
+    if not isinstance(s, ScoreShards):
+        check_scores_finite(s, name)
     return s
 
 

@@ -30,6 +30,10 @@ edge sets and node sets (one matmul of the masks each):
   out: mean = (cᵀJc − Σc²) / ((Σc)² − Σc²)), with a leave-one-replicate-out jackknife for BCa;
 - ``verdict``: stable iff mean pairwise Jaccard ≥ 0.8 with B ≥ 100 and no empty replicate
   circuit — the paper's bar for ``multinomial``; the verdict names the other methods.
+
+Two passes: every replicate's aggregate (and the score intervals) a column block of the scores at a
+time (one block in memory; blocks of their budget for scores on disk, ``ScoreShards``: every
+aggregation is per edge, so the blocks do not change it), then the replicates' top-n circuits.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ import numpy as np
 
 from mivar_jax import engine
 from mivar_jax._checks import check_int, check_key
+from mivar_jax._shards import column_blocks
 from mivar_jax.aggregation import aggregate_counts, check_aggregation, fixed_point_jit
 from mivar_jax.circuits.pruning import prune_dense
 from mivar_jax.circuits.selection import topn
@@ -208,17 +213,29 @@ def _weights(key, method: str, n: int, b: jax.Array, n_replicates: int, fraction
 
 
 @functools.lru_cache(maxsize=32)
-def _replicate_kernel(graph: Graph, method, how, n_edges, n_replicates, fraction, draws, mesh):
+def _aggregate_kernel(method, how, n_replicates, fraction, draws, mesh):
+    """The aggregates [C, w] of replicates ``ids_C`` on one column block [N, w] of the scores."""
+
     def kernel(key, s_NxE, fixed, ids_C):
         n = s_NxE.shape[0]
         w_CxN = jax.vmap(lambda b: _weights(key, method, n, b, n_replicates, fraction, draws))(ids_C)
-        agg_CxE = jax.vmap(lambda w: aggregate_counts(s_NxE, how, w, max(n, draws), fixed))(w_CxN)
-        top, ties = topn(agg_CxE, n_edges)
-        kept, nodes = prune_dense(graph, top)
-        return agg_CxE, kept, nodes, ties
+        return jax.vmap(lambda w: aggregate_counts(s_NxE, how, w, max(n, draws), fixed))(w_CxN)
 
     rows = Spec((EDGES, INPUTS))
-    return engine.kernel(kernel, mesh, (Spec(), Spec(), Spec(), rows), (rows,) * 4)
+    return engine.kernel(kernel, mesh, (Spec(), Spec(), Spec(), rows), rows)
+
+
+@functools.lru_cache(maxsize=32)
+def _select_kernel(graph: Graph, n_edges: int, mesh):
+    """Pruned top-n circuits [C, E], their nodes [C, S+1] and cut ties [C], from aggregates [C, E]."""
+
+    def kernel(agg_CxE):
+        top, ties = topn(agg_CxE, n_edges)
+        kept, nodes = prune_dense(graph, top)
+        return kept, nodes, ties
+
+    rows = Spec((EDGES, INPUTS))
+    return engine.kernel(kernel, mesh, (rows,), (rows,) * 3)
 
 
 def _pair_stats(j_BxB: jax.Array, c_RxB: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -366,41 +383,53 @@ def bootstrap(
     if draws != N and method != "multinomial":
         raise ValueError(f"n_draws applies to the multinomial bootstrap, not {method!r}")
     res = engine.resources(mesh=mesh, memory_budget=REPLICATE_MEMORY)
-    mesh = res.mesh
-    if chunk is None:
-        per = bytes_per_replicate(N, E, aggregation)  # a replicate larger than the budget runs alone
-        chunk = engine.fit(res.memory_budget, per, cap=min(256, engine.bucket(B)), what="replicate", must_fit=False)
-    step = chunk * res.n_devices
-    kernel = _replicate_kernel(graph, method, aggregation, n_edges, B, float(fraction), draws, mesh)
+    replicates = lambda per: (
+        chunk
+        or engine.fit(  # noqa: E731 (per device; a replicate larger than the budget runs alone)
+            res.memory_budget, per, cap=min(256, engine.bucket(B)), what="replicate", must_fit=False
+        )
+    )
+    intervals = method != "disjoint-splits" and draws == N
+    agg_BxE, full_agg = np.empty((B, E), np.float32), np.empty(E, np.float32)
+    quantiles = np.empty((4 if method == "multinomial" else 2, E), np.float32) if intervals else None
+    aggregate_kernel = _aggregate_kernel(method, aggregation, B, float(fraction), draws, res.mesh)
+    for cols, block in column_blocks(s):  # one block in memory; blocks of the budget on disk
+        s_dev = jnp.asarray(block)
+        fixed = fixed_point_jit(s_dev, aggregation, max(N, draws))  # once, for every replicate and the full data
+        step = replicates(bytes_per_replicate(N, block.shape[1], aggregation)) * res.n_devices
+        for start in range(0, B, step):
+            # gathered to the host shard by shard: no cross-device collective (which can deadlock the
+            # CPU runtime when devices outnumber its threads)
+            out = aggregate_kernel(key, s_dev, fixed, jnp.arange(start, start + step, dtype=jnp.int32))
+            agg_BxE[start : start + step, cols] = np.asarray(out)[: B - start]
+        full_agg[cols] = np.asarray(_full_aggregate(s_dev, aggregation, fixed, max(N, draws)))  # = aggregate(s)
+        if intervals:  # percentile (and BCa) levels read off one pass over the tails
+            levels = percentile_levels(confidence, block.shape[1])
+            if method == "multinomial":
+                levels = jnp.concatenate(
+                    [levels, _bca_levels(agg_BxE[:, cols], full_agg[cols], s_dev, aggregation, confidence)]
+                )
+            quantiles[:, cols] = np.asarray(column_quantiles_tails(jnp.asarray(agg_BxE[:, cols]), levels))
 
-    s_dev = jnp.asarray(s)
-    fixed = fixed_point_jit(s_dev, aggregation, max(N, draws))  # once, for every replicate and the full data
-    parts = ([], [], [], [])
+    select_kernel = _select_kernel(graph, n_edges, res.mesh)
+    step = replicates(bytes_per_replicate(0, E, "mean")) * res.n_devices
+    parts = ([], [], [])
     for start in range(0, B, step):
-        ids = jnp.arange(start, start + step, dtype=jnp.int32)
-        take = min(step, B - start)
-        # gathered to the host shard by shard: no cross-device collective (which can deadlock the
-        # CPU runtime when devices outnumber its threads), then on to one device for the rest
-        for out, part in zip(parts, kernel(key, s_dev, fixed, ids), strict=True):
-            out.append(np.asarray(part)[:take])
-    agg_BxE, kept_BxE, nodes_BxS = (jnp.asarray(np.concatenate(x)) for x in parts[:3])
-    ties_B = np.concatenate(parts[3])
+        rows = np.minimum(np.arange(start, start + step), B - 1)  # the last chunk padded with the last replicate
+        for out, part in zip(parts, select_kernel(jnp.asarray(agg_BxE[rows])), strict=True):
+            out.append(np.asarray(part)[: B - start])
+    kept_BxE, nodes_BxS = (jnp.asarray(np.concatenate(x)) for x in parts[:2])
+    ties_B = np.concatenate(parts[2])
 
-    full_agg = _full_aggregate(s_dev, aggregation, fixed, max(N, draws))  # = aggregate(s): the same exact sums
-    full_top, full_ties = topn(full_agg[None], n_edges)
+    full_top, full_ties = topn(jnp.asarray(full_agg)[None], n_edges)
     full_kept, _ = prune_dense(graph, full_top)
     j_edges, j_nodes = jaccard_matrix(kept_BxE), jaccard_matrix(nodes_BxS)
     freq = kept_BxE.mean(0)
     majority = freq >= 0.5
     to_ref = _jaccard_to(kept_BxE, jnp.concatenate([full_kept, majority[None]]))
 
-    pct = bca = None
-    if method != "disjoint-splits" and draws == N:
-        levels = percentile_levels(confidence, E)
-        if method == "multinomial":  # BCa too: both level pairs read off one pass over the tails
-            levels = jnp.concatenate([levels, _bca_levels(agg_BxE, full_agg, s_dev, aggregation, confidence)])
-        quantiles = np.asarray(column_quantiles_tails(agg_BxE, levels))
-        pct, bca = quantiles[:2], (quantiles[2:] if method == "multinomial" else None)
+    pct = quantiles[:2] if intervals else None
+    bca = quantiles[2:] if intervals and method == "multinomial" else None
     if method == "subsample":  # deviations of m-of-N subsamples, rescaled to the full-data score's
         m = int(fraction * N)
         theta_hat = np.asarray(full_agg)
@@ -417,8 +446,8 @@ def bootstrap(
         n_inputs=N,
         n_draws=draws,
         confidence=confidence,
-        aggregated=np.asarray(agg_BxE),
-        full_aggregate=np.asarray(full_agg),
+        aggregated=agg_BxE,
+        full_aggregate=full_agg,
         circuits=np.asarray(kept_BxE),
         nodes=np.asarray(nodes_BxS),
         full_circuit=np.asarray(full_kept[0]),

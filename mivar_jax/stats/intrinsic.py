@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
+from mivar_jax._shards import column_blocks
 from mivar_jax.stats._checks import as_scores, to_json_dict
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
@@ -56,6 +57,9 @@ def _variability(s_NxE: Float[Array, "N E"]):
 
 
 def edge_variability(scores) -> EdgeVariability:
-    """Per-edge statistics of per-input scores (a Scores or an [N, E] array, N ≥ 2)."""
+    """Per-edge statistics of per-input scores (a Scores or an [N, E] array, N ≥ 2); scores on disk
+    are read a column block at a time."""
     s = as_scores(scores, min_inputs=2)
-    return EdgeVariability(*(np.asarray(a) for a in _variability(jnp.asarray(s))), n_inputs=int(s.shape[0]))
+    parts = [[np.asarray(a) for a in _variability(jnp.asarray(block))] for _, block in column_blocks(s)]
+    stats = [np.concatenate(column, axis=-1) for column in zip(*parts, strict=True)]
+    return EdgeVariability(*stats, n_inputs=int(s.shape[0]))

@@ -346,7 +346,8 @@ def _intrinsic(rd: RunDir) -> dict:
     top_path = os.path.join(ref, "edge-top.npy")
     top = read_cell_file(rd, top_path, np.load) if os.path.exists(top_path) else np.zeros(0, np.int64)
     exact = read_cell_file(rd, edge_path, Scores.load)
-    var = stats.edge_variability(np.asarray(exact.per_input)[:, subset])
+    every = len(subset) == exact.n_items  # then read in column blocks (scores on disk stay there)
+    var = stats.edge_variability(exact.per_input if every else exact.per_input[:, subset])
     is_top = np.isin(subset, top)
     out = {"n_inputs": var.n_inputs, "edges": subset.tolist(), "top": is_top.tolist(), **var.to_json()}
     out["summary"] = {
@@ -389,7 +390,7 @@ def _estimator_noise(rd: RunDir, cfg: StudyConfig, cells) -> dict:
         sizes = tuple(n for n in (5, 10, 20) if n <= len(subset))
         for c in [c for c in cells if c.dataset == cells[0].dataset]:  # the cells of the reference's inputs
             scores = read_cell_file(rd, os.path.join(rd.cell_dir(c.id), "scores.safetensors"), Scores.load)
-            a = scores.per_input[_rows_of(scores.uid, exact_edges.uid, len(x)), :][:, subset]
+            a = scores.per_input[_rows_of(scores.uid, exact_edges.uid, len(x))][:, subset]
             out["edge"][c.estimator] = stats.estimator_noise(a, x, n_edges=sizes).summary() | {"edges": len(subset)}
     return out
 

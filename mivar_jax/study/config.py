@@ -71,6 +71,8 @@ class EstimatorSection:
     pooling: str = "reference"  # eap-ig-activations only (mivar_jax.estimators.gradient)
     batch_size: int = 0  # inputs per device and call; 0 = sized from memory_budget_mib
     memory_budget_mib: int = 2048
+    scores_memory_kib: int = 0  # host memory a job's per-input scores may take, larger ones go to disk in
+    # shards beside the cell's scores.safetensors and are read back in blocks (0 = a quarter of this machine's)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -364,6 +366,7 @@ def _validate(c: StudyConfig) -> None:
     _choice("estimator.pooling", e.pooling, POOLINGS)
     _at_least("estimator.batch_size", e.batch_size, 0)
     _at_least("estimator.memory_budget_mib", e.memory_budget_mib, 16)
+    _at_least("estimator.scores_memory_kib", e.scores_memory_kib, 0)
     ci = c.circuits
     _distinct("circuits.sizes", ci.sizes, _at_least, 1)
     _distinct("circuits.aggregations", ci.aggregations, _choice, AGGREGATIONS)

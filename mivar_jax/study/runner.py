@@ -55,6 +55,7 @@ import numpy as np
 
 from mivar_jax import engine, stats, tasks
 from mivar_jax._io import atomic_write_bytes, atomic_write_text
+from mivar_jax._shards import column_blocks
 from mivar_jax._timing import Stopwatch
 from mivar_jax.circuits import Circuit
 from mivar_jax.circuits.pruning import prune
@@ -283,12 +284,16 @@ class Study:
             write_json(os.path.join(work, "cell.json"), info)
         reporter.cell_end(index, len(names), names[index], info)
 
-    def _attribute(self, model, data, method: str, steps: int | None, level: str, progress: bool, subset=None):
+    def _attribute(self, model, data, method, steps: int | None, level: str, progress: bool, subset=None, path=None):
+        """The scores to be saved at ``path``: scores larger than ``estimator.scores_memory_kib`` go to
+        shards in ``<path without .safetensors>-shards/`` beside it as they are computed."""
         e = self.config.estimator
         return attribute(
             model, data, method, level=level, steps=steps or 1, ablation=e.ablation,
             ig_convention=e.ig_convention, pooling=e.pooling, batch_size=e.batch_size or None,
             memory_budget=e.memory_budget_mib * 2**20, progress=progress, subset=subset,
+            scores_dir=path and path.removesuffix(".safetensors") + "-shards",
+            scores_memory=e.scores_memory_kib * 2**10 or None,
         )  # fmt: skip
 
     def _cell(self, model, data: TaskData, cell: Cell, work: str, progress: bool) -> dict:
@@ -299,7 +304,9 @@ class Study:
         path = os.path.join(work, "scores.safetensors")
         laps = _Laps()
         scores = _cached(
-            path, found_on, lambda: self._attribute(model, found_on, cell.method, cell.steps, "edge", progress)
+            path,
+            found_on,
+            lambda: self._attribute(model, found_on, cell.method, cell.steps, "edge", progress, path=path),
         )
         laps.lap("scores")
         aggs, sizes, head = cfg.circuits.aggregations, cfg.circuits.sizes, cfg.bootstrap.size
@@ -472,7 +479,8 @@ class Study:
             np.save(os.path.join(work, "edge-top.npy"), top)
         for name, method, steps, level, edges in files:
             path = os.path.join(work, f"{name}.safetensors")
-            _cached(path, data, functools.partial(self._attribute, model, data, method, steps, level, progress, edges))
+            compute = functools.partial(self._attribute, model, data, method, steps, level, progress, edges, path)
+            _cached(path, data, compute)
         return {
             "cell": REFERENCE,
             "dataset": cfg.cells()[0].dataset,
@@ -496,7 +504,9 @@ class Study:
         top = np.zeros(0, np.int64)
         for c in (c for c in cells if c.dataset == cells[0].dataset) if r.top_k else ():
             scores = Scores.load(os.path.join(rd.cell_dir(c.id), "scores.safetensors"))
-            strength = np.abs(np.asarray(scores.per_input, np.float64).mean(0))
+            strength = np.concatenate(
+                [np.abs(b.astype(np.float64).mean(0)) for _, b in column_blocks(scores.per_input)]
+            )
             top = np.union1d(top, np.argsort(-strength, kind="stable")[: r.top_k])
         if r.edges == ALL_EDGES:
             return np.arange(n_edges), top
