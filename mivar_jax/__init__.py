@@ -11,6 +11,7 @@ from mivar_jax.circuits import Circuit
 from mivar_jax.estimators import attribute
 from mivar_jax.evaluation import CircuitEvaluation, CurveResult, evaluate, evaluate_curve
 from mivar_jax.graph import Graph, GraphJSON
+from mivar_jax.masks import LearnedMasks, learn_mask
 from mivar_jax.models import CheckpointError, Model, ModelConfig, load_model, registered_models
 from mivar_jax.scores import Scores
 from mivar_jax.study import Study, StudyConfig
@@ -41,6 +42,8 @@ __all__ = [
     "Model",
     "ModelConfig",
     "load_model",
+    "learn_mask",
+    "LearnedMasks",
     "models",
     "tasks",
     "registered_models",

@@ -119,6 +119,13 @@ def faithfulness_curve(rows: list[dict], path: str, n_edges_total: int) -> str:
     return _save(fig, path)
 
 
+def placeholder(path: str, text: str) -> str:
+    """A small figure that says why a figure is absent."""
+    fig, ax = plt.subplots(figsize=(6, 1.2))
+    _empty(ax, text)
+    return _save(fig, path)
+
+
 def _empty(ax, text: str) -> None:
     ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes)
     ax.axis("off")

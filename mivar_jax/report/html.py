@@ -10,6 +10,8 @@ import os
 
 from mivar_jax._io import atomic_write_text
 from mivar_jax.circuits import Circuit
+from mivar_jax.graph import Graph
+from mivar_jax.masks import MASK_METHODS
 from mivar_jax.report import figures
 from mivar_jax.scores import Scores
 from mivar_jax.study.analysis import JACCARD_INTERVAL, cell_labels, load_npz, plus_minus, read_cell_file
@@ -50,8 +52,12 @@ def write_report(rd: RunDir, results) -> str:
     cells = [c.id for c in cfg.cells()]
     head, how = cfg.bootstrap.size, cfg.circuits.aggregations[0]
     tag = f"{how}-n{head}"
-    first = read_cell_file(rd, os.path.join(rd.cell_dir(cells[0]), "scores.safetensors"), Scores.load)
-    graph = first.graph
+    scored = [c.id for c in cfg.cells() if c.method not in MASK_METHODS]  # learned-mask cells have no scores
+    if scored:
+        first = read_cell_file(rd, os.path.join(rd.cell_dir(scored[0]), "scores.safetensors"), Scores.load)
+        graph = first.graph
+    else:
+        first, graph = None, Graph(**read_cell_file(rd, os.path.join(rd.cell_dir(cells[0]), "masks.json"))["graph"])
     labels = cell_labels(cfg)
     jaccards, freqs, margins = {}, {}, {}
     for c in cells:
@@ -61,9 +67,12 @@ def write_report(rd: RunDir, results) -> str:
         if f"{tag}/margin" in z:  # stability.margins
             margins[labels[c]] = (z[f"{tag}/margin"], z[f"{tag}/unpruned_inclusion"])
     path = lambda name: os.path.join(fig_dir, f"{name}.png")
-    figures.score_distributions(
-        first, path("score_distributions"), title=f"{cells[0]}: per-input scores of the top edges"
-    )
+    if first is not None:
+        figures.score_distributions(
+            first, path("score_distributions"), title=f"{scored[0]}: per-input scores of the top edges"
+        )
+    else:
+        figures.placeholder(path("score_distributions"), "learned-mask cells only: no per-input scores")
     figures.jaccard_heatmaps(jaccards, path("jaccard_heatmap"), head)
     figures.inclusion_frequencies(freqs, graph.edge_names, path("inclusion_frequency"), head)
     figures.faithfulness_curve(results.rows, path("faithfulness_curve"), graph.n_edges)
@@ -110,7 +119,8 @@ def _figure(fig_dir: str, name: str, caption: str) -> str:
 
 def _display_row(r: dict) -> dict:
     """A summary row as the report shows it: interval and ± standard errors folded in."""
-    mc = "–" if r["jaccard_mc_low"] is None else f"[{r['jaccard_mc_low']:.3f}, {r['jaccard_mc_high']:.3f}]"
+    lo, hi = r["jaccard_mc_low"], r["jaccard_mc_high"]
+    mc = "–" if lo is None or hi is None else f"[{lo:.3f}, {hi:.3f}]"  # undefined (NaN) with few replicates
     return {
         "cell": r["label"],
         "size": r["size"],

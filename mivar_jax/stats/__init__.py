@@ -3,7 +3,14 @@ estimator noise against exact scores, the circuit bootstrap, and variance decomp
 the paper's readers ask next: the margins of edges to the cut (scoring vs selection variance), the
 prompts a stable circuit needs, stability at fixed faithfulness, and intervals for MIB's CPR and CMD."""
 
-from mivar_jax.stats.bootstrap import BOOTSTRAP_METHODS, BootstrapResult, bootstrap, jaccard_matrix
+from mivar_jax.stats.bootstrap import (
+    BOOTSTRAP_METHODS,
+    BootstrapResult,
+    bootstrap,
+    jaccard_matrix,
+    mask_stability,
+    replicate_circuits,
+)
 from mivar_jax.stats.curves import CurveIntervals, curve_intervals
 from mivar_jax.stats.decomposition import Decomposition, decompose
 from mivar_jax.stats.faithful import FaithfulStability, faithful_stability
@@ -26,6 +33,8 @@ __all__ = [
     "average_ranks",
     "bca_interval",
     "bootstrap",
+    "mask_stability",
+    "replicate_circuits",
     "curve_intervals",
     "decompose",
     "edge_variability",

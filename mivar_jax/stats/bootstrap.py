@@ -156,6 +156,8 @@ class BootstrapResult:
             "multinomial": "multinomial bootstrap replicates",
             "subsample": "subsamples without replacement",
             "disjoint-splits": "disjoint splits",
+            "seeds": "seeds of a learned mask",
+            "data-replicates": "learned masks on bootstrap replicates of the inputs",
         }[self.method]
 
     def summary(self) -> dict:
@@ -226,11 +228,11 @@ def _aggregate_kernel(method, how, n_replicates, fraction, draws, mesh):
 
 
 @functools.lru_cache(maxsize=32)
-def _select_kernel(graph: Graph, n_edges: int, mesh):
-    """Pruned top-n circuits [C, E], their nodes [C, S+1] and cut ties [C], from aggregates [C, E]."""
+def _select_kernel(graph: Graph, n_edges: int, absolute: bool, mesh):
+    """Pruned top-n circuits [C, E], their nodes [C, S+1] and cut ties [C], from values [C, E]."""
 
     def kernel(agg_CxE):
-        top, ties = topn(agg_CxE, n_edges)
+        top, ties = topn(agg_CxE, n_edges, absolute)
         kept, nodes = prune_dense(graph, top)
         return kept, nodes, ties
 
@@ -411,29 +413,59 @@ def bootstrap(
                 )
             quantiles[:, cols] = np.asarray(column_quantiles_tails(jnp.asarray(agg_BxE[:, cols]), levels))
 
-    select_kernel = _select_kernel(graph, n_edges, res.mesh)
-    step = replicates(bytes_per_replicate(0, E, "mean")) * res.n_devices
+    pct = quantiles[:2] if intervals else None
+    bca = quantiles[2:] if intervals and method == "multinomial" else None
+    if method == "subsample":  # deviations of m-of-N subsamples, rescaled to the full-data score's
+        m = int(fraction * N)
+        pct = full_agg + np.sqrt(m / (N - m)) * (pct - full_agg)
+    return replicate_circuits(
+        agg_BxE, full_agg, n_edges, graph=graph, key=key, method=method, aggregation=aggregation, n_inputs=N,
+        n_draws=draws, confidence=confidence, score_ci=(pct, bca), chunk=chunk, mesh=mesh,
+    )  # fmt: skip
+
+
+def replicate_circuits(
+    values_BxE,
+    full_E,
+    n_edges: int,
+    *,
+    graph: Graph,
+    key,
+    method: str,
+    aggregation: str,
+    n_inputs: int,
+    n_draws: int | None = None,
+    confidence: float = 0.95,
+    absolute: bool = True,
+    score_ci=(None, None),
+    chunk: int | None = None,
+    mesh=None,
+) -> BootstrapResult:
+    """The circuit statistics of B replicates' values [B, E] (the bootstrap's aggregates, or learned
+    masks' logits with ``absolute=False``) and the full data's [E]: each replicate's pruned top-n
+    circuit, the Jaccard matrices, their Monte-Carlo intervals (``key``) and the verdict."""
+    B, E = values_BxE.shape
+    res = engine.resources(mesh=mesh, memory_budget=REPLICATE_MEMORY)
+    per = chunk or engine.fit(
+        res.memory_budget, bytes_per_replicate(0, E, "mean"), cap=min(256, engine.bucket(B)), what="replicate",
+        must_fit=False,
+    )  # fmt: skip
+    select_kernel = _select_kernel(graph, n_edges, absolute, res.mesh)
+    step = per * res.n_devices
     parts = ([], [], [])
     for start in range(0, B, step):
         rows = np.minimum(np.arange(start, start + step), B - 1)  # the last chunk padded with the last replicate
-        for out, part in zip(parts, select_kernel(jnp.asarray(agg_BxE[rows])), strict=True):
+        for out, part in zip(parts, select_kernel(jnp.asarray(values_BxE[rows])), strict=True):
             out.append(np.asarray(part)[: B - start])
     kept_BxE, nodes_BxS = (jnp.asarray(np.concatenate(x)) for x in parts[:2])
     ties_B = np.concatenate(parts[2])
 
-    full_top, full_ties = topn(jnp.asarray(full_agg)[None], n_edges)
+    full_top, full_ties = topn(jnp.asarray(full_E)[None], n_edges, absolute)
     full_kept, _ = prune_dense(graph, full_top)
     j_edges, j_nodes = jaccard_matrix(kept_BxE), jaccard_matrix(nodes_BxS)
     freq = kept_BxE.mean(0)
     majority = freq >= 0.5
     to_ref = _jaccard_to(kept_BxE, jnp.concatenate([full_kept, majority[None]]))
-
-    pct = quantiles[:2] if intervals else None
-    bca = quantiles[2:] if intervals and method == "multinomial" else None
-    if method == "subsample":  # deviations of m-of-N subsamples, rescaled to the full-data score's
-        m = int(fraction * N)
-        theta_hat = np.asarray(full_agg)
-        pct = theta_hat + np.sqrt(m / (N - m)) * (pct - theta_hat)
     theta, j_pct, j_bca = _jaccard_intervals(jax.random.fold_in(key, 2**30), j_edges, j_nodes, confidence=confidence)
     theta, j_pct, j_bca = np.asarray(theta), np.asarray(j_pct), np.asarray(j_bca)
     ci = lambda arr: {name: [float(arr[0, i]), float(arr[1, i])] for i, name in enumerate(JACCARD_STATS)}
@@ -443,11 +475,11 @@ def bootstrap(
         aggregation=aggregation,
         n_edges=n_edges,
         n_replicates=B,
-        n_inputs=N,
-        n_draws=draws,
+        n_inputs=n_inputs,
+        n_draws=n_inputs if n_draws is None else n_draws,
         confidence=confidence,
-        aggregated=agg_BxE,
-        full_aggregate=full_agg,
+        aggregated=np.asarray(values_BxE),
+        full_aggregate=np.asarray(full_E),
         circuits=np.asarray(kept_BxE),
         nodes=np.asarray(nodes_BxS),
         full_circuit=np.asarray(full_kept[0]),
@@ -465,8 +497,24 @@ def bootstrap(
         node_sizes=np.asarray(nodes_BxS.sum(1)),
         cut_ties=ties_B,
         full_cut_ties=int(full_ties[0]),
-        score_ci_percentile=pct,
-        score_ci_bca=bca,
+        score_ci_percentile=score_ci[0],
+        score_ci_bca=score_ci[1],
         jaccard_ci_percentile=ci(j_pct),
         jaccard_ci_bca=ci(j_bca),
     )
+
+
+def mask_stability(masks, n_edges: int | None = None, *, key=None, confidence: float = 0.95) -> BootstrapResult:
+    """The stability of learned masks' pruned top-n circuits (``mv.learn_mask``), each seed a
+    replicate and its logits α the replicate's values (ranked by α: the most open gates first); the
+    full-data circuit is that of the seeds' mean α. Seed-to-seed stability for masks learned on all
+    inputs (``method = "seeds"``), data-to-data for ``resample=True`` (``"data-replicates"``)."""
+    key = check_key(key)
+    n = masks.target_edges if n_edges is None else check_int(n_edges, "n_edges", high=masks.graph.n_edges)
+    if len(masks.seeds) < 2:
+        raise ValueError("stability needs masks of two or more seeds")
+    return replicate_circuits(
+        masks.logits, masks.logits.mean(0), n, graph=masks.graph, key=key, absolute=False,
+        method="data-replicates" if masks.resample else "seeds", aggregation="mask-logit",
+        n_inputs=masks.input_weights.shape[1], confidence=confidence,
+    )  # fmt: skip

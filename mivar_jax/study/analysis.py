@@ -49,6 +49,7 @@ import numpy as np
 
 from mivar_jax import stats
 from mivar_jax._io import atomic_write_text
+from mivar_jax.masks import MASK_METHODS
 from mivar_jax.scores import Scores
 from mivar_jax.study.config import REFERENCE, StudyConfig, estimator_label
 from mivar_jax.study.rundir import RunDir, RunDirError, read_json, write_json
@@ -296,6 +297,9 @@ def _decompositions(rd, cfg: StudyConfig, cells, rows, full, aggregated) -> dict
     if len(cells) < 2:
         out["membership_nested"] = {"skipped": "one cell: no between-cell variation to compare"}
         return out
+    if any(c.method in MASK_METHODS for c in cells):
+        out["membership_nested"] = {"skipped": "learned-mask cells have seeds, not bootstrap replicates, to nest"}
+        return out
     key = f"{cfg.circuits.aggregations[0]}-n{cfg.bootstrap.size}/circuits_packed"
     zs = (read_cell_file(rd, os.path.join(rd.cell_dir(c.id), "bootstrap.npz"), load_npz) for c in cells)
     reps = np.stack([np.unpackbits(z[key], axis=1, count=full.shape[-1]).astype(bool) for z in zs])  # [C, B, E]
@@ -378,7 +382,7 @@ def _estimator_noise(rd: RunDir, cfg: StudyConfig, cells) -> dict:
     exact = read_cell_file(rd, os.path.join(ref, "exact-node.safetensors"), Scores.load)
     node_sizes = tuple(n for n in (5, 10, 20, 50) if n <= exact.per_input.shape[1])
     out = {"node": {}, "edge": {}}
-    for method, steps in cfg.estimators:
+    for method, steps in cfg.scored_estimators:
         label = estimator_label(method, steps)
         approx = read_cell_file(rd, os.path.join(ref, f"{label}-node.safetensors"), Scores.load)
         out["node"][label] = stats.estimator_noise(approx, exact, n_edges=node_sizes).summary()
@@ -388,7 +392,9 @@ def _estimator_noise(rd: RunDir, cfg: StudyConfig, cells) -> dict:
         exact_edges = read_cell_file(rd, edge_path, Scores.load)
         x = exact_edges.per_input[:, subset]
         sizes = tuple(n for n in (5, 10, 20) if n <= len(subset))
-        for c in [c for c in cells if c.dataset == cells[0].dataset]:  # the cells of the reference's inputs
+        for c in [
+            c for c in cells if c.dataset == cells[0].dataset and c.method not in MASK_METHODS
+        ]:  # scored cells of the reference's inputs
             scores = read_cell_file(rd, os.path.join(rd.cell_dir(c.id), "scores.safetensors"), Scores.load)
             a = scores.per_input[_rows_of(scores.uid, exact_edges.uid, len(x))][:, subset]
             out["edge"][c.estimator] = stats.estimator_noise(a, x, n_edges=sizes).summary() | {"edges": len(subset)}

@@ -29,6 +29,7 @@ from typing import Any
 
 from mivar_jax.aggregation import AGGREGATIONS
 from mivar_jax.estimators import ESTIMATORS, IG_CONVENTIONS, POOLINGS
+from mivar_jax.masks import MASK_METHODS
 from mivar_jax.models.loading import DTYPES
 from mivar_jax.patching import ABLATIONS
 from mivar_jax.stats.bootstrap import BOOTSTRAP_METHODS
@@ -120,6 +121,21 @@ class ReferenceSection:
 
 
 @dataclasses.dataclass(frozen=True)
+class MasksSection:
+    """Learned-mask cells (``estimator.methods`` with a mask method, ``mivar_jax.masks``): masks of
+    ``bootstrap.size`` edges, ``seeds`` seeds on the discovery inputs (seed-to-seed stability) and
+    ``replicates`` more on bootstrap replicates of them (data-to-data; 0 = none), compared with
+    EAP-IG-inputs' circuit of the same size."""
+
+    seeds: int = 4
+    replicates: int = 4
+    steps: int = 200
+    lr: float = 0.1
+    lr_lambda: float = 1.0
+    warmup: float = 0.5
+
+
+@dataclasses.dataclass(frozen=True)
 class StudyConfig:
     name: str = "study"
     design: str = "factorial"  # or "one-at-a-time": a base cell and one factor changed at a time
@@ -131,13 +147,20 @@ class StudyConfig:
     bootstrap: BootstrapSection = BootstrapSection()
     stability: StabilitySection = StabilitySection()
     reference: ReferenceSection = ReferenceSection()
+    masks: MasksSection = MasksSection()
 
     # ------------------------------------------------------------------ the grid
     @property
     def estimators(self) -> list[tuple[str, int | None]]:
         """(method, steps) pairs; steps is None for the methods without integration steps."""
         e = self.estimator
-        return [(m, s) for m in e.methods for s in (e.steps if ESTIMATORS[m].takes_steps else (None,))]
+        steps = lambda m: e.steps if m in ESTIMATORS and ESTIMATORS[m].takes_steps else (None,)  # noqa: E731
+        return [(m, s) for m in e.methods for s in steps(m)]
+
+    @property
+    def scored_estimators(self) -> list[tuple[str, int | None]]:
+        """The (method, steps) pairs with per-input scores (every estimator but the mask learners)."""
+        return [(m, s) for m, s in self.estimators if m not in MASK_METHODS]
 
     @property
     def families(self) -> tuple[str, ...]:
@@ -177,6 +200,8 @@ class StudyConfig:
             out["ig_convention"] = e.ig_convention
         if method == "eap-ig-activations":
             out["pooling"] = e.pooling
+        if method in MASK_METHODS:
+            out["masks"] = dataclasses.asdict(self.masks)
         return out
 
     # ------------------------------------------------------------------ files
@@ -359,7 +384,9 @@ def _validate(c: StudyConfig) -> None:
             "use [reference] for exact scores on a subset, or mv.attribute(method='exact') directly"
         )
     for m in e.methods:
-        _choice("estimator.methods", m, [n for n, est in ESTIMATORS.items() if est.kernel is not None])
+        _choice(
+            "estimator.methods", m, [n for n, est in ESTIMATORS.items() if est.kernel is not None] + list(MASK_METHODS)
+        )
     _distinct("estimator.steps", e.steps, _at_least, 1)
     _choice("estimator.ablation", e.ablation, ABLATIONS)
     _choice("estimator.ig_convention", e.ig_convention, IG_CONVENTIONS)
@@ -367,6 +394,15 @@ def _validate(c: StudyConfig) -> None:
     _at_least("estimator.batch_size", e.batch_size, 0)
     _at_least("estimator.memory_budget_mib", e.memory_budget_mib, 16)
     _at_least("estimator.scores_memory_kib", e.scores_memory_kib, 0)
+    mk = c.masks
+    _at_least("masks.seeds", mk.seeds, 2)
+    if mk.replicates != 0:
+        _at_least("masks.replicates", mk.replicates, 2)
+    _at_least("masks.steps", mk.steps, 1)
+    if not (mk.lr > 0 and mk.lr_lambda > 0 and 0 <= mk.warmup <= 1):
+        raise ConfigError(
+            f"masks.lr = {mk.lr}, masks.lr_lambda = {mk.lr_lambda} must be > 0 and masks.warmup = {mk.warmup} in [0, 1]"
+        )
     ci = c.circuits
     _distinct("circuits.sizes", ci.sizes, _at_least, 1)
     _distinct("circuits.aggregations", ci.aggregations, _choice, AGGREGATIONS)

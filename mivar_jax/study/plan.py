@@ -11,8 +11,11 @@ of the grid is timed on one call of the cells' shape (first call: compilation; s
 cell's prediction is the first cell's non-scoring seconds without their compilation, plus its
 estimator's calls × the steady time of one call, plus that estimator's compilation the first time
 the study meets it; the first cell's is measured. The reference (exact patching) is timed on one
-input (nodes) and on 8 edges of one input, and scaled by its inputs and edges. The study-level
-analysis and report after the cells (seconds) are not counted.
+input (nodes) and on 8 edges of one input, and scaled by its inputs and edges. A learned-mask cell
+(``mivar_jax.masks``) is its calls (``STEPS_PER_CALL`` steps of one seed each) × one timed call,
+plus the first scored cell's seconds for its EAP-IG comparison and evaluation; its memory is one
+seed's forward, saved activations and backward. The study-level analysis and report after the
+cells (seconds) are not counted.
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ from mivar_jax._timing import Stopwatch
 from mivar_jax.estimators.exact import bytes_per_input_state, bytes_per_patch
 from mivar_jax.estimators.gradient import batching
 from mivar_jax.estimators.registry import get
+from mivar_jax.evaluation import bytes_per_circuit
+from mivar_jax.masks import MASK_METHODS, STEPS_PER_CALL, learn_mask
 from mivar_jax.study.config import ConfigError, StudyConfig, estimator_label
 from mivar_jax.study.runner import REFERENCE, Study, _rows, at_one_width
 
@@ -95,6 +100,14 @@ def plan(study, *, model=None, calibrate: bool = True, device_bytes: int | None 
     for cell in cfg.cells():
         data = datasets[cell.dataset]
         discovery, _ = s.split(cell, len(data))
+        if cell.method in MASK_METHODS:  # one seed per call at the least: forward, saved activations, backward
+            mk = cfg.masks
+            n_seeds = mk.seeds + (mk.replicates if mk.replicates >= 2 else 0)
+            rows.append({"cell": cell.id, "method": cell.method, "inputs": len(discovery), "batch": len(discovery),
+                         "calls": n_seeds * -(-mk.steps // STEPS_PER_CALL), "seconds": None,
+                         "peak_bytes": weights + 3 * bytes_per_circuit(mc, len(discovery), P),
+                         "scores_bytes": 4 * n_seeds * g.n_edges})  # fmt: skip
+            continue
         estimator = get(cell.method)
         per_input = estimator.bytes_per_input(mc, P)
         batch, calls = batching(mc, estimator, len(discovery), P, res)  # as the driver sizes the job
@@ -109,7 +122,7 @@ def plan(study, *, model=None, calibrate: bool = True, device_bytes: int | None 
         state = bytes_per_input_state(mc, P) + bytes_per_patch(mc, P, P)
         rows.append({"cell": REFERENCE, "method": "exact", "inputs": n_ref, "batch": 1, "calls": n_ref,
                      "edges": ref_edges, "seconds": None, "peak_bytes": weights + state,
-                     "scores_bytes": 4 * n_ref * ((1 + len(cfg.estimators)) * g.n_src + g.n_edges)})  # fmt: skip
+                     "scores_bytes": 4 * n_ref * ((1 + len(cfg.scored_estimators)) * g.n_src + g.n_edges)})  # fmt: skip
     peak = max(r["peak_bytes"] for r in rows)
     if capacity is not None and peak > capacity:
         raise ConfigError(
@@ -135,8 +148,17 @@ def _calibrate(s: Study, model, datasets, rows) -> float:
         data = datasets[cell.dataset]
         discovery, _ = s.split(cell, len(data))
         some = _rows(data, discovery[: row["batch"]])
-        first_call[key], steady[key] = _timed_twice(functools.partial(s._attribute, model, some, *key, "edge", False))
-    c0 = cells[0]
+        if cell.method in MASK_METHODS:  # one call: STEPS_PER_CALL steps of one seed
+            job = functools.partial(learn_mask, model, some, method=cell.method, target_edges=cfg.bootstrap.size,
+                                    steps=STEPS_PER_CALL, seeds=1, key=jax.random.key(0), progress=False)  # fmt: skip
+        else:
+            job = functools.partial(s._attribute, model, some, *key, "edge", False)
+        first_call[key], steady[key] = _timed_twice(job)
+    c0 = next((c for c in cells if c.method not in MASK_METHODS), None)
+    if c0 is None:  # only mask cells: their calls are all that is timed
+        for cell, row in zip(cells, rows, strict=False):
+            row["seconds"] = round(row["calls"] * steady[(cell.method, None)], 1)
+        return round(time.perf_counter() - t_start, 1)
     with tempfile.TemporaryDirectory(prefix="mivar-plan-") as work, Stopwatch() as t:
         info = s._cell(model, datasets[c0.dataset], c0, work, False)
     rest = t.seconds - info["phase_seconds"].get("scores", 0.0) - t.compile_seconds
@@ -147,6 +169,8 @@ def _calibrate(s: Study, model, datasets, rows) -> float:
         seen.add(key)
         if cell is c0:
             row["seconds"] = round(t.seconds + compile_s, 1)
+        elif cell.method in MASK_METHODS:  # + the cell's EAP-IG comparison, timed like the rest of c0
+            row["seconds"] = round(row["calls"] * steady[key] + compile_s + t.seconds, 1)
         else:
             row["seconds"] = round(rest + row["calls"] * steady[key] + compile_s, 1)
     if cfg.reference.level != "none":
@@ -158,7 +182,7 @@ def _calibrate(s: Study, model, datasets, rows) -> float:
         edge = _timed_twice(lambda: s._attribute(model, one, "exact", None, "edge", False, edges))
         per_edge = edge[1] / len(edges)
         ref = row["inputs"] * (node[1] + per_edge * row["edges"]) + (node[0] - node[1]) + (edge[0] - edge[1])
-        ref += sum(steady[(m, st)] for m, st in cfg.estimators if (m, st) in steady)  # their node scores
+        ref += sum(steady[(m, st)] for m, st in cfg.scored_estimators if (m, st) in steady)  # their node scores
         row["seconds"] = round(ref, 1)
     return round(time.perf_counter() - t_start, 1)
 

@@ -59,9 +59,10 @@ from mivar_jax._shards import column_blocks
 from mivar_jax._timing import Stopwatch
 from mivar_jax.circuits import Circuit
 from mivar_jax.circuits.pruning import prune
-from mivar_jax.circuits.selection import topn
+from mivar_jax.circuits.selection import select, topn
 from mivar_jax.estimators import attribute
 from mivar_jax.evaluation import evaluate, evaluate_curve
+from mivar_jax.masks import MASK_METHODS, learn_mask
 from mivar_jax.models import load_model
 from mivar_jax.scores import Scores
 from mivar_jax.study.analysis import analyse, plus_minus
@@ -297,6 +298,8 @@ class Study:
         )  # fmt: skip
 
     def _cell(self, model, data: TaskData, cell: Cell, work: str, progress: bool) -> dict:
+        if cell.method in MASK_METHODS:
+            return self._mask_cell(model, data, cell, work, progress)
         cfg = self.config
         g = model.graph
         discovery, held = self.split(cell, len(data))
@@ -311,20 +314,147 @@ class Study:
         laps.lap("scores")
         aggs, sizes, head = cfg.circuits.aggregations, cfg.circuits.sizes, cfg.bootstrap.size
         key = jax.random.key(cfg.seed)
+        circuits = self._circuit_files(
+            g, work,
+            lambda how, n: stats.bootstrap(
+                scores, cfg.bootstrap.replicates, n, aggregation=how, key=key, method=cfg.bootstrap.method,
+                fraction=cfg.bootstrap.fraction, confidence=cfg.bootstrap.confidence,
+            ),
+        )  # fmt: skip
+        full, aggregated, arrays, head_boot = (
+            circuits["full"],
+            circuits["aggregated"],
+            circuits["arrays"],
+            circuits["head"],
+        )
+        laps.lap("bootstrap")
+        variability = stats.edge_variability(scores)
+        snr = np.asarray(variability.snr)
+        freq = [arrays[f"{how}-n{head}/inclusion_frequency"] for how in aggs]
+        _write_edges_csv(os.path.join(work, "edges.csv"), g.edge_names, variability, aggs, aggregated, freq, head)
+        circuit_rows = [
+            {"aggregation": how, "size": n, "edges": int(full[a, s].sum()), "snr_median": _median(snr[full[a, s]])}
+            for a, how in enumerate(aggs)
+            for s, n in enumerate(sizes)
+        ]
+        stability = {}
+        if cfg.stability.prompts_needed:
+            pn = stats.prompts_needed(
+                scores, head, key=jax.random.fold_in(key, 1), aggregation=aggs[0],
+                n_replicates=cfg.bootstrap.replicates, confidence=cfg.bootstrap.confidence,
+            )  # fmt: skip
+            stability["prompts_needed"] = pn.summary()
+            laps.lap("prompts_needed")
+        ev = self._evaluate_cell(model, data, cell, discovery, held, circuits, work, laps, progress)
+        if ev["judged"] is not None and cfg.stability.curve:
+            curve = evaluate_curve(
+                model, ev["judged"], scores, aggregation=aggs[0], ablation=cfg.estimator.ablation, progress=progress
+            )
+            ci = (  # intervals over inputs need two of them
+                stats.curve_intervals(curve, key=jax.random.fold_in(key, 2), confidence=cfg.bootstrap.confidence)
+                if len(ev["judged"]) >= 2
+                else None
+            )
+            stability["curve"] = {"inputs": ev["set"], **curve.summary(), "intervals": ci and ci.summary()}
+            laps.lap("curve")
+        if ev["judged"] is not None and cfg.stability.faithfulness and head_boot is not None:
+            stability["faithfulness"] = self._faithful(model, ev["judged"], head_boot, ev["set"], key, progress)
+            laps.lap("faithfulness")
+        if stability:
+            write_json(os.path.join(work, "stability.json"), stability)
+        return self._cell_info(cell, discovery, held, data, circuits, ev, circuit_rows, laps) | {
+            "clean_metric_mean": float(np.mean(scores.clean_metric)),
+            "estimator_seconds": scores.params.get("seconds"),
+        }
+
+    def _mask_cell(self, model, data: TaskData, cell: Cell, work: str, progress: bool) -> dict:
+        """A learned-mask cell: ``masks.seeds`` masks on the discovery inputs (their seeds are the
+        replicates of bootstrap.json / bootstrap.npz, ranked by α: ``stats.mask_stability``), masks on
+        ``masks.replicates`` bootstrap replicates of the inputs (data-to-data stability), and the
+        comparison with EAP-IG-inputs' circuit of the same size on the same inputs (``masks.json``)."""
+        cfg, mk, g = self.config, self.config.masks, model.graph
+        discovery, held = self.split(cell, len(data))
+        found_on = _rows(data, discovery)
+        laps, key = _Laps(), jax.random.key(cfg.seed)
+        head = cfg.bootstrap.size
+        learn = functools.partial(
+            learn_mask, model, found_on, method=cell.method, target_edges=head, steps=mk.steps, lr=mk.lr,
+            lr_lambda=mk.lr_lambda, warmup=mk.warmup, key=key, ablation=cfg.estimator.ablation, progress=progress,
+        )  # fmt: skip
+        t0 = time.perf_counter()
+        seeds = learn(seeds=mk.seeds, checkpoint=os.path.join(work, "masks-seeds.npz"))
+        seconds = round(time.perf_counter() - t0, 3)
+        laps.lap("masks")
+        out = {"seeds": seeds.summary(), "seconds": seconds, "graph": g.config_dict()}
+        if mk.replicates >= 2:
+            data_reps = learn(
+                seeds=range(mk.seeds, mk.seeds + mk.replicates), resample=True,
+                checkpoint=os.path.join(work, "masks-data.npz"),
+            )  # fmt: skip
+            out["data_replicates"] = data_reps.summary()
+            out["data_to_data"] = stats.mask_stability(
+                data_reps, key=key, confidence=cfg.bootstrap.confidence
+            ).summary()
+            laps.lap("data_replicates")
+        _save_npz(os.path.join(work, "masks.npz"), {"seed_logits": seeds.logits, "seeds": seeds.seeds} | (
+            {"replicate_logits": data_reps.logits, "replicate_weights": data_reps.input_weights}
+            if mk.replicates >= 2 else {}))  # fmt: skip
+        circuits = self._circuit_files(
+            g, work, lambda how, n: stats.mask_stability(seeds, n, key=key, confidence=cfg.bootstrap.confidence)
+        )
+        out["seed_to_seed"] = circuits["head"].summary()
+        laps.lap("bootstrap")
+        # the attribution estimator at the same size, on the same inputs
+        steps = next((s for m, s in cfg.estimators if m == "eap-ig-inputs"), cfg.estimator.steps[0])
+        ig = self._attribute(model, found_on, "eap-ig-inputs", steps, "edge", progress)
+        ig_circuit = select(ig, head, aggregation=cfg.circuits.aggregations[0])
+        learned = seeds.masks(head)
+        judged_rows = held if held.size else discovery
+        ev = evaluate(model, _rows(data, judged_rows), np.concatenate([ig_circuit.edges[None], learned]),
+                      ablation=cfg.estimator.ablation, progress=progress).summary()  # fmt: skip
+        overlap = np.asarray(stats.jaccard_matrix(np.concatenate([ig_circuit.edges[None], learned])))[0, 1:]
+        out["compare"] = {
+            "estimator": estimator_label("eap-ig-inputs", steps), "size": head,
+            "inputs": "held-out" if held.size else "in-sample", "n_inputs": int(judged_rows.size),
+            "estimator_faithfulness": ev[0]["faithfulness"], "estimator_edges": ev[0]["n_edges"],
+            "mask_faithfulness": [r["faithfulness"] for r in ev[1:]], "mask_edges": [r["n_edges"] for r in ev[1:]],
+            "overlap_jaccard": overlap.tolist(), "overlap_jaccard_mean": float(overlap.mean()),
+        }  # fmt: skip
+        laps.lap("compare")
+        write_json(os.path.join(work, "masks.json"), out)
+        ev = self._evaluate_cell(model, data, cell, discovery, held, circuits, work, laps, progress)
+        circuit_rows = [
+            {"aggregation": how, "size": n, "edges": int(circuits["full"][a, s].sum()), "snr_median": None}
+            for a, how in enumerate(cfg.circuits.aggregations)
+            for s, n in enumerate(cfg.circuits.sizes)
+        ]
+        info = self._cell_info(cell, discovery, held, data, circuits, ev, circuit_rows, laps)
+        info["headline"] += (
+            f"; EAP-IG at n={head}: faithfulness {out['compare']['estimator_faithfulness']:.3f} vs masks "
+            f"{np.median(out['compare']['mask_faithfulness']):.3f} (median over seeds), overlap "
+            f"{out['compare']['overlap_jaccard_mean']:.3f}"
+        )
+        return info | {"clean_metric_mean": ev["full_metric"], "estimator_seconds": seconds}
+
+    def _circuit_files(self, g, work: str, replicates) -> dict:
+        """``replicates(aggregation, n)`` (a BootstrapResult) at every (aggregation, size) of the config,
+        written to bootstrap.json / bootstrap.npz / circuits.npz / circuits/*.json."""
+        cfg = self.config
+        aggs, sizes, head = cfg.circuits.aggregations, cfg.circuits.sizes, cfg.bootstrap.size
         full = np.zeros((len(aggs), len(sizes), g.n_edges), bool)
         majority = np.zeros_like(full)
         aggregated = np.zeros((len(aggs), g.n_edges), np.float32)
         boot_rows, arrays, head_boot = [], {}, None
         for a, how in enumerate(aggs):
             for s, n in enumerate(sizes):
-                b = stats.bootstrap(
-                    scores, cfg.bootstrap.replicates, n, aggregation=how, key=key, method=cfg.bootstrap.method,
-                    fraction=cfg.bootstrap.fraction, confidence=cfg.bootstrap.confidence,
-                )  # fmt: skip
+                b = replicates(how, n)
                 full[a, s], majority[a, s], aggregated[a] = b.full_circuit, b.majority_circuit, b.full_aggregate
-                boot_rows.append({"aggregation": how, "size": n, **b.summary()})
+                summary = b.summary()
+                if summary["aggregation"] != how:  # learned masks: ranked by their logits, whatever the aggregation
+                    summary["ranked_by"] = summary.pop("aggregation")
+                boot_rows.append({"aggregation": how, "size": n, **summary})
                 tag = f"{how}-n{n}"
-                if cfg.stability.margins:
+                if cfg.stability.margins and b.score_ci_percentile is not None:
                     sel = stats.selection_noise(b, cfg.bootstrap.confidence)
                     boot_rows[-1]["selection"] = sel.summary()
                     if n == head:
@@ -341,8 +471,7 @@ class Study:
                 if n == head:
                     arrays[f"{tag}/circuits_packed"] = np.packbits(b.circuits, axis=1)
                 if (a, n) == (0, head):
-                    head_boot = b  # the headline circuit's bootstrap (first aggregation)
-        laps.lap("bootstrap")
+                    head_boot = b  # the headline circuit's replicates (first aggregation)
         write_json(os.path.join(work, "bootstrap.json"), boot_rows)
         _save_npz(os.path.join(work, "bootstrap.npz"), arrays)
         _save_npz(
@@ -355,96 +484,73 @@ class Study:
         for a, how in enumerate(aggs):
             path = os.path.join(work, "circuits", f"{how}-n{head}.json")
             Circuit(g, full[a, s_head], scores=aggregated[a]).to_graph_json(path)
-        variability = stats.edge_variability(scores)
-        snr = np.asarray(variability.snr)
-        freq = [arrays[f"{how}-n{head}/inclusion_frequency"] for how in aggs]
-        _write_edges_csv(os.path.join(work, "edges.csv"), g.edge_names, variability, aggs, aggregated, freq, head)
-        circuits = [
-            {"aggregation": how, "size": n, "edges": int(full[a, s].sum()), "snr_median": _median(snr[full[a, s]])}
-            for a, how in enumerate(aggs)
-            for s, n in enumerate(sizes)
-        ]
-        stability = {}
-        if cfg.stability.prompts_needed:
-            pn = stats.prompts_needed(
-                scores, head, key=jax.random.fold_in(key, 1), aggregation=aggs[0],
-                n_replicates=cfg.bootstrap.replicates, confidence=cfg.bootstrap.confidence,
-            )  # fmt: skip
-            stability["prompts_needed"] = pn.summary()
-            laps.lap("prompts_needed")
-
         headline = next(r for r in boot_rows if r["size"] == head and r["aggregation"] == aggs[0])
-        text = f"n={head}: {headline['verdict']}"
-        eval_rows = faith = faith_se = faith_in = None
-        if cfg.circuits.evaluate:
-            eval_rows = discovery[self.input_rows(cell, len(discovery), cfg.circuits.eval_inputs)]
-            masks = np.concatenate([full.reshape(-1, g.n_edges), majority[:, s_head]])
-            labels = [(how, n, "full") for how in aggs for n in sizes] + [(how, head, "majority") for how in aggs]
-            sets = ([("held-out", held)] if held.size else []) + [("in-sample", eval_rows)]
-            # one evaluation of both input sets (one set of kernels and calls), then split by set
-            every = evaluate(
-                model, _rows(data, np.concatenate([rows for _, rows in sets])), masks, ablation=cfg.estimator.ablation,
-                progress=progress,
-            )  # fmt: skip
-            ends = np.cumsum([len(rows) for _, rows in sets])
-            evaluation = []
-            for (name, rows), end in zip(sets, ends, strict=True):
-                ev = every.on_inputs(slice(end - len(rows), end))
-                evaluation += [
-                    {"aggregation": h, "size": n, "circuit": kind, "inputs": name, "n_inputs": len(rows), **r}
-                    for (h, n, kind), r in zip(labels, ev.summary(), strict=True)
-                ]
-            write_json(os.path.join(work, "evaluation.json"), evaluation)
-            laps.lap("evaluation")
-            at_head = {
-                r["inputs"]: r
-                for r in evaluation
-                if r["size"] == head and r["aggregation"] == aggs[0] and r["circuit"] == "full"
-            }
-            e = at_head[sets[0][0]]
-            faith, faith_se, faith_in = (
-                e["faithfulness"],
-                e.get("faithfulness_se"),
-                at_head["in-sample"]["faithfulness"],
-            )
-            text += f"; faithfulness {plus_minus(faith, faith_se)} ({sets[0][0]}"
-            text += f"; in sample {faith_in:.3f})" if held.size else ")"
-            judged = _rows(data, sets[0][1])
-            if cfg.stability.curve:
-                curve = evaluate_curve(
-                    model, judged, scores, aggregation=aggs[0], ablation=cfg.estimator.ablation, progress=progress
-                )
-                ci = (  # intervals over inputs need two of them
-                    stats.curve_intervals(curve, key=jax.random.fold_in(key, 2), confidence=cfg.bootstrap.confidence)
-                    if len(judged) >= 2
-                    else None
-                )
-                stability["curve"] = {"inputs": sets[0][0], **curve.summary(), "intervals": ci and ci.summary()}
-                laps.lap("curve")
-            if cfg.stability.faithfulness and head_boot is not None:
-                stability["faithfulness"] = self._faithful(model, judged, head_boot, sets[0][0], key, progress)
-                laps.lap("faithfulness")
-        if stability:
-            write_json(os.path.join(work, "stability.json"), stability)
+        return {"full": full, "majority": majority, "aggregated": aggregated, "arrays": arrays, "head": head_boot,
+                "headline": headline}  # fmt: skip
+
+    def _evaluate_cell(self, model, data, cell, discovery, held, circuits, work, laps, progress) -> dict:
+        """Every full-data circuit and the headline majority circuits evaluated held out and in sample
+        (``evaluation.json``); the inputs judged and the headline faithfulness."""
+        cfg, g = self.config, model.graph
+        aggs, sizes, head = cfg.circuits.aggregations, cfg.circuits.sizes, cfg.bootstrap.size
+        out = {"judged": None, "set": None, "faith": None, "faith_se": None, "faith_in": None, "eval_rows": None,
+               "text": "", "full_metric": None}  # fmt: skip
+        if not cfg.circuits.evaluate:
+            return out
+        full, majority, s_head = circuits["full"], circuits["majority"], sizes.index(head)
+        eval_rows = discovery[self.input_rows(cell, len(discovery), cfg.circuits.eval_inputs)]
+        masks = np.concatenate([full.reshape(-1, g.n_edges), majority[:, s_head]])
+        labels = [(how, n, "full") for how in aggs for n in sizes] + [(how, head, "majority") for how in aggs]
+        sets = ([("held-out", held)] if held.size else []) + [("in-sample", eval_rows)]
+        # one evaluation of both input sets (one set of kernels and calls), then split by set
+        every = evaluate(
+            model, _rows(data, np.concatenate([rows for _, rows in sets])), masks, ablation=cfg.estimator.ablation,
+            progress=progress,
+        )  # fmt: skip
+        ends = np.cumsum([len(rows) for _, rows in sets])
+        evaluation = []
+        for (name, rows), end in zip(sets, ends, strict=True):
+            ev = every.on_inputs(slice(end - len(rows), end))
+            evaluation += [
+                {"aggregation": h, "size": n, "circuit": kind, "inputs": name, "n_inputs": len(rows), **r}
+                for (h, n, kind), r in zip(labels, ev.summary(), strict=True)
+            ]
+        write_json(os.path.join(work, "evaluation.json"), evaluation)
+        laps.lap("evaluation")
+        at_head = {
+            r["inputs"]: r
+            for r in evaluation
+            if r["size"] == head and r["aggregation"] == aggs[0] and r["circuit"] == "full"
+        }
+        e = at_head[sets[0][0]]
+        out.update(
+            faith=e["faithfulness"], faith_se=e.get("faithfulness_se"), faith_in=at_head["in-sample"]["faithfulness"],
+            eval_rows=eval_rows, judged=_rows(data, sets[0][1]), set=sets[0][0], full_metric=e["full_metric"],
+        )  # fmt: skip
+        out["text"] = f"; faithfulness {plus_minus(out['faith'], out['faith_se'])} ({sets[0][0]}"
+        out["text"] += f"; in sample {out['faith_in']:.3f})" if held.size else ")"
+        return out
+
+    def _cell_info(self, cell, discovery, held, data, circuits, ev, circuit_rows, laps) -> dict:
+        """The cell.json record (timings and checksums are added by ``_run_cell``)."""
+        cfg, headline = self.config, circuits["headline"]
         return {
             "cell": cell.id,
             "levels": cell.levels,
             "estimator_settings": cfg.estimator_settings(cell.method, cell.steps),
             "dataset": cell.dataset,
-            "n_inputs": len(found_on),
+            "n_inputs": len(discovery),
             "discovery_inputs": discovery.tolist(),
             "held_out_inputs": held.tolist(),
             "n_positions": data.n_positions,
-            "eval_inputs": None if eval_rows is None else eval_rows.tolist(),
-            "clean_metric_mean": float(np.mean(scores.clean_metric)),
-            "estimator_seconds": scores.params.get("seconds"),
+            "eval_inputs": None if ev["eval_rows"] is None else ev["eval_rows"].tolist(),
             "mean_jaccard": headline["mean_jaccard"],
-            "faithfulness": faith,
-            "faithfulness_se": faith_se,
-            "faithfulness_in_sample": faith_in,
-            "circuits": circuits,
+            "faithfulness": ev["faith"],
+            "faithfulness_se": ev["faith_se"],
+            "faithfulness_in_sample": ev["faith_in"],
+            "circuits": circuit_rows,
             "verdict": headline["verdict"],
-            "headline": text,
+            "headline": f"n={cfg.bootstrap.size}: {headline['verdict']}" + ev["text"],
             "phase_seconds": laps.seconds,
         }
 
@@ -470,7 +576,7 @@ class Study:
         estimator's node scores of them, and exact scores of ``reference_edges``."""
         cfg = self.config
         files = [("exact-node", "exact", None, "node", None)]  # (file name, method, steps, level, edge subset)
-        files += [(f"{estimator_label(m, s)}-node", m, s, "node", None) for m, s in cfg.estimators]
+        files += [(f"{estimator_label(m, s)}-node", m, s, "node", None) for m, s in cfg.scored_estimators]
         subset, top = self.reference_edges(rd, model.graph.n_edges)
         if len(subset):
             every = len(subset) == model.graph.n_edges
@@ -486,7 +592,9 @@ class Study:
             "dataset": cfg.cells()[0].dataset,
             "n_inputs": len(data),
             "inputs": rows.tolist(),
-            "estimator_settings": {estimator_label(m, s): cfg.estimator_settings(m, s) for m, s in cfg.estimators},
+            "estimator_settings": {
+                estimator_label(m, s): cfg.estimator_settings(m, s) for m, s in cfg.scored_estimators
+            },
             "level": cfg.reference.level,
             "edges": len(subset),
             "top_edges": len(top),
@@ -502,7 +610,9 @@ class Study:
         ``rd``, which only top-k needs)."""
         r, cells = self.config.reference, self.config.cells()
         top = np.zeros(0, np.int64)
-        for c in (c for c in cells if c.dataset == cells[0].dataset) if r.top_k else ():
+        for c in (
+            (c for c in cells if c.dataset == cells[0].dataset and c.method not in MASK_METHODS) if r.top_k else ()
+        ):
             scores = Scores.load(os.path.join(rd.cell_dir(c.id), "scores.safetensors"))
             strength = np.concatenate(
                 [np.abs(b.astype(np.float64).mean(0)) for _, b in column_blocks(scores.per_input)]
