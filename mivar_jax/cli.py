@@ -55,7 +55,7 @@ def _summary(results, run_dir: str) -> None:
         table.add_row(
             r["label"],
             f"{r['n_edges_mean']:.0f}",
-            f"{r['mean_jaccard']:.3f} [{r['jaccard_mc_low']:.3f}, {r['jaccard_mc_high']:.3f}]",
+            f"{r['mean_jaccard']:.3f} [{fmt(r['jaccard_mc_low'])}, {fmt(r['jaccard_mc_high'])}]",  # NaN: few replicates
             fmt(r["jaccard_cv"]),
             fmt(r.get("n_empty"), "d"),
             fmt(r.get("replicates_with_cut_ties"), "d"),

@@ -208,6 +208,9 @@ def test_a_study_with_a_learned_mask_cell(hf_dirs, tmp_path):
     c = info["compare"]
     assert c["inputs"] == "held-out" and len(c["mask_faithfulness"]) == 3 and 0 <= c["overlap_jaccard_mean"] <= 1
     assert info["data_to_data"]["method"] == "data-replicates" and info["data_to_data"]["n_replicates"] == 2
+    from mivar_jax.cli import _summary
+
+    _summary(results, str(out))  # the command's table: intervals undefined with 3 seeds print as –
     rows = {r["cell"] for r in results.rows}
     assert rows == {x.id for x in cfg.cells()}
     assert "EAP-IG at n=20" in _json(folder / "cell.json")["headline"]
