@@ -34,12 +34,15 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import io
+import json
 import math
 import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from mivar_jax import engine
 from mivar_jax._checks import check_int, check_key
@@ -107,10 +110,8 @@ def expected_density(alpha):
 
 
 @functools.lru_cache(maxsize=8)
-def _train_kernel(cfg, steps: int, warmup: int, target: float, lr: float, lr_lambda: float):
+def _train_kernel(cfg, warmup: int, target: float, lr: float, lr_lambda: float):
     """``STEPS_PER_CALL`` steps for a group of seeds (vmapped): state → state, (kl, density)."""
-    import optax
-
     tx = optax.multi_transform({"mask": optax.adam(lr), "lambda": optax.adam(lr_lambda)}, ("mask", "lambda"))
 
     def one_seed(state, batches, params, weights_N, key, first):
@@ -173,8 +174,6 @@ def learn_mask(
     ``zero`` | ``mean``. Seeds are trained in groups that fit ``memory_budget`` bytes (default the
     engine's); all inputs enter every step. ``checkpoint``: a file where the state is saved after
     every call, and resumed from when it holds the same job."""
-    import optax  # noqa: F401 (a dependency of this module only)
-
     if method not in MASK_METHODS:
         raise ValueError(f"unknown mask method {method!r}; choose from {list(MASK_METHODS)}")
     key = check_key(key)
@@ -200,9 +199,7 @@ def learn_mask(
     n_pad = full.shape[0]
     per_seed = 3 * bytes_per_circuit(cfg, n_pad, data.n_positions)  # forward + saved activations + backward
     group = engine.fit(res.memory_budget, per_seed, cap=len(seed_ids), what="seed", fix="lower the inputs per step")
-    run, tx = _train_kernel(
-        cfg, steps, int(round(warmup * steps)), target_edges / g.n_edges, float(lr), float(lr_lambda)
-    )
+    run, tx = _train_kernel(cfg, int(round(warmup * steps)), target_edges / g.n_edges, float(lr), float(lr_lambda))
 
     # per seed: keys of its initial noise, its data replicate and its steps
     k_init, k_data, keys = (jnp.stack(k) for k in zip(*(jax.random.split(jax.random.fold_in(key, int(s)), 3)
@@ -245,9 +242,6 @@ def learn_mask(
 
 
 def _save(path, job: dict, calls_done: int, state, history) -> None:
-    import io
-    import json
-
     leaves = jax.tree.leaves(state)
     buf = io.BytesIO()
     np.savez(buf, job=json.dumps(job), calls=calls_done, history=np.stack(history),
@@ -256,8 +250,6 @@ def _save(path, job: dict, calls_done: int, state, history) -> None:
 
 
 def _load(path, job: dict, state):
-    import json
-
     with np.load(path) as f:
         if json.loads(str(f["job"])) != job:
             raise ValueError(f"{path}: a checkpoint of another mask job; remove it or pass another checkpoint")

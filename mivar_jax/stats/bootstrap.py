@@ -335,6 +335,12 @@ def bytes_per_replicate(n_inputs: int, n_edges: int, aggregation: str) -> int:
     return n_edges * 24 + n_inputs * 4 + (n_inputs * n_edges * 12 if aggregation == "median" else 0)
 
 
+def _per_call(res: engine.Resources, chunk: int | None, n_replicates: int, per_replicate: int) -> int:
+    """Replicates per device and call: ``chunk``, or as many as fit the budget (at least one)."""
+    cap = min(256, engine.bucket(n_replicates))
+    return chunk or engine.fit(res.memory_budget, per_replicate, cap=cap, what="replicate", must_fit=False)
+
+
 def bootstrap(
     scores,
     n_replicates: int = 100,
@@ -385,12 +391,6 @@ def bootstrap(
     if draws != N and method != "multinomial":
         raise ValueError(f"n_draws applies to the multinomial bootstrap, not {method!r}")
     res = engine.resources(mesh=mesh, memory_budget=REPLICATE_MEMORY)
-    replicates = lambda per: (
-        chunk
-        or engine.fit(  # noqa: E731 (per device; a replicate larger than the budget runs alone)
-            res.memory_budget, per, cap=min(256, engine.bucket(B)), what="replicate", must_fit=False
-        )
-    )
     intervals = method != "disjoint-splits" and draws == N
     agg_BxE, full_agg = np.empty((B, E), np.float32), np.empty(E, np.float32)
     quantiles = np.empty((4 if method == "multinomial" else 2, E), np.float32) if intervals else None
@@ -398,7 +398,7 @@ def bootstrap(
     for cols, block in column_blocks(s):  # one block in memory; blocks of the budget on disk
         s_dev = jnp.asarray(block)
         fixed = fixed_point_jit(s_dev, aggregation, max(N, draws))  # once, for every replicate and the full data
-        step = replicates(bytes_per_replicate(N, block.shape[1], aggregation)) * res.n_devices
+        step = _per_call(res, chunk, B, bytes_per_replicate(N, block.shape[1], aggregation)) * res.n_devices
         for start in range(0, B, step):
             # gathered to the host shard by shard: no cross-device collective (which can deadlock the
             # CPU runtime when devices outnumber its threads)
@@ -446,12 +446,8 @@ def replicate_circuits(
     circuit, the Jaccard matrices, their Monte-Carlo intervals (``key``) and the verdict."""
     B, E = values_BxE.shape
     res = engine.resources(mesh=mesh, memory_budget=REPLICATE_MEMORY)
-    per = chunk or engine.fit(
-        res.memory_budget, bytes_per_replicate(0, E, "mean"), cap=min(256, engine.bucket(B)), what="replicate",
-        must_fit=False,
-    )  # fmt: skip
     select_kernel = _select_kernel(graph, n_edges, absolute, res.mesh)
-    step = per * res.n_devices
+    step = _per_call(res, chunk, B, bytes_per_replicate(0, E, "mean")) * res.n_devices
     parts = ([], [], [])
     for start in range(0, B, step):
         rows = np.minimum(np.arange(start, start + step), B - 1)  # the last chunk padded with the last replicate

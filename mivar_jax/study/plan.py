@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import os
 import tempfile
 import time
 
@@ -31,6 +30,7 @@ import numpy as np
 
 from mivar_jax import engine
 from mivar_jax._checks import mib
+from mivar_jax._shards import host_memory
 from mivar_jax._timing import Stopwatch
 from mivar_jax.estimators.exact import bytes_per_input_state, bytes_per_patch
 from mivar_jax.estimators.gradient import batching
@@ -202,6 +202,6 @@ def _device_bytes() -> int | None:
     if stats and stats.get("bytes_limit"):
         return int(stats["bytes_limit"])
     try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        return host_memory()
     except (ValueError, OSError):
         return None
