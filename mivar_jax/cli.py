@@ -5,6 +5,7 @@ mivar run paper [--model M] [--scale S]    the paper's analyses on IOI, SVA and 
 mivar run --resume RUN_DIR                 finish an interrupted run
 mivar plan [STUDY.toml] [--device cpu|gpu|tpu]   expected time, memory and disk, before running
 mivar report RUN_DIR                       rebuild results/ and report.html of a run
+mivar compare RUN_A RUN_B [...] [--out DIR]  one report setting finished runs side by side
 mivar models | mivar tasks | mivar show-default [paper]
 """
 
@@ -254,6 +255,27 @@ def report_cmd(run_dir: Annotated[Path, typer.Argument(help="a run directory")])
     except (RunDirError, RuntimeError) as e:
         _fail(str(e))
     _summary(results, str(run_dir))
+
+
+@app.command("compare")
+def compare_cmd(
+    runs: Annotated[list[Path], typer.Argument(help="two or more finished run directories")],
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="folder for compare.html (default: runs/compare-<time>)")
+    ] = None,
+):
+    """Set finished runs side by side: headline tables, curves overlaid, Jaccard between their circuits."""
+    from mivar_jax.report import write_comparison
+    from mivar_jax.study import RunDirError
+
+    if len(runs) < 2:
+        _fail("compare needs at least two run directories")
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    try:
+        path = write_comparison(runs, out or Path("runs") / f"compare-{stamp}")
+    except RunDirError as e:
+        _fail(str(e))
+    console.print(f"comparison: {path}")
 
 
 @app.command()

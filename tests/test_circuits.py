@@ -452,3 +452,16 @@ def test_circuit_chunks_are_the_fewest_calls_of_equal_size():
             exact_chunk, exact_calls = mv.engine.even_chunks(n, fit, bucketed=False)  # the estimators' batches
             assert exact_calls == calls and exact_chunk * calls - n < calls and exact_chunk <= fit
             assert exact_chunk == (n if calls == 1 else chunk)
+
+
+def test_evaluate_progress_false_is_silent(tiny, capsys, monkeypatch):
+    """``progress=False`` silences the bar (as in ``mv.attribute``); ``True`` shows it at once here."""
+    from mivar_jax import _progress
+
+    monkeypatch.setattr(_progress, "DELAY_S", 0.0)  # show even the shortest work
+    model, data = tiny
+    masks = np.ones((2, model.graph.n_edges), bool)
+    mv.evaluate(model, data, masks, progress=False)
+    assert capsys.readouterr().err == ""
+    mv.evaluate(model, data, masks, progress=True)
+    assert "evaluate" in capsys.readouterr().err

@@ -361,7 +361,7 @@ def test_report_has_every_figure(tiny_study):
 
     _, out, _ = tiny_study
     page = _text(os.path.join(out, "report.html"))
-    assert "<b>Verdict.</b>" in page and "http://" not in page and "https://" not in page  # self-contained
+    assert "<b>Verdict.</b>" in page and "<script src" not in page and "<link " not in page  # self-contained
     for name, _ in FIGURES:
         path = os.path.join(out, "figures", f"{name}.png")
         assert f'data-file="figures/{name}.png"' in page and 'src="data:image/png;base64,' in page
@@ -370,10 +370,10 @@ def test_report_has_every_figure(tiny_study):
         assert img[..., :3].std() > 0.02, f"{name} looks blank"
     assert page.count("<img ") == len(FIGURES)
     # the Jaccard interval is named for what it is; standard errors sit next to the evaluation
-    assert "<th>MC interval (B replicates)</th>" in page and "Monte-Carlo interval over the B replicates" in page
-    assert "<th>empty replicates</th>" in page and "<th>replicates with cut ties</th>" in page
-    assert "<th>median SNR</th>" in page and "CVs are never averaged" in page
-    assert re.search(r"<td>-?\d\.\d{3} ± \d\.\d{3}</td>", page)  # faithfulness ± its standard error
+    assert ">mean Jaccard [MC interval]</th>" in page and "Monte-Carlo interval over the B replicates" in page
+    assert ">empty replicates</th>" in page and ">replicates with ties at the cut</th>" in page
+    assert ">median SNR</th>" in page and "CVs are never averaged" in page
+    assert re.search(r"<td class='num'>-?\d\.\d{3} ± \d\.\d{3}</td>", page)  # faithfulness ± its standard error
     # past the paper: held-out against in-sample faithfulness, prompts needed, CPR / CMD intervals,
     # stability at fixed faithfulness, each cell with its reading
     for th in (
@@ -383,7 +383,7 @@ def test_report_has_every_figure(tiny_study):
         "CPR [BCa]",
         "Jaccard at f ≥ 0.3",
     ):
-        assert f"<th>{th}</th>" in page, th
+        assert f">{th}</th>" in page, th
     assert page.count("to call this top-20 circuit stable") == 2
     assert page.count("edges within the 95% band of the cut (") == 2  # each cell's margins, read out
 
@@ -712,7 +712,7 @@ def test_margin_readings_survive_nan_statistics(tiny_study):
 
 
 # ------------------------------------------------------------------------------------ output
-_CELL_LINE = re.compile(r"^\[\d/3\] \S+: \d+\.\d s \(compile \d+\.\d s\) — n=20: undetermined: .*; faithfulness .+$")
+_CELL_LINE = re.compile(r"^\[\d/3\] \S+: \d+\.\d s \(compile \d+\.\d s\) — top-20: undetermined: .*; faithfulness .+$")
 
 
 def test_cli_run_lines_stay_whole_in_a_log(hf_dirs, tmp_path, monkeypatch):

@@ -82,6 +82,14 @@ def _position(g, node: int | np.integer) -> tuple[float, float]:
     return (2.0 * layer + 1, float(k)) if k < g.n_heads else (2.0 * layer + 2, (g.n_heads - 1) / 2)
 
 
+def packed_positions(g, nodes) -> dict[int, tuple[float, float]]:
+    """(x, y) of each node: columns by depth (input, each layer's heads, each MLP, logits), only
+    the columns that hold one of ``nodes``, packed side by side; y = the head index."""
+    xy = {int(n): _position(g, n) for n in nodes}
+    col = {x: i for i, x in enumerate(sorted({x for x, _ in xy.values()}))}
+    return {n: (float(col[x]), y) for n, (x, y) in xy.items()}
+
+
 def render(circuit, path: str | os.PathLike, color_by: str = "score", frequency: Any = None) -> str:
     path = os.fspath(path)
     dot = to_dot(circuit, color_by, frequency)  # validates the arguments first
@@ -95,11 +103,9 @@ def render(circuit, path: str | os.PathLike, color_by: str = "score", frequency:
 
     g = circuit.graph
     nodes = np.nonzero(circuit.nodes)[0]
-    # columns (input, each layer's heads, each MLP, logits) that hold a node, packed side by side
-    xy = {n: _position(g, n) for n in nodes}
-    col = {x: i for i, x in enumerate(sorted({x for x, _ in xy.values()}))}
-    pos = {n: (col[x], y) for n, (x, y) in xy.items()}
-    width = max(6.0, 1.15 * len(col) + 1)
+    pos = packed_positions(g, nodes)
+    n_columns = len({x for x, _ in pos.values()})
+    width = max(6.0, 1.15 * n_columns + 1)
     fig, ax = plt.subplots(figsize=(min(width, 24.0), max(3, 0.45 * g.n_heads + 1)))
     for src, node, _, _, rgb in _edges_to_draw(circuit, color_by, frequency):
         (x0, y0), (x1, y1) = pos[src], pos[node]
@@ -113,7 +119,7 @@ def render(circuit, path: str | os.PathLike, color_by: str = "score", frequency:
             fontsize=7,
             bbox=dict(boxstyle="round", fc="#f2f2f2", ec="#888888"),
         )
-    ax.set_xlim(-0.7, max(len(col) - 0.3, 0.7))
+    ax.set_xlim(-0.7, max(n_columns - 0.3, 0.7))
     ax.set_ylim(-1, g.n_heads)
     ax.invert_yaxis()
     ax.axis("off")

@@ -8,13 +8,17 @@ import html
 import json
 import os
 
+import numpy as np
+
 from mivar_jax._io import atomic_write_text
 from mivar_jax.circuits import Circuit
 from mivar_jax.graph import Graph
 from mivar_jax.masks import MASK_METHODS
-from mivar_jax.report import figures
+from mivar_jax.report import figures, interactive, readings
+from mivar_jax.report.tables import TOPN_JACCARD, interval, table
 from mivar_jax.scores import Scores
-from mivar_jax.study.analysis import JACCARD_INTERVAL, cell_labels, load_npz, plus_minus, read_cell_file
+from mivar_jax.stats import edge_variability
+from mivar_jax.study.analysis import cell_labels, load_npz, plus_minus, read_cell_file
 from mivar_jax.study.rundir import RunDir, read_json
 
 FIGURES = (
@@ -34,14 +38,22 @@ FIGURES = (
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1180px;margin:2em auto;padding:0 1em;color:#222}
 h1{font-size:1.5em}h2{font-size:1.15em;margin-top:2em;border-bottom:1px solid #ddd}
-table{border-collapse:collapse;font-size:.82em;margin:.6em 0}td,th{border:1px solid #ddd;padding:3px 7px;text-align:right}
-th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}
+.table-box{max-width:100%;overflow-x:auto;margin:.6em 0}
+table{border-collapse:collapse;font-size:.8em}td,th{border:1px solid #ddd;padding:3px 6px;text-align:right}
+th{background:#f4f4f4;font-weight:600;vertical-align:bottom;min-width:3.5em}td.num{white-space:nowrap}
+td:first-child,th:first-child,td.text,th.text{text-align:left}
 .verdict{font-size:1.05em;padding:.7em 1em;border-radius:6px;background:#f6f6f6;border-left:5px solid #888}
 .stable{border-color:#2a9d4b}.unstable{border-color:#c0392b}.mixed{border-color:#e0a020}
+.reading{background:#f4f8fd;border-left:3px solid #4a7bd0;padding:.5em .8em;margin:.6em 0}
 figure{margin:1em 0}img{max-width:100%;border:1px solid #eee}figcaption{font-size:.85em;color:#555}
+details.static>summary,details.glossary>summary{cursor:pointer;font-size:.85em;color:#555}
+.view{border:1px solid #eee;margin:.6em 0;max-width:100%;overflow:hidden}
 pre{background:#f7f7f7;padding:.6em;font-size:.8em;overflow-x:auto}
-.glossary{font-size:.82em;color:#444}.glossary dd{margin:0 0 .3em 1.5em}
+.glossary{font-size:.8em;color:#444}.glossary dt{font-weight:600;float:left;clear:left;margin-right:.5em}
+.glossary dt::after{content:":"}.glossary dd{margin:0 0 .2em 0}
 """
+INTERACTIVE = {"score_distributions", "jaccard_heatmap", "majority_circuit"}  # sections with an interactive view
+TOP_EDGES = 12  # edges per cell in the score distributions
 
 
 def write_report(rd: RunDir, results) -> str:
@@ -87,24 +99,38 @@ def write_report(rd: RunDir, results) -> str:
     figures.prompts_needed(by_label, path("prompts_needed"))
     figures.stability_frontier(by_label, path("stability_frontier"))
 
+    views = {
+        "score_distributions": _score_view(rd, cfg, scored, labels),
+        "jaccard_heatmap": interactive.jaccard_view(jaccards),
+        "majority_circuit": _circuit_view(rd, cfg, graph, f0, first if scored[:1] == cells[:1] else None, labels),
+    }
     out = rd.file("report.html")
-    atomic_write_text(out, _html(rd, results, fig_dir, majority))
+    atomic_write_text(out, _html(rd, results, fig_dir, majority, views, jaccards, freqs))
     return out
 
 
-def _table(rows: list[dict], columns: list[str]) -> str:
-    def cell(v):
-        if v is None:
-            return "–"
-        if isinstance(v, bool):
-            return "yes" if v else "no"
-        if isinstance(v, float):
-            return f"{v:.3f}" if abs(v) >= 1e-3 or v == 0 else f"{v:.2e}"
-        return html.escape(str(v))
+def _score_view(rd: RunDir, cfg, scored: list[str], labels: dict) -> str:
+    """Each scored cell's top edges by |mean score|, every input's score as a point."""
+    if not scored:
+        return "<p>Learned-mask cells only: no per-input scores to show.</p>"
+    cells = {}
+    for c in scored:
+        scores = read_cell_file(rd, os.path.join(rd.cell_dir(c), "scores.safetensors"), Scores.load)
+        top = np.argsort(-np.abs(edge_variability(scores).mean), kind="stable")[:TOP_EDGES]
+        cells[labels[c]] = ([scores.names[e] for e in top], np.asarray(scores.per_input[:, top]))
+    return interactive.score_view(cells)
 
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
-    body = "".join("<tr>" + "".join(f"<td>{cell(r.get(c))}</td>" for c in columns) + "</tr>" for r in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
+
+def _circuit_view(rd: RunDir, cfg, graph: Graph, frequency: np.ndarray, scores: Scores | None, labels: dict) -> str:
+    """The first cell's edges ever in a bootstrap replicate of the headline circuit."""
+    cell = cfg.cells()[0].id
+    z = read_cell_file(rd, os.path.join(rd.cell_dir(cell), "circuits.npz"), load_npz)
+    score = np.asarray(z["aggregated"][0], np.float64)  # [A, E]: the first aggregation
+    edges = np.nonzero(frequency > 0)[0]
+    per_input = None if scores is None else np.asarray(scores.per_input[:, edges])
+    title = (f"{labels[cell]}: edges of the top-{cfg.bootstrap.size} bootstrap circuits; "
+             "hover an edge (◆) for its scores, drag to pan, scroll to zoom")  # fmt: skip
+    return interactive.circuit_view(graph, frequency, score, per_input, edges, title=title)
 
 
 def _figure(fig_dir: str, name: str, caption: str) -> str:
@@ -118,57 +144,43 @@ def _figure(fig_dir: str, name: str, caption: str) -> str:
 
 
 def _display_row(r: dict) -> dict:
-    """A summary row as the report shows it: interval and ± standard errors folded in."""
-    lo, hi = r["jaccard_mc_low"], r["jaccard_mc_high"]
-    mc = "–" if lo is None or hi is None else f"[{lo:.3f}, {hi:.3f}]"  # undefined (NaN) with few replicates
+    """A summary row as the report shows it: the Monte-Carlo interval and ± standard errors folded in."""
     return {
         "cell": r["label"],
-        "size": r["size"],
-        "edges (mean)": r["n_edges_mean"],
-        "mean Jaccard": r["mean_jaccard"],
-        "MC interval (B replicates)": mc,
-        "Jaccard CV": r["jaccard_cv"],
-        "empty replicates": r.get("n_empty"),
-        "replicates with cut ties": r.get("replicates_with_cut_ties"),
-        "Jaccard to full": r["mean_jaccard_to_full"],
-        "stable": r["stable"],
-        "median SNR": r.get("snr_median"),
-        "eval inputs": r.get("eval_inputs"),
-        "faithfulness": plus_minus(r["faithfulness"], r.get("faithfulness_se")),
-        "circuit error (task)": plus_minus(r["circuit_error_task"], r.get("circuit_error_task_se")),
-        "circuit error (vocab)": plus_minus(r["circuit_error_vocab"], r.get("circuit_error_vocab_se")),
-        "KL": r["kl"],
+        **{k: r.get(k) for k in ("size", "n_edges_mean")},
+        "mean_jaccard_mc": interval(r["mean_jaccard"], r["jaccard_mc_low"], r["jaccard_mc_high"]),
+        **{
+            k: r.get(k)
+            for k in (
+                "jaccard_cv",
+                "mean_jaccard_to_full",
+                "stable",
+                "n_empty",
+                "replicates_with_cut_ties",
+                "snr_median",
+                "eval_inputs",
+            )
+        },  # fmt: skip
+        **{
+            k: plus_minus(r[k], r.get(f"{k}_se")) for k in ("faithfulness", "circuit_error_task", "circuit_error_vocab")
+        },
+        "kl": r["kl"],
     }
 
 
-def _display_cell(info: dict) -> dict:
+def _display_cell(info: dict, label: str) -> dict:
     settings = info.get("estimator_settings") or {}
     if all(isinstance(v, dict) for v in settings.values()):  # the reference: one entry per estimator
         settings = {}
     eval_inputs = info.get("eval_inputs")
     return {
         **info,
+        "cell": label,
+        "folder": info.get("cell"),
         "estimator settings": ", ".join(f"{k}={v}" for k, v in settings.items() if k not in ("method", "steps")),
         "eval inputs": None if eval_inputs is None else len(eval_inputs),
+        "verdict": (info.get("verdict") or "").split(":")[0],  # the words are in the summary table
     }
-
-
-def _glossary(cfg) -> str:
-    items = [
-        ("MC interval", f"{JACCARD_INTERVAL} (B = {cfg.bootstrap.replicates}, {cfg.bootstrap.confidence:.0%}): how "
-         "precisely the replicates pin down the bootstrap's mean pairwise Jaccard. It shrinks as B grows and says "
-         "nothing about the uncertainty due to the data."),
-        ("empty replicates", "replicate circuits left empty after pruning (empty circuits count as identical)."),
-        ("replicates with cut ties", "replicates in which edges tied with the n-th were left out at the top-n cut "
-         "(ties are broken toward the lower edge index)."),
-        ("median SNR", "median over the full-data circuit's edges of the signal-to-noise ratio |mean| / std of the "
-         "single-input scores (per-edge CV = std / |mean| and SNR are in each cell's edges.csv; CVs are never "
-         "averaged: they explode as a mean nears 0)."),
-        ("±", "standard error over the evaluation inputs (a random subset of each dataset, drawn with the study's "
-         "seed; circuits.eval_inputs)."),
-    ]  # fmt: skip
-    body = "".join(f"<dt><b>{html.escape(k)}</b></dt><dd>{html.escape(v)}</dd>" for k, v in items)
-    return f"<dl class='glossary'>{body}</dl>"
 
 
 def _interval(d: dict | None, key: str = "ci_bca") -> str:
@@ -178,19 +190,31 @@ def _interval(d: dict | None, key: str = "ci_bca") -> str:
     return f"{d['value']:.3f} [{lo:.3f}, {hi:.3f}]"
 
 
+PAST_THE_PAPER = {
+    "faithfulness in sample": "faithfulness ± SE on discovery prompts: the optimism of judging a circuit where it was found",
+    "prompts needed": "prompts at which the bootstrap mean Jaccard of the headline circuit reaches 0.8 (m-out-of-N bootstrap)",
+    "CPR [BCa]": "MIB's circuit performance ratio (area under faithfulness vs size) with its BCa bootstrap interval",
+    "CMD [BCa]": "MIB's circuit-model distance (area of |1 − faithfulness|) with its BCa bootstrap interval",
+    "Jaccard implied by margins": "the Jaccard that the edges' distances to the cut (in standard errors) imply",
+    "contested share": "share of the replicates' disagreement carried by edges within the band around the cut",
+}  # fmt: skip
+
+
 def _past_the_paper(results) -> str:
     """Per cell: held-out against in-sample faithfulness, the prompts needed, CPR / CMD with their
     intervals, stability at fixed faithfulness and the margins to the cut; then each reading."""
     labels = cell_labels(results.config)
     head = {r["cell"]: r for r in results.headline_rows()}
-    rows, readings = [], []
+    rows, notes_by_cell, extra = [], [], dict(PAST_THE_PAPER)
     for c in results.config.cells():
         r, st = head.get(c.id, {}), results.stability.get(c.id, {})
         pn, curve = st.get("prompts_needed"), st.get("curve")
         targets = st.get("faithfulness", {}).get("targets", [])
+        judged = f"faithfulness ({r.get('eval_set') or '–'})"
+        extra[judged] = "faithfulness ± SE of the headline circuit on the prompts it is judged on"
         row = {
             "cell": labels[c.id],
-            f"faithfulness ({r.get('eval_set') or '–'})": plus_minus(r.get("faithfulness"), r.get("faithfulness_se")),
+            judged: plus_minus(r.get("faithfulness"), r.get("faithfulness_se")),
             "faithfulness in sample": plus_minus(r.get("faithfulness_in_sample"), r.get("faithfulness_in_sample_se")),
             "prompts needed": "–"
             if not pn
@@ -203,13 +227,18 @@ def _past_the_paper(results) -> str:
         for t in targets:
             row[f"edges at f ≥ {t['target']}"] = t["size_median"]
             row[f"Jaccard at f ≥ {t['target']}"] = t["mean_jaccard"]
+            extra[f"edges at f ≥ {t['target']}"] = (
+                f"median size of the smallest circuits reaching faithfulness {t['target']}"
+            )
+            extra[f"Jaccard at f ≥ {t['target']}"] = "mean pairwise Jaccard of those circuits across replicates"
         rows.append(row)
         notes = [x["reading"] for x in ([pn] if pn else []) + targets]
         if notes:
-            readings.append(f"<li><b>{html.escape(labels[c.id])}</b>: " + "; ".join(map(html.escape, notes)) + "</li>")
+            notes_by_cell.append(
+                f"<li><b>{html.escape(labels[c.id])}</b>: " + "; ".join(map(html.escape, notes)) + "</li>"
+            )
     if not rows:
         return ""
-    columns = list(dict.fromkeys(k for row in rows for k in row))
     return (
         "<p>Circuits are found on the study's prompts and judged on prompts held out of discovery "
         "(in-sample numbers beside them show the optimism). Prompts needed: where the bootstrap mean "
@@ -217,8 +246,8 @@ def _past_the_paper(results) -> str:
         "docs/statistics.md). CPR / CMD: MIB's areas with bootstrap intervals over the held-out "
         "prompts. Margins: the Jaccard the edges' distances to the cut imply, and the share of the "
         "replicates' disagreement carried by edges within the 95% band of the cut.</p>"
-        + _table(rows, columns)
-        + (f"<ul>{''.join(readings)}</ul>" if readings else "")
+        + table(rows, extra=extra)
+        + (f"<ul>{''.join(notes_by_cell)}</ul>" if notes_by_cell else "")
     )
 
 
@@ -253,35 +282,64 @@ def _margin_readings(results) -> str:
     )
 
 
-def _html(rd: RunDir, results, fig_dir: str, majority: Circuit) -> str:
+def _reading(text: str) -> str:
+    return f"<p class='reading'><b>Reading.</b> {html.escape(text)}</p>" if text else ""
+
+
+def _section_reading(name: str, results, jaccards: dict, freqs: dict) -> str:
+    cfg, rows = results.config, results.headline_rows()
+    labels = cell_labels(cfg)
+    by_label = {labels[c]: v for c, v in results.stability.items()}
+    text = {
+        "score_distributions": lambda: readings.scores(rows),
+        "jaccard_heatmap": lambda: readings.jaccard(jaccards),
+        "inclusion_frequency": lambda: readings.inclusion(freqs, cfg.bootstrap.size),
+        "faithfulness_curve": lambda: readings.curve(results.rows),
+        "perturbation_jaccard": lambda: readings.perturbations(results.perturbations),
+        "variance_decomposition": lambda: readings.decomposition(results.decomposition),
+        "held_out": lambda: readings.held_out(rows),
+        "prompts_needed": lambda: readings.prompts_needed(by_label),
+        "stability_frontier": lambda: readings.frontier(by_label),
+    }.get(name)
+    return _reading(text()) if text else ""
+
+
+def _html(rd: RunDir, results, fig_dir: str, majority: Circuit, views: dict, jaccards: dict, freqs: dict) -> str:
     cfg = results.config
     verdict = results.verdict
     kind = verdict.split(":")[0]
+    labels = cell_labels(cfg)
     summary = [_display_row(r) for r in results.headline_rows()]
-    summary_cols = list(summary[0]) if summary else []
-    cells = [_display_cell(c) for c in results.cells]
-    cell_cols = ["cell", "estimator settings", "n_inputs", "eval inputs", "clean_metric_mean", "estimator_seconds",
-                 "seconds", "compile_seconds", "verdict"]  # fmt: skip
+    by_id = {c.id: labels[c.id] for c in cfg.cells()}
+    cells = [_display_cell(c, by_id.get(c.get("cell"), c.get("cell"))) for c in results.cells]
+    cell_cols = ["cell", "folder", "estimator settings", "n_inputs", "eval inputs", "clean_metric_mean",
+                 "estimator_seconds", "seconds", "compile_seconds", "verdict"]  # fmt: skip
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>",
-        f"<title>mivar report: {html.escape(cfg.name)}</title><style>{CSS}</style></head><body>",
+        "<meta name='viewport' content='width=device-width, initial-scale=1'>",
+        f"<title>mivar report: {html.escape(cfg.name)}</title><style>{CSS}</style>",
+        interactive.plotly_js(),
+        "</head><body>",
         f"<h1>Study <code>{html.escape(cfg.name)}</code>: {html.escape(cfg.model.source)} on "
         f"{html.escape(cfg.data.task)}</h1>",
         f"<p class='verdict {kind}'><b>Verdict.</b> {html.escape(verdict)}</p>",
-        "<h2>Summary at the headline size</h2>",
-        _table(summary, summary_cols),
-        _glossary(cfg),
+        f"<h2>Summary at the headline size (top-{cfg.bootstrap.size}, {html.escape(cfg.circuits.aggregations[0])})</h2>",
+        _reading(readings.summary(results.headline_rows(), cfg.bootstrap.replicates)),
+        table(summary, [c for c in summary[0] if c not in ("size", "eval_inputs")] if summary else [], glossary="open"),
         "<h2>Cells</h2>",
-        _table(cells, cell_cols),
+        _reading(readings.cells(results.cells)),
+        table(cells, cell_cols),
     ]
     for name, caption in FIGURES:
         parts.append(f"<h2>{html.escape(caption)}</h2>")
+        parts.append(_section_reading(name, results, jaccards, freqs))
         if name == "majority_circuit":
             parts.append(f"<p>{majority.n_edges} edges, {majority.n_nodes} nodes (first cell, top-{cfg.bootstrap.size}, "
-                         "edges in ≥ 50% of the bootstrap replicates; darker = more frequent).</p>")  # fmt: skip
+                         "edges in ≥ 50% of the bootstrap replicates; darker = more frequent). The interactive view "
+                         "draws every edge any replicate held; the slider filters them by inclusion frequency.</p>")  # fmt: skip
         if name == "perturbation_jaccard" and results.perturbations["mean_by_factor"]:
-            rows = [{"factor": k, "mean Jaccard": v} for k, v in results.perturbations["mean_by_factor"].items()]
-            parts.append(_table(rows, ["factor", "mean Jaccard"]))
+            rows = [{"factor": k, "mean_jaccard": v} for k, v in results.perturbations["mean_by_factor"].items()]
+            parts.append(table(rows, ["factor", "mean_jaccard"]))
         if name == "held_out":
             parts.append(_past_the_paper(results))
         if name == "margins":
@@ -290,17 +348,30 @@ def _html(rd: RunDir, results, fig_dir: str, majority: Circuit) -> str:
             for key, dec in results.decomposition.items():
                 if "table" in dec:
                     columns = ["effect", "df", "ss", "ms", "component", "share", "ss_share"]
-                    parts += [f"<h3>{html.escape(key)}</h3>", _table(dec["table"], columns)]
+                    title = readings.decomposition_name(key)
+                    parts += [f"<h3>{html.escape(title)}</h3>", table(dec["table"], columns)]
                 else:
-                    parts.append(f"<p>{html.escape(key)}: {html.escape(dec.get('skipped', ''))}</p>")
-        parts.append(_figure(fig_dir, name, caption))
+                    title = readings.decomposition_name(key)
+                    parts.append(f"<p>{html.escape(title)}: {html.escape(dec.get('skipped', ''))}</p>")
+        if name in views:
+            parts.append(views[name])
+            parts.append(f"<details class='static'><summary>Static figure (PNG, for papers)</summary>"
+                         f"{_figure(fig_dir, name, caption)}</details>")  # fmt: skip
+        else:
+            parts.append(_figure(fig_dir, name, caption))
     if results.estimator_noise:
         parts.append("<h2>Estimator noise against exact scores</h2>")
+        parts.append(_reading(readings.estimator_noise(results.estimator_noise)))
         for level, by_est in results.estimator_noise.items():
-            rows = [{"estimator": k, **{m: v for m, v in s.items() if not isinstance(v, dict)},
-                     **{f"top{n} Jaccard": j for n, j in s.get("topn_jaccard", {}).items()}} for k, s in by_est.items()]  # fmt: skip
+            rows, extra = [], {}
+            for k, s in by_est.items():
+                row = {"estimator": k, **{m: v for m, v in s.items() if not isinstance(v, dict)}}
+                for n, j in s.get("topn_jaccard", {}).items():
+                    row[TOPN_JACCARD.format(n=n)] = j
+                    extra[TOPN_JACCARD.format(n=n)] = f"Jaccard of the top-{n} items by the estimator and by exact"
+                rows.append(row)
             if rows:
-                parts += [f"<h3>{level} level</h3>", _table(rows, list(dict.fromkeys(k for r in rows for k in r)))]
+                parts += [f"<h3>{level} level</h3>", table(rows, extra=extra)]
     parts += [
         "<h2>Configuration</h2>",
         f"<pre>{html.escape(cfg.to_toml())}</pre>",

@@ -283,8 +283,9 @@ def default_config() -> StudyConfig:
     bootstrap replicates, a sweep of circuit sizes evaluated on the held-out prompts and on 20
     discovery prompts, the margins to the cut, the prompts needed, the stability at faithfulness
     0.5 (8 replicates × 5 sizes), and exact node-level scores of 12 prompts as the estimator-noise
-    reference. Measured on a 2-core CPU: 8 min 56 s (cells 105–146 s: scores ~35 s, bootstraps and
-    margins 15 s, prompts needed 9–16 s, evaluation 23–32 s, faithfulness 31 s; reference 35 s)."""
+    reference. Measured on a 2-core CPU, cold (no compilation cache): 6 min 50 s (cells 84–103 s:
+    scores ~24 s, bootstraps and margins 13–18 s, prompts needed 6–9 s, evaluation 11–17 s,
+    faithfulness 25–33 s; reference 33 s)."""
     return StudyConfig.from_dict(
         {
             "name": "default",

@@ -550,7 +550,7 @@ class Study:
             "faithfulness_in_sample": ev["faith_in"],
             "circuits": circuit_rows,
             "verdict": headline["verdict"],
-            "headline": f"n={cfg.bootstrap.size}: {headline['verdict']}" + ev["text"],
+            "headline": f"top-{cfg.bootstrap.size}: {headline['verdict']}" + ev["text"],
             "phase_seconds": laps.seconds,
         }
 
