@@ -25,6 +25,16 @@ training them one by one gives (within float32 rounding of batched matrix produc
 ``resample=True`` seed s also trains on its own multinomial bootstrap replicate of the inputs
 (counts drawn from its key): seed-to-seed and data-to-data variability in one run.
 
+``ugs`` (uniform gradient sampling; Li & Janson 2024, MIB's UGS): each edge keeps with probability
+p_e = σ(α_e); a step draws u ~ U(0, 1) per edge and gates the edge with the ramp
+
+    z_e = 1 − clip((u − p_e) / (p_e (1 − p_e)) + 1/2, 0, 1)
+
+(open below p_e, closed above, linear in a window of width p_e (1 − p_e) around it, so E[z_e] = p_e
+and the gradient reaches α through the window's draws); ρ(α) = mean_e σ(α_e). Here it trains under
+the same Lagrangian as ``edge-pruning`` (the original uses a fixed penalty λ Σ_e p_e and drops
+sampled edges left dangling; the Lagrangian reaches a size target instead).
+
 Circuits: the top-n edges by α (n = ``target_edges`` by default), pruned like every other circuit
 (``circuits.pruning``); α plays the role of a replicate's aggregated scores in the statistics
 (``stats.mask_stability``: seed-to-seed, or data-to-data with ``resample=True``).
@@ -57,7 +67,6 @@ from mivar_jax.models.transformer import forward
 from mivar_jax.patching import check_ablation, dataset_means
 from mivar_jax.tasks.metrics import kl_divergence
 
-MASK_METHODS = ("edge-pruning",)
 BETA, GAMMA, ZETA = 2 / 3, -0.1, 1.1
 INIT_LOGIT = 3.0
 STEPS_PER_CALL = 10  # steps run in one compiled call (lax.scan); progress and checkpoints between calls
@@ -99,20 +108,35 @@ class LearnedMasks:
         }  # fmt: skip
 
 
-def _gates(alpha, u):
+def _hard_concrete(alpha, u):
     s = jax.nn.sigmoid((jnp.log(u) - jnp.log1p(-u) + alpha) / BETA)
     return jnp.clip(s * (ZETA - GAMMA) + GAMMA, 0.0, 1.0)
 
 
-def expected_density(alpha):
-    """ρ(α): the expected share of open hard-concrete gates."""
-    return jax.nn.sigmoid(alpha - BETA * math.log(-GAMMA / ZETA)).mean(-1)
+def _uniform_ramp(alpha, u):
+    p = jax.nn.sigmoid(alpha)
+    return 1.0 - jnp.clip((u - p) / (p * (1.0 - p)) + 0.5, 0.0, 1.0)
+
+
+# method → (gates z(α, u), each edge's term of the density ρ: P(z_e > 0) for hard-concrete gates (their
+# expected L0 norm), E[z_e] = p_e for the uniform ramp)
+GATES = {
+    "edge-pruning": (_hard_concrete, lambda alpha: jax.nn.sigmoid(alpha - BETA * math.log(-GAMMA / ZETA))),
+    "ugs": (_uniform_ramp, jax.nn.sigmoid),
+}
+MASK_METHODS = tuple(GATES)
+
+
+def expected_density(alpha, method: str = "edge-pruning"):
+    """ρ(α): the expected share of open gates of ``method``."""
+    return GATES[method][1](alpha).mean(-1)
 
 
 @functools.lru_cache(maxsize=8)
-def _train_kernel(cfg, warmup: int, target: float, lr: float, lr_lambda: float):
+def _train_kernel(cfg, method: str, warmup: int, target: float, lr: float, lr_lambda: float):
     """``STEPS_PER_CALL`` steps for a group of seeds (vmapped): state → state, (kl, density)."""
     tx = optax.multi_transform({"mask": optax.adam(lr), "lambda": optax.adam(lr_lambda)}, ("mask", "lambda"))
+    gates, density = GATES[method][0], lambda alpha: expected_density(alpha, method)
 
     def one_seed(state, batches, params, weights_N, key, first):
         full, z_ref, b = batches
@@ -125,17 +149,17 @@ def _train_kernel(cfg, warmup: int, target: float, lr: float, lr_lambda: float):
             def loss(alpha, lam):
                 u = jax.random.uniform(k, alpha.shape, minval=1e-6, maxval=1 - 1e-6)
                 logits = forward(
-                    cfg, params, b.clean, b.attention_mask, (EdgeMix(_gates(alpha, u), z_ref),),
+                    cfg, params, b.clean, b.attention_mask, (EdgeMix(gates(alpha, u), z_ref),),
                     logit_positions=b.answer_pos,
                 )  # fmt: skip
                 kl = (weights_N * kl_divergence(logits, full)).sum() / weights_N.sum()
-                gap = expected_density(alpha) - t
+                gap = density(alpha) - t
                 return kl + lam[0] * gap + lam[1] * gap**2, kl
 
             (_, kl), (g_alpha, g_lam) = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(alpha, lam)
             updates, opt = tx.update((g_alpha, -g_lam), opt, (alpha, lam))  # λ: gradient ascent
             alpha, lam = optax.apply_updates((alpha, lam), updates)
-            return (alpha, lam, opt), (kl, expected_density(alpha))
+            return (alpha, lam, opt), (kl, density(alpha))
 
         state, (kl, rho) = jax.lax.scan(step, state, jnp.arange(STEPS_PER_CALL))
         return state, kl[-1], rho[-1]
@@ -166,7 +190,8 @@ def learn_mask(
     checkpoint: str | os.PathLike | None = None,
     progress: bool = True,
 ) -> LearnedMasks:
-    """Learn edge masks of ``target_edges`` edges on ``data`` (module docstring), one per seed.
+    """Learn edge masks of ``target_edges`` edges on ``data`` with ``method`` (``edge-pruning`` or
+    ``ugs``; module docstring), one per seed.
 
     ``seeds``: how many (ids 0 … S−1) or a list of seed ids. ``steps`` (rounded up to a multiple of
     ``STEPS_PER_CALL``), Adam learning rates ``lr`` (mask logits) and ``lr_lambda`` (the multipliers), ``warmup``: share of the
@@ -199,7 +224,9 @@ def learn_mask(
     n_pad = full.shape[0]
     per_seed = 3 * bytes_per_circuit(cfg, n_pad, data.n_positions)  # forward + saved activations + backward
     group = engine.fit(res.memory_budget, per_seed, cap=len(seed_ids), what="seed", fix="lower the inputs per step")
-    run, tx = _train_kernel(cfg, int(round(warmup * steps)), target_edges / g.n_edges, float(lr), float(lr_lambda))
+    run, tx = _train_kernel(
+        cfg, method, int(round(warmup * steps)), target_edges / g.n_edges, float(lr), float(lr_lambda)
+    )
 
     # per seed: keys of its initial noise, its data replicate and its steps
     k_init, k_data, keys = (jnp.stack(k) for k in zip(*(jax.random.split(jax.random.fold_in(key, int(s)), 3)
@@ -236,7 +263,7 @@ def learn_mask(
     hist = np.stack(history, axis=-1)  # [2, S, calls]
     alpha = np.asarray(state[0])
     return LearnedMasks(
-        method, target_edges, seed_ids, weights[:, :N], alpha, np.asarray(expected_density(jnp.asarray(alpha))), hist[0, :, -1],
+        method, target_edges, seed_ids, weights[:, :N], alpha, np.asarray(expected_density(jnp.asarray(alpha), method)), hist[0, :, -1],
         hist[0], hist[1], steps, resample, g,
     )  # fmt: skip
 

@@ -95,6 +95,27 @@ def test_learned_masks_recover_the_planted_edges_and_meet_the_target(planted):
     assert st.verdict.startswith("undetermined") and "3 seeds of a learned mask" in st.verdict  # B < 100
 
 
+def test_uniform_gradient_sampling_recovers_the_planted_edges(planted):
+    """UGS: each edge kept with probability p = σ(α), gates a uniform ramp around p. No edge that
+    carries nothing keeps an open gate (p > ½); the top-n circuits hold most planted edges and
+    recover the model's logit difference; the expected density meets the target."""
+    model, data, circuit = planted
+    n = int(circuit.sum())
+    kw = dict(method="ugs", target_edges=n, steps=400, lr=0.2, seeds=3, key=jax.random.key(0), progress=False)
+    lm = learn_mask(model, data, **kw)
+    assert lm.method == "ugs" and ((lm.logits > 0) & ~circuit).sum() == 0
+    masks = lm.masks()
+    assert (masks & circuit).sum(1).min() >= 11  # of 18 (measured 12–14; gates open on 11–13 of them)
+    np.testing.assert_allclose(lm.density, n / model.graph.n_edges, atol=0.02)  # mean p: the target
+    assert mv.evaluate(model, data, masks, progress=False).faithfulness.min() > 0.85  # measured ≥ 0.93
+    # the ramp's mean is p: E[z] over many draws of u
+    from mivar_jax.masks import GATES
+
+    alpha = jnp.array([-2.0, 0.0, 0.7, 3.0])
+    z = GATES["ugs"][0](alpha, jax.random.uniform(jax.random.key(3), (200_000, 4)))
+    np.testing.assert_allclose(z.mean(0), jax.nn.sigmoid(alpha), atol=4e-3)
+
+
 def test_at_a_size_that_must_choose_learned_masks_beat_eap_ig(planted):
     """Six edges of the planted eighteen: EAP-IG ranks edges by their linearised effects one at a
     time; the mask is trained on the circuit's output itself."""
@@ -162,8 +183,8 @@ def test_an_interrupted_training_resumes_from_its_checkpoint(planted, tmp_path, 
 
 def test_bad_arguments_are_refused(planted):
     model, data, _ = planted
-    with pytest.raises(ValueError, match="unknown mask method 'ugs'; choose from \\['edge-pruning'\\]"):
-        learn_mask(model, data, method="ugs", target_edges=5, key=jax.random.key(0))
+    with pytest.raises(ValueError, match="unknown mask method 'acdc'; choose from \\['edge-pruning', 'ugs'\\]"):
+        learn_mask(model, data, method="acdc", target_edges=5, key=jax.random.key(0))
     with pytest.raises(ValueError, match="target_edges"):
         learn_mask(model, data, target_edges=10_000, key=jax.random.key(0))
     with pytest.raises(ValueError, match="distinct"):

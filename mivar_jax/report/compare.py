@@ -12,9 +12,8 @@ import numpy as np
 
 from mivar_jax import stats
 from mivar_jax._io import atomic_write_text
-from mivar_jax.report import figures, interactive, readings
-from mivar_jax.report.html import CSS, _display_row, _figure, _reading
-from mivar_jax.report.tables import table
+from mivar_jax.report import figures, interactive, page, readings
+from mivar_jax.report.tables import summary_row, table
 from mivar_jax.study.analysis import cell_labels, load_npz, read_cell_file
 from mivar_jax.study.paper import is_paper_run, task_dirs
 from mivar_jax.study.rundir import RunDir, RunDirError, read_json
@@ -64,7 +63,7 @@ def write_comparison(run_dirs: list[str | os.PathLike], out: str | os.PathLike) 
     out = os.fspath(out)
     os.makedirs(os.path.join(out, "figures"), exist_ok=True)
 
-    head_rows = [{"run": r.name, **_display_row(row)} for r in runs for row in r.head]
+    head_rows = [{"run": r.name, **summary_row(row)} for r in runs for row in r.head]
     curve_rows, series, style = [], {}, {}
     cell_names: dict[str, int] = {}  # the same cell label gets the same colour in every run; runs differ by dash
     for k, r in enumerate(runs):
@@ -80,26 +79,20 @@ def write_comparison(run_dirs: list[str | os.PathLike], out: str | os.PathLike) 
     figures.faithfulness_curve(curve_rows, os.path.join(out, "figures", "faithfulness_curve.png"), _edge_count(runs))
 
     overlap, notes = _overlaps(runs)
-    page = [
-        "<!doctype html><html><head><meta charset='utf-8'>",
-        "<meta name='viewport' content='width=device-width, initial-scale=1'>",
-        f"<title>mivar compare: {html.escape(' vs '.join(r.config.name for r in runs))}</title><style>{CSS}</style>",
-        interactive.plotly_js(),
-        "</head><body>",
+    parts = [
+        page.head("mivar compare: " + " vs ".join(r.config.name for r in runs)),
         f"<h1>Comparing {len(runs)} runs</h1>",
         table(
             [_run_row(r) for r in runs],
             ["run", "model", "task", "cells", "replicates", "created", "verdict"],
             extra=RUN_COLUMNS,
         ),  # fmt: skip
-        _reading(_reading_of(runs, overlap)),
+        page.reading(_reading_of(runs, overlap)),
         "<h2>Headline circuits side by side</h2>",
         table(head_rows, list(HEADLINE), glossary="open"),
         "<h2>Faithfulness and stability against circuit size, overlaid</h2>",
         interactive.curves_view(series, style),
-        "<details class='static'><summary>Static figure (PNG, for papers)</summary>"
-        + _figure(os.path.join(out, "figures"), "faithfulness_curve", "Circuit size vs faithfulness and stability")
-        + "</details>",
+        page.static(os.path.join(out, "figures"), "faithfulness_curve", "Circuit size vs faithfulness and stability"),
         "<h2>Jaccard between the runs' circuits</h2>",
         "<p>Full-data headline circuits (top-n of all the discovery prompts, pruned), the first cell of each run "
         "against the first cell of the other, and cell against cell where both runs have a cell of the same "
@@ -109,7 +102,7 @@ def write_comparison(run_dirs: list[str | os.PathLike], out: str | os.PathLike) 
         "</body></html>",
     ]
     path = os.path.join(out, "compare.html")
-    atomic_write_text(path, "\n".join(page))
+    atomic_write_text(path, "\n".join(parts))
     return path
 
 

@@ -1,9 +1,9 @@
-"""``write_report``: the figures (PNG, in ``figures/``) and one self-contained ``report.html``
-(figures embedded as data URIs, each also named by its file) from a run directory."""
+"""``write_report``: the figures (PNG, in ``figures/``) and one self-contained ``report.html``: the
+verdict, tables in plain labels, a reading of each section generated from its numbers
+(``readings``), interactive views (``interactive``) and the PNGs embedded as data URIs."""
 
 from __future__ import annotations
 
-import base64
 import html
 import json
 import os
@@ -14,8 +14,8 @@ from mivar_jax._io import atomic_write_text
 from mivar_jax.circuits import Circuit
 from mivar_jax.graph import Graph
 from mivar_jax.masks import MASK_METHODS
-from mivar_jax.report import figures, interactive, readings
-from mivar_jax.report.tables import TOPN_JACCARD, interval, table
+from mivar_jax.report import figures, interactive, page, readings
+from mivar_jax.report.tables import TOPN_JACCARD, summary_row, table
 from mivar_jax.scores import Scores
 from mivar_jax.stats import edge_variability
 from mivar_jax.study.analysis import cell_labels, load_npz, plus_minus, read_cell_file
@@ -35,23 +35,6 @@ FIGURES = (
     ("stability_frontier", "Stability at fixed faithfulness"),
 )
 
-CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1180px;margin:2em auto;padding:0 1em;color:#222}
-h1{font-size:1.5em}h2{font-size:1.15em;margin-top:2em;border-bottom:1px solid #ddd}
-.table-box{max-width:100%;overflow-x:auto;margin:.6em 0}
-table{border-collapse:collapse;font-size:.8em}td,th{border:1px solid #ddd;padding:3px 6px;text-align:right}
-th{background:#f4f4f4;font-weight:600;vertical-align:bottom;min-width:3.5em}td.num{white-space:nowrap}
-td:first-child,th:first-child,td.text,th.text{text-align:left}
-.verdict{font-size:1.05em;padding:.7em 1em;border-radius:6px;background:#f6f6f6;border-left:5px solid #888}
-.stable{border-color:#2a9d4b}.unstable{border-color:#c0392b}.mixed{border-color:#e0a020}
-.reading{background:#f4f8fd;border-left:3px solid #4a7bd0;padding:.5em .8em;margin:.6em 0}
-figure{margin:1em 0}img{max-width:100%;border:1px solid #eee}figcaption{font-size:.85em;color:#555}
-details.static>summary,details.glossary>summary{cursor:pointer;font-size:.85em;color:#555}
-.view{border:1px solid #eee;margin:.6em 0;max-width:100%;overflow:hidden}
-pre{background:#f7f7f7;padding:.6em;font-size:.8em;overflow-x:auto}
-.glossary{font-size:.8em;color:#444}.glossary dt{font-weight:600;float:left;clear:left;margin-right:.5em}
-.glossary dt::after{content:":"}.glossary dd{margin:0 0 .2em 0}
-"""
 INTERACTIVE = {"score_distributions", "jaccard_heatmap", "majority_circuit"}  # sections with an interactive view
 TOP_EDGES = 12  # edges per cell in the score distributions
 
@@ -131,41 +114,6 @@ def _circuit_view(rd: RunDir, cfg, graph: Graph, frequency: np.ndarray, scores: 
     title = (f"{labels[cell]}: edges of the top-{cfg.bootstrap.size} bootstrap circuits; "
              "hover an edge (◆) for its scores, drag to pan, scroll to zoom")  # fmt: skip
     return interactive.circuit_view(graph, frequency, score, per_input, edges, title=title)
-
-
-def _figure(fig_dir: str, name: str, caption: str) -> str:
-    with open(os.path.join(fig_dir, f"{name}.png"), "rb") as f:
-        data = base64.b64encode(f.read()).decode()
-    return (
-        f'<figure id="{name}"><img src="data:image/png;base64,{data}" alt="{html.escape(caption)}" '
-        f'data-file="figures/{name}.png"><figcaption>{html.escape(caption)} (<code>figures/{name}.png</code>)'
-        "</figcaption></figure>"
-    )
-
-
-def _display_row(r: dict) -> dict:
-    """A summary row as the report shows it: the Monte-Carlo interval and ± standard errors folded in."""
-    return {
-        "cell": r["label"],
-        **{k: r.get(k) for k in ("size", "n_edges_mean")},
-        "mean_jaccard_mc": interval(r["mean_jaccard"], r["jaccard_mc_low"], r["jaccard_mc_high"]),
-        **{
-            k: r.get(k)
-            for k in (
-                "jaccard_cv",
-                "mean_jaccard_to_full",
-                "stable",
-                "n_empty",
-                "replicates_with_cut_ties",
-                "snr_median",
-                "eval_inputs",
-            )
-        },  # fmt: skip
-        **{
-            k: plus_minus(r[k], r.get(f"{k}_se")) for k in ("faithfulness", "circuit_error_task", "circuit_error_vocab")
-        },
-        "kl": r["kl"],
-    }
 
 
 def _display_cell(info: dict, label: str) -> dict:
@@ -282,10 +230,6 @@ def _margin_readings(results) -> str:
     )
 
 
-def _reading(text: str) -> str:
-    return f"<p class='reading'><b>Reading.</b> {html.escape(text)}</p>" if text else ""
-
-
 def _section_reading(name: str, results, jaccards: dict, freqs: dict) -> str:
     cfg, rows = results.config, results.headline_rows()
     labels = cell_labels(cfg)
@@ -301,7 +245,7 @@ def _section_reading(name: str, results, jaccards: dict, freqs: dict) -> str:
         "prompts_needed": lambda: readings.prompts_needed(by_label),
         "stability_frontier": lambda: readings.frontier(by_label),
     }.get(name)
-    return _reading(text()) if text else ""
+    return page.reading(text()) if text else ""
 
 
 def _html(rd: RunDir, results, fig_dir: str, majority: Circuit, views: dict, jaccards: dict, freqs: dict) -> str:
@@ -309,25 +253,21 @@ def _html(rd: RunDir, results, fig_dir: str, majority: Circuit, views: dict, jac
     verdict = results.verdict
     kind = verdict.split(":")[0]
     labels = cell_labels(cfg)
-    summary = [_display_row(r) for r in results.headline_rows()]
+    summary = [summary_row(r) for r in results.headline_rows()]
     by_id = {c.id: labels[c.id] for c in cfg.cells()}
     cells = [_display_cell(c, by_id.get(c.get("cell"), c.get("cell"))) for c in results.cells]
     cell_cols = ["cell", "folder", "estimator settings", "n_inputs", "eval inputs", "clean_metric_mean",
                  "estimator_seconds", "seconds", "compile_seconds", "verdict"]  # fmt: skip
     parts = [
-        "<!doctype html><html><head><meta charset='utf-8'>",
-        "<meta name='viewport' content='width=device-width, initial-scale=1'>",
-        f"<title>mivar report: {html.escape(cfg.name)}</title><style>{CSS}</style>",
-        interactive.plotly_js(),
-        "</head><body>",
+        page.head(f"mivar report: {cfg.name}"),
         f"<h1>Study <code>{html.escape(cfg.name)}</code>: {html.escape(cfg.model.source)} on "
         f"{html.escape(cfg.data.task)}</h1>",
         f"<p class='verdict {kind}'><b>Verdict.</b> {html.escape(verdict)}</p>",
         f"<h2>Summary at the headline size (top-{cfg.bootstrap.size}, {html.escape(cfg.circuits.aggregations[0])})</h2>",
-        _reading(readings.summary(results.headline_rows(), cfg.bootstrap.replicates)),
+        page.reading(readings.summary(results.headline_rows(), cfg.bootstrap.replicates)),
         table(summary, [c for c in summary[0] if c not in ("size", "eval_inputs")] if summary else [], glossary="open"),
         "<h2>Cells</h2>",
-        _reading(readings.cells(results.cells)),
+        page.reading(readings.cells(results.cells)),
         table(cells, cell_cols),
     ]
     for name, caption in FIGURES:
@@ -355,13 +295,12 @@ def _html(rd: RunDir, results, fig_dir: str, majority: Circuit, views: dict, jac
                     parts.append(f"<p>{html.escape(title)}: {html.escape(dec.get('skipped', ''))}</p>")
         if name in views:
             parts.append(views[name])
-            parts.append(f"<details class='static'><summary>Static figure (PNG, for papers)</summary>"
-                         f"{_figure(fig_dir, name, caption)}</details>")  # fmt: skip
+            parts.append(page.static(fig_dir, name, caption))
         else:
-            parts.append(_figure(fig_dir, name, caption))
+            parts.append(page.figure(fig_dir, name, caption))
     if results.estimator_noise:
         parts.append("<h2>Estimator noise against exact scores</h2>")
-        parts.append(_reading(readings.estimator_noise(results.estimator_noise)))
+        parts.append(page.reading(readings.estimator_noise(results.estimator_noise)))
         for level, by_est in results.estimator_noise.items():
             rows, extra = [], {}
             for k, s in by_est.items():

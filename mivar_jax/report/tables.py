@@ -11,6 +11,8 @@ import html
 import math
 import re
 
+from mivar_jax.study.analysis import plus_minus
+
 _J = "Jaccard = |A ∩ B| / |A ∪ B| of two circuits' edge sets (1 = identical)"
 COLUMNS: dict[str, tuple[str, int | None, str]] = {
     # the summary at the headline size
@@ -130,3 +132,28 @@ def table(
         is_open = " open" if glossary == "open" else ""
         out += f"<details class='glossary'{is_open}><summary>What the columns mean</summary><dl>{items}</dl></details>"
     return out
+
+
+def summary_row(r: dict) -> dict:
+    """A summary row as the report shows it: the Monte-Carlo interval and ± standard errors folded in."""
+    return {
+        "cell": r["label"],
+        **{k: r.get(k) for k in ("size", "n_edges_mean")},
+        "mean_jaccard_mc": interval(r["mean_jaccard"], r["jaccard_mc_low"], r["jaccard_mc_high"]),
+        **{
+            k: r.get(k)
+            for k in (
+                "jaccard_cv",
+                "mean_jaccard_to_full",
+                "stable",
+                "n_empty",
+                "replicates_with_cut_ties",
+                "snr_median",
+                "eval_inputs",
+            )
+        },  # fmt: skip
+        **{
+            k: plus_minus(r[k], r.get(f"{k}_se")) for k in ("faithfulness", "circuit_error_task", "circuit_error_vocab")
+        },
+        "kl": r["kl"],
+    }
