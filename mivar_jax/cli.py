@@ -188,15 +188,18 @@ def plan_cmd(
         table.add_column(col, justify="left" if col in ("cell", "method") else "right")
     for r in p.rows:
         secs = "–" if r["seconds"] is None else f"{r['seconds']:.1f}"
+        scores = mib(r["scores_bytes"]) + (" (shards)" if r["scores_sharded"] else "")
         table.add_row(r["cell"], r["method"], str(r["inputs"]), f"{r['batch']} × {r['calls']}", secs,
-                      mib(r["peak_bytes"]), mib(r["scores_bytes"]))  # fmt: skip
+                      mib(r["peak_bytes"]), scores)  # fmt: skip
     console.print(table)
     total = "not calibrated" if p.total_seconds is None else f"{p.total_seconds / 60:.1f} min of cells"
     calib = "" if p.calibration_seconds is None else f" (calibration took {p.calibration_seconds:.0f} s)"
     room = "unknown" if p.device_bytes is None else mib(p.device_bytes)
     console.print(
         f"total: {total}{calib}; peak memory {mib(p.peak_bytes)} of {room} (weights {mib(p.weights_bytes)}); "
-        f"scores on disk {mib(p.scores_bytes)}",
+        f"scores on disk {mib(p.scores_bytes)}"
+        + ("; (shards): larger than estimator.scores_memory_kib, written to disk as they are computed"
+           if any(r["scores_sharded"] for r in p.rows) else ""),
         highlight=False, soft_wrap=True,
     )  # fmt: skip
 

@@ -20,7 +20,8 @@ then stays there. α starts at ``INIT_LOGIT`` (gates almost surely open: the ful
 N(0, 0.01²) noise from the seed's key.
 
 A seed s uses ``fold_in(key, s)`` for its initial noise and ``fold_in(·, step)`` for each step's
-draws, so training seeds together (vmapped, in groups that fit the memory budget) gives what
+draws, so training seeds together (vmapped, in groups that fit the memory budget, each device of the
+mesh training its block of a group) gives what
 training them one by one gives (within float32 rounding of batched matrix products). With
 ``resample=True`` seed s also trains on its own multinomial bootstrap replicate of the inputs
 (counts drawn from its key): seed-to-seed and data-to-data variability in one run.
@@ -65,6 +66,7 @@ from mivar_jax.evaluation import _baseline_kernel, bytes_per_circuit
 from mivar_jax.models.interventions import EdgeMix
 from mivar_jax.models.transformer import forward
 from mivar_jax.patching import check_ablation, dataset_means
+from mivar_jax.sharding import EDGES, INPUTS, Spec
 from mivar_jax.tasks.metrics import kl_divergence
 
 BETA, GAMMA, ZETA = 2 / 3, -0.1, 1.1
@@ -133,8 +135,9 @@ def expected_density(alpha, method: str = "edge-pruning"):
 
 
 @functools.lru_cache(maxsize=8)
-def _train_kernel(cfg, method: str, warmup: int, target: float, lr: float, lr_lambda: float):
-    """``STEPS_PER_CALL`` steps for a group of seeds (vmapped): state → state, (kl, density)."""
+def _train_kernel(cfg, method: str, warmup: int, target: float, lr: float, lr_lambda: float, mesh):
+    """``STEPS_PER_CALL`` steps for a group of seeds (vmapped; with a mesh, each device trains its
+    block of the seeds): state → state, (kl, density)."""
     tx = optax.multi_transform({"mask": optax.adam(lr), "lambda": optax.adam(lr_lambda)}, ("mask", "lambda"))
     gates, density = GATES[method][0], lambda alpha: expected_density(alpha, method)
 
@@ -169,7 +172,8 @@ def _train_kernel(cfg, method: str, warmup: int, target: float, lr: float, lr_la
             states, batches, params, weights_SxN, keys, first
         )
 
-    return jax.jit(run), tx
+    seeds = Spec((EDGES, INPUTS))  # the seed axis over every device of the mesh
+    return engine.kernel(run, mesh, (seeds, Spec(), Spec(), seeds, seeds, Spec()), (seeds, seeds, seeds)), tx
 
 
 def learn_mask(
@@ -196,8 +200,9 @@ def learn_mask(
     ``seeds``: how many (ids 0 … S−1) or a list of seed ids. ``steps`` (rounded up to a multiple of
     ``STEPS_PER_CALL``), Adam learning rates ``lr`` (mask logits) and ``lr_lambda`` (the multipliers), ``warmup``: share of the
     steps over which the target density falls to ``target_edges / E``. ``ablation``: ``patch`` |
-    ``zero`` | ``mean``. Seeds are trained in groups that fit ``memory_budget`` bytes (default the
-    engine's); all inputs enter every step. ``checkpoint``: a file where the state is saved after
+    ``zero`` | ``mean``. Seeds are trained in groups that fit ``memory_budget`` bytes per device
+    (default the engine's), spread over every device of the engine's mesh (a device trains its
+    seeds on every input); all inputs enter every step. ``checkpoint``: a file where the state is saved after
     every call, and resumed from when it holds the same job."""
     if method not in MASK_METHODS:
         raise ValueError(f"unknown mask method {method!r}; choose from {list(MASK_METHODS)}")
@@ -215,18 +220,22 @@ def learn_mask(
     res = engine.resources(model, data, memory_budget=memory_budget)
     N = len(data)
     means = dataset_means(model, data, N, ablation)
-    b, rows = next((b, rows) for _, b, rows in engine.batches(data, res, N))
-    assert len(rows) == N  # one batch of every input
+    b, rows = next(data.batches(N))  # every input, in one batch that every device holds whole
+    assert len(rows) == N
     full, z_ref, _, _, _ = _baseline_kernel(cfg, data.metric, ablation, None)(
         model.params, b, data.noise, data.noise_seed, means
     )
     batches = (full, z_ref, b)
     n_pad = full.shape[0]
     per_seed = 3 * bytes_per_circuit(cfg, n_pad, data.n_positions)  # forward + saved activations + backward
-    group = engine.fit(res.memory_budget, per_seed, cap=len(seed_ids), what="seed", fix="lower the inputs per step")
-    run, tx = _train_kernel(
-        cfg, method, int(round(warmup * steps)), target_edges / g.n_edges, float(lr), float(lr_lambda)
+    n_dev = res.n_devices
+    group = engine.fit(
+        res.memory_budget, per_seed, cap=-(-len(seed_ids) // n_dev), what="seed", fix="lower the inputs per step"
     )
+    run, tx = _train_kernel(
+        cfg, method, int(round(warmup * steps)), target_edges / g.n_edges, float(lr), float(lr_lambda), res.mesh
+    )
+    params = engine.on_mesh(model.params, res.mesh)
 
     # per seed: keys of its initial noise, its data replicate and its steps
     k_init, k_data, keys = (jnp.stack(k) for k in zip(*(jax.random.split(jax.random.fold_in(key, int(s)), 3)
@@ -250,12 +259,16 @@ def learn_mask(
     with progress_bar(progress, calls * len(seed_ids), f"{method} masks") as bar:
         for c in range(start, calls):
             outs = []
-            for g0 in range(0, len(seed_ids), group):
-                sl = slice(g0, g0 + group)
-                part = jax.tree.map(lambda x: x[sl], state)  # noqa: B023
-                outs.append(run(part, batches, model.params, jnp.asarray(weights[sl]), keys[sl], c * STEPS_PER_CALL))
+            for g0 in range(0, len(seed_ids), group * n_dev):
+                # this call's seeds, filled up to a multiple of the devices by repeating the last
+                pick = np.arange(g0, min(g0 + group * n_dev, len(seed_ids)))
+                real = len(pick)
+                pick = np.concatenate([pick, np.full(-real % n_dev, pick[-1])])
+                part = jax.tree.map(lambda x: x[pick], state)  # noqa: B023
+                out = run(part, batches, params, jnp.asarray(weights[pick]), keys[pick], c * STEPS_PER_CALL)
+                outs.append(jax.tree.map(lambda x: jnp.asarray(np.asarray(x)[:real]), out))  # noqa: B023
                 if bar is not None:
-                    bar(len(seed_ids[sl]))
+                    bar(real)
             state = jax.tree.map(lambda *xs: jnp.concatenate(xs), *[o[0] for o in outs])
             history.append(np.stack([np.concatenate([np.asarray(o[i]) for o in outs]) for i in (1, 2)]))
             if checkpoint is not None:

@@ -7,6 +7,11 @@ choose, and give seed by seed what they give vmapped."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import textwrap
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -241,3 +246,30 @@ def test_a_study_with_a_learned_mask_cell(hf_dirs, tmp_path):
     plan = mv.plan(cfg)
     row = next(r for r in plan.rows if r["cell"] == mask_cell.id)
     assert row["calls"] == (3 + 2) * 3 and row["seconds"] > 0
+
+
+def test_seeds_spread_over_eight_devices_equal_one_device(planted, tmp_path):
+    """Eight forced CPU devices, each training its block of the seeds (3 seeds: filled up to 8),
+    give the one-device masks."""
+    model, data, circuit = planted
+    kw = dict(target_edges=int(circuit.sum()), steps=60, seeds=3, key=jax.random.key(4), progress=False)
+    one = learn_mask(model, data, **kw)
+    script = textwrap.dedent(f"""
+        import jax, numpy as np
+        assert jax.device_count() == 8
+        from mivar_jax.masks import learn_mask
+        from tests.test_masks import planted
+        model, data, circuit = planted.__wrapped__()
+        lm = learn_mask(model, data, target_edges=int(circuit.sum()), steps=60, seeds=3, key=jax.random.key(4),
+                        progress=False)
+        np.save({str(tmp_path / "logits.npy")!r}, lm.logits)
+        np.save({str(tmp_path / "kl.npy")!r}, lm.kl_history)
+        np.save({str(tmp_path / "masks.npy")!r}, lm.masks())
+    """)
+    flags = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+    env = dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    subprocess.run([sys.executable, "-c", script], check=True, env=env, timeout=600, cwd=root)
+    np.testing.assert_allclose(np.load(tmp_path / "logits.npy"), one.logits, atol=1e-3)  # float32 rounding
+    np.testing.assert_allclose(np.load(tmp_path / "kl.npy"), one.kl_history, rtol=1e-3, atol=1e-5)
+    np.testing.assert_array_equal(np.load(tmp_path / "masks.npy"), one.masks())

@@ -245,3 +245,22 @@ def test_the_reproduction_notebook_runs_on_the_small_run(paper_run, monkeypatch)
     for needle in ("intrinsic variance of top edges", "median Spearman to exact", "EAP-IG-inputs vs clean-corrupted",
                    "membership variance across", "gpt2-small (paper)"):  # fmt: skip
         assert needle in text
+
+
+def test_compare_paper_runs_task_by_task(paper_run, tmp_path):
+    """``mivar compare`` of two paper runs sets their tasks' runs side by side and compares circuits
+    of the same task only (here a run against its copy: every cell against its twin, Jaccard 1)."""
+    copy = tmp_path / "copy"
+    shutil.copytree(paper_run, copy)
+    r = CliRunner().invoke(app, ["compare", paper_run, str(copy), "--out", str(tmp_path / "cmp")])
+    assert r.exit_code == 0, r.output
+    text = (tmp_path / "cmp" / "compare.html").read_text(encoding="utf-8")
+    tasks = [RunDir.open(t) for t in paper.task_dirs(paper_run)]
+    head, _, overlap = text.partition("<h2>Jaccard between the runs' circuits</h2>")
+    headline = head.split("<h2>Headline circuits side by side</h2>")[1].split("</table>")[0]
+    assert headline.count("<tr>") == 1 + 2 * sum(len(t.config.cells()) for t in tasks)
+    rows = overlap.split("</table>")[0].split("<tr>")[2:]  # after the header row
+    assert len(rows) == sum(len(t.config.cells()) for t in tasks)  # same-task pairs only
+    assert all("<td class='num'>1.000</td>" in row for row in rows)
+    for t in tasks:  # each task's pairs name that task's run twice
+        assert sum(t.config.name in row for row in rows) == len(t.config.cells())

@@ -58,6 +58,18 @@ def test_numbers_are_formatted_to_their_precision():
     assert fmt(0.0001234) == "1.23e-04" and fmt(12.345, 1) == "12.3" and fmt(0.5) == "0.500"
 
 
+def test_views_of_degenerate_runs_say_so():
+    """Every replicate circuit pruned to nothing: the circuit view says so instead of drawing."""
+    from mivar_jax.graph import Graph
+    from mivar_jax.report import interactive
+
+    g = Graph(2, 2)
+    view = interactive.circuit_view(g, np.zeros(g.n_edges), np.zeros(g.n_edges), None, np.array([], int))
+    assert "No edge was in any replicate's circuit" in view and "Plotly" not in view
+    assert interactive.sparkline(np.array([1.0, 1.0])) == "█" and interactive.sparkline(np.array([np.nan])) == ""
+    assert interactive.sparkline(np.array([0.0, 0.0, 0.0, 1.0]), bins=2) == "█▄"  # 3 low, 1 high: ⌈7 · 1/3⌉ = 3: ▄
+
+
 def _row(label, j, f, stable, **kw):
     return {"cell": label, "label": label, "size": 100, "aggregation": "mean", "mean_jaccard": j, "stable": stable,
             "faithfulness": f, "faithfulness_se": 0.01, **kw}  # fmt: skip

@@ -844,6 +844,13 @@ def test_plan_sizes_every_cell_and_refuses_what_does_not_fit(hf_dirs, tmp_path):
     result = CliRunner().invoke(app, ["plan", str(tmp_path / "study.toml"), "--no-calibrate"])
     assert result.exit_code == 0, result.output
     assert "plan of tiny" in result.output and "reference" in result.output and "scores on disk" in result.output
+    assert not any(r["scores_sharded"] for r in p.rows) and "(shards)" not in result.output
+    # scores larger than estimator.scores_memory_kib: the plan says they go to disk in shards
+    small = tiny_config(hf_dirs["gpt2"][0], estimator={"scores_memory_kib": 1})
+    assert all(r["scores_sharded"] for r in mv.plan(small, model=model, calibrate=False).rows)
+    (tmp_path / "small.toml").write_text(small.to_toml())
+    result = CliRunner().invoke(app, ["plan", str(tmp_path / "small.toml"), "--no-calibrate"])
+    assert result.exit_code == 0 and "(shards)" in result.output and "written to disk as they are" in result.output
     env = {**os.environ, "PYTHONPATH": os.getcwd()}
     cmd = [
         sys.executable,

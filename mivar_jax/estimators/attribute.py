@@ -114,12 +114,19 @@ def attribute(
     return Scores(sink.finish(), graph, level, method, params, clean_metric, np.asarray(data.uid))
 
 
-def _sink(n_rows: int, n_items: int, subset, names, scores_dir, scores_memory) -> RowSink:
-    """Where the scores go: memory if [n_rows, n_items] float32 fits ``scores_memory``, else shards
-    in ``scores_dir``. Every batch is checked for NaN/inf (the scored items) as it arrives."""
+def scores_limit(scores_memory: int | None) -> int:
+    """The host memory per-input scores may take (bytes): ``scores_memory``, by default a quarter of
+    the machine's RAM; scores larger than it go to disk as shards."""
     limit = host_memory() // 4 if scores_memory is None else int(scores_memory)
     if limit < 1:
         raise ValueError(f"scores_memory must be a positive number of bytes, got {scores_memory!r}")
+    return limit
+
+
+def _sink(n_rows: int, n_items: int, subset, names, scores_dir, scores_memory) -> RowSink:
+    """Where the scores go: memory if [n_rows, n_items] float32 fits ``scores_limit``, else shards
+    in ``scores_dir``. Every batch is checked for NaN/inf (the scored items) as it arrives."""
+    limit = scores_limit(scores_memory)
     cols = slice(None) if subset is None else subset
     item_names = names if subset is None else tuple(names[i] for i in subset)
     check = lambda rows, values: finite_or_raise(values[:, cols], item_names, rows)  # noqa: E731

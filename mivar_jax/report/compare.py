@@ -24,10 +24,6 @@ class _Run:
 
     def __init__(self, path: str | os.PathLike):
         path = os.fspath(path)
-        if is_paper_run(path):
-            tasks = task_dirs(path)
-            raise RunDirError(f"{path} is a run of the paper preset; compare its tasks' runs, e.g. "
-                              f"{tasks[0] if tasks else os.path.join(path, '<task>')}")  # fmt: skip
         self.rd = rd = RunDir.open(path)
         if not os.path.exists(rd.file("results", "summary.json")):
             raise RunDirError(f"{path} has no results/: finish it (mivar run --resume {path}) or rebuild them "
@@ -52,11 +48,12 @@ class _Run:
 
 
 def write_comparison(run_dirs: list[str | os.PathLike], out: str | os.PathLike) -> str:
-    """Write ``out/compare.html`` (and its PNG in ``out/figures/``) setting the runs side by side;
-    returns the page's path."""
+    """Write ``out/compare.html`` (and its PNG in ``out/figures/``) setting the runs side by side
+    (a run of the paper preset: each of its tasks' runs); returns the page's path."""
     if len(run_dirs) < 2:
         raise ValueError("compare needs at least two run directories")
-    runs = [_Run(p) for p in run_dirs]
+    # a run of the paper preset stands for its tasks' runs
+    runs = [_Run(t) for p in run_dirs for t in (task_dirs(p) if is_paper_run(p) else [p])]
     if len({r.name for r in runs}) < len(runs):
         for i, r in enumerate(runs):
             r.name = f"{i + 1}: {r.name}"
@@ -94,9 +91,9 @@ def write_comparison(run_dirs: list[str | os.PathLike], out: str | os.PathLike) 
         interactive.curves_view(series, style),
         page.static(os.path.join(out, "figures"), "faithfulness_curve", "Circuit size vs faithfulness and stability"),
         "<h2>Jaccard between the runs' circuits</h2>",
-        "<p>Full-data headline circuits (top-n of all the discovery prompts, pruned), the first cell of each run "
-        "against the first cell of the other, and cell against cell where both runs have a cell of the same "
-        "levels. Circuits of different models are not comparable edge by edge.</p>",
+        "<p>Full-data headline circuits (top-n of all the discovery prompts, pruned) of runs on the same task: "
+        "the first cell of each run against the first cell of the other, and cell against cell where both runs "
+        "have a cell of the same levels. Circuits of different models are not comparable edge by edge.</p>",
         table(overlap, ["run A", "run B", "cells", "jaccard", "edges A", "edges B"], extra=OVERLAP_COLUMNS),
         "".join(f"<p>{html.escape(n)}</p>" for n in notes),
         "</body></html>",
@@ -149,6 +146,8 @@ def _overlaps(runs: list[_Run]) -> tuple[list[dict], list[str]]:
     circuits = [r.circuits() for r in runs]
     for (a, ca), (b, cb) in itertools.combinations(zip(runs, circuits, strict=True), 2):
         first_a, first_b = next(iter(ca)), next(iter(cb))
+        if a.config.data.task != b.config.data.task:
+            continue  # circuits of two tasks: nothing to compare
         if ca[first_a].shape != cb[first_b].shape or a.config.model.source != b.config.model.source:
             notes.append(f"{a.name} and {b.name}: different models ({a.config.model.source}, "
                          f"{b.config.model.source}): their circuits are not compared edge by edge.")  # fmt: skip
@@ -160,7 +159,8 @@ def _overlaps(runs: list[_Run]) -> tuple[list[dict], list[str]]:
         for x, y in pairs:
             j = float(np.asarray(stats.jaccard_matrix(np.stack([ca[x], cb[y]])))[0, 1])
             rows.append({"run A": a.name, "run B": b.name, "cells": f"{a.labels[x]} vs {b.labels[y]}", "jaccard": j,
-                         "edges A": int(ca[x].sum()), "edges B": int(cb[y].sum())})  # fmt: skip
+                         "edges A": int(ca[x].sum()), "edges B": int(cb[y].sum()),
+                         "first": (x, y) == (first_a, first_b)})  # fmt: skip
     return rows, notes
 
 
@@ -179,9 +179,16 @@ def _reading_of(runs: list[_Run], overlap: list[dict]) -> str:
             text += f", faithfulness {min(f):.3f}–{max(f):.3f} ({readings.faithfulness_word(min(f))} at worst)"
         parts.append(text)
     text = "; ".join(parts) + "."
-    if overlap:
-        first = overlap[0]
-        text += (f" Their first cells' circuits overlap with Jaccard {first['jaccard']:.3f}"
-                 + (" (the same circuit)." if first["jaccard"] >= 0.999 else
-                    f" ({'mostly' if first['jaccard'] >= readings.STABLE else 'partly'} the same edges)."))  # fmt: skip
+    firsts = [r for r in overlap if r["first"]]
+    for r in firsts[:3]:
+        same = (
+            "the same circuit"
+            if r["jaccard"] >= 0.999
+            else "mostly the same edges"
+            if r["jaccard"] >= 0.8
+            else "partly the same edges"
+        )
+        text += f" The first cells of {r['run A']} and {r['run B']} overlap with Jaccard {r['jaccard']:.3f} ({same})."
+    if len(firsts) > 3:
+        text += f" {len(firsts) - 3} more pairs in the table below."
     return text

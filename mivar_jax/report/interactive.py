@@ -64,6 +64,8 @@ def circuit_view(
     aggregated score), ``per_input`` [N, k] the single-input scores of those edges (None: not
     shown). A slider keeps the edges with frequency ≥ a threshold (``start`` at first)."""
     edges = np.asarray(edges)
+    if edges.size == 0:
+        return "<p>No edge was in any replicate's circuit (every circuit pruned to nothing).</p>"
     edges = edges[np.argsort(-frequency[edges], kind="stable")[:MAX_EDGES]]
     owner = slot_owner(graph)
     src, dst = graph.edge_src[edges], owner[graph.edge_dst[edges]]

@@ -32,6 +32,7 @@ from mivar_jax import engine
 from mivar_jax._checks import mib
 from mivar_jax._shards import host_memory
 from mivar_jax._timing import Stopwatch
+from mivar_jax.estimators.attribute import scores_limit
 from mivar_jax.estimators.exact import bytes_per_input_state, bytes_per_patch
 from mivar_jax.estimators.gradient import batching
 from mivar_jax.estimators.registry import get
@@ -44,7 +45,9 @@ from mivar_jax.study.runner import REFERENCE, Study, _rows, at_one_width
 @dataclasses.dataclass(frozen=True)
 class Plan:
     """Rows per cell: ``cell``, ``method``, ``inputs``, ``batch`` (inputs per call), ``calls``,
-    ``seconds`` (predicted; None without calibration), ``peak_bytes``, ``scores_bytes``."""
+    ``seconds`` (predicted; None without calibration), ``peak_bytes``, ``scores_bytes`` and
+    ``scores_sharded`` (larger than ``estimator.scores_memory_kib``: written to disk in shards as
+    they are computed, read back in blocks)."""
 
     study: str
     model: str
@@ -95,6 +98,7 @@ def plan(study, *, model=None, calibrate: bool = True, device_bytes: int | None 
     weights = int(sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(model.params)))
     res = engine.Resources(None, cfg.estimator.batch_size or None, cfg.estimator.memory_budget_mib * 2**20)
     capacity = device_bytes if device_bytes is not None else _device_bytes()
+    held = scores_limit(cfg.estimator.scores_memory_kib * 2**10 or None)  # larger scores: shards on disk
 
     rows = []
     for cell in cfg.cells():
@@ -106,14 +110,15 @@ def plan(study, *, model=None, calibrate: bool = True, device_bytes: int | None 
             rows.append({"cell": cell.id, "method": cell.method, "inputs": len(discovery), "batch": len(discovery),
                          "calls": n_seeds * -(-mk.steps // STEPS_PER_CALL), "seconds": None,
                          "peak_bytes": weights + 3 * bytes_per_circuit(mc, len(discovery), P),
-                         "scores_bytes": 4 * n_seeds * g.n_edges})  # fmt: skip
+                         "scores_bytes": 4 * n_seeds * g.n_edges, "scores_sharded": False})  # fmt: skip
             continue
         estimator = get(cell.method)
         per_input = estimator.bytes_per_input(mc, P)
         batch, calls = batching(mc, estimator, len(discovery), P, res)  # as the driver sizes the job
         rows.append({"cell": cell.id, "method": estimator_label(cell.method, cell.steps), "inputs": len(discovery),
                      "batch": batch, "calls": calls, "seconds": None, "peak_bytes": weights + batch * per_input,
-                     "scores_bytes": 4 * len(discovery) * g.n_edges})  # fmt: skip
+                     "scores_bytes": 4 * len(discovery) * g.n_edges,
+                     "scores_sharded": 4 * len(discovery) * g.n_edges > held})  # fmt: skip
     if cfg.reference.level != "none":
         r = cfg.reference
         n_ref = cfg.data.n if r.inputs == 0 else min(r.inputs, cfg.data.n)  # runner.input_rows: 0 = all
@@ -122,7 +127,8 @@ def plan(study, *, model=None, calibrate: bool = True, device_bytes: int | None 
         state = bytes_per_input_state(mc, P) + bytes_per_patch(mc, P, P)
         rows.append({"cell": REFERENCE, "method": "exact", "inputs": n_ref, "batch": 1, "calls": n_ref,
                      "edges": ref_edges, "seconds": None, "peak_bytes": weights + state,
-                     "scores_bytes": 4 * n_ref * ((1 + len(cfg.scored_estimators)) * g.n_src + g.n_edges)})  # fmt: skip
+                     "scores_bytes": 4 * n_ref * ((1 + len(cfg.scored_estimators)) * g.n_src + g.n_edges),
+                     "scores_sharded": ref_edges > 0 and 4 * n_ref * g.n_edges > held})  # fmt: skip
     peak = max(r["peak_bytes"] for r in rows)
     if capacity is not None and peak > capacity:
         raise ConfigError(
