@@ -16,9 +16,11 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from mivar_jax.circuits.pruning import slot_owner
 from mivar_jax.cli import app
 from mivar_jax.report import FIGURES, readings
 from mivar_jax.report.tables import fmt, interval
+from mivar_jax.scores import Scores
 from mivar_jax.study import RunDir, Study
 from tests import browser
 from tests.test_study import tiny_config
@@ -180,6 +182,7 @@ def test_report_in_a_browser(runs, chromium, tmp_path):
     # the slider filters edges by inclusion frequency: at 1.0 exactly the edges of every replicate remain
     z = np.load(os.path.join(a, "cells", RunDir.open(a).config.cells()[0].id, "bootstrap.npz"))
     freq = z["mean-n20/inclusion_frequency"]
+    g = Scores.load(os.path.join(a, "cells", RunDir.open(a).config.cells()[0].id, "scores.safetensors")).graph
     for step, threshold in ((9, 1.0), (4, 0.5)):
         chromium.js(
             "(() => { const d = document.getElementById('circuit-view');"
@@ -190,6 +193,13 @@ def test_report_in_a_browser(runs, chromium, tmp_path):
             "&& t.visible !== false).reduce((n, t) => n + t.x.length, 0)"
         )
         assert shown == int((freq >= threshold - 1e-9).sum()), threshold
+        nodes = chromium.js(
+            "document.getElementById('circuit-view').data.filter(t => t.name === 'nodes' && t.visible !== false)"
+            ".map(t => t.text)"
+        )
+        kept = np.nonzero(freq >= threshold - 1e-9)[0]  # the nodes at either end of the kept edges
+        ends = set(g.edge_src[kept]) | set(slot_owner(g)[g.edge_dst[kept]])
+        assert len(nodes) == 1 and sorted(nodes[0]) == sorted(g.node_names[n] for n in ends), threshold
     # the tables are labelled, formatted and fit the page
     assert re.search(r">mean Jaccard \[MC interval\]</th>", text)
     assert re.search(r"<td class='num'>0\.\d{3} \[0\.\d{3}, 0\.\d{3}\]</td>", text)  # an interval as value [low, high]

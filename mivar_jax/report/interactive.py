@@ -67,6 +67,9 @@ def circuit_view(
     if edges.size == 0:
         return "<p>No edge was in any replicate's circuit (every circuit pruned to nothing).</p>"
     edges = edges[np.argsort(-frequency[edges], kind="stable")[:MAX_EDGES]]
+    thresholds = [k / 10 for k in range(1, 11)]  # the slider's steps
+    active = min(range(len(thresholds)), key=lambda i: abs(thresholds[i] - start))
+    start = thresholds[active]
     owner = slot_owner(graph)
     src, dst = graph.edge_src[edges], owner[graph.edge_dst[edges]]
     nodes = np.unique(np.concatenate([src, dst]))
@@ -108,21 +111,27 @@ def circuit_view(
                                  legendgroup=label, showlegend=False, visible=visible,
                                  marker=dict(size=7, color=colors[k], symbol="diamond")))  # fmt: skip
         traces_of_bin[k] = (len(fig.data) - 2, len(fig.data) - 1)
-    names = [graph.node_names[n] for n in nodes]
-    fig.add_trace(go.Scatter(x=[pos[n][0] for n in nodes], y=[pos[n][1] for n in nodes], mode="markers+text",
-                             text=names, textposition="middle center", textfont=dict(size=8),
-                             hovertext=names, hoverinfo="text", name="nodes", showlegend=False,
-                             marker=dict(size=26, color="#f2f2f2", line=dict(color="#888", width=1))))  # fmt: skip
-    steps = []
-    thresholds = [k / 10 for k in range(1, 11)]
+    # the nodes of the edges each slider step keeps: one node trace per step, shown with it
+    node_trace = {}
     for t in thresholds:
-        vis = [True] * len(fig.data)
+        keep = frequency[edges] >= t - 1e-9
+        on = np.unique(np.concatenate([src[keep], dst[keep]])) if keep.any() else np.zeros(0, int)
+        names = [graph.node_names[n] for n in on]
+        fig.add_trace(go.Scatter(x=[pos[n][0] for n in on], y=[pos[n][1] for n in on], mode="markers+text",
+                                 text=names, textposition="middle center", textfont=dict(size=8),
+                                 hovertext=names, hoverinfo="text", name="nodes", showlegend=False,
+                                 visible=abs(t - start) < 1e-9,
+                                 marker=dict(size=26, color="#f2f2f2", line=dict(color="#888", width=1))))  # fmt: skip
+        node_trace[t] = len(fig.data) - 1
+    steps = []
+    for t in thresholds:
+        vis = [False] * len(fig.data)
         for k, (a, b) in traces_of_bin.items():
             vis[a] = vis[b] = k / 10 >= t - 1e-9
+        vis[node_trace[t]] = True
         shown = int((frequency[edges] >= t - 1e-9).sum())
         steps.append(dict(method="restyle", args=[{"visible": vis}], label=f"{t:.1f}",
                           name=f"{shown} edges"))  # fmt: skip
-    active = min(range(len(thresholds)), key=lambda i: abs(thresholds[i] - start))
     width = max(x for x, _ in pos.values()) + 1
     fig.update_layout(
         title=dict(text=title, font=dict(size=13)),
