@@ -261,12 +261,14 @@ def learn_mask(
             outs = []
             for g0 in range(0, len(seed_ids), group * n_dev):
                 # this call's seeds, filled up to a multiple of the devices by repeating the last
-                pick = np.arange(g0, min(g0 + group * n_dev, len(seed_ids)))
-                real = len(pick)
-                pick = np.concatenate([pick, np.full(-real % n_dev, pick[-1])])
+                end = min(g0 + group * n_dev, len(seed_ids))
+                real = end - g0
+                pick = slice(g0, end) if real % n_dev == 0 else np.r_[g0:end, np.full(-real % n_dev, end - 1)]
                 part = jax.tree.map(lambda x: x[pick], state)  # noqa: B023
                 out = run(part, batches, params, jnp.asarray(weights[pick]), keys[pick], c * STEPS_PER_CALL)
-                outs.append(jax.tree.map(lambda x: jnp.asarray(np.asarray(x)[:real]), out))  # noqa: B023
+                if res.mesh is not None:  # gathered on the host (no cross-device collective), fillers dropped
+                    out = jax.tree.map(lambda x: jnp.asarray(np.asarray(x)[:real]), out)  # noqa: B023
+                outs.append(out)
                 if bar is not None:
                     bar(real)
             state = jax.tree.map(lambda *xs: jnp.concatenate(xs), *[o[0] for o in outs])

@@ -83,7 +83,7 @@ def write_report(rd: RunDir, results) -> str:
     figures.stability_frontier(by_label, path("stability_frontier"))
 
     views = {
-        "score_distributions": _score_view(rd, cfg, scored, labels),
+        "score_distributions": _score_view(rd, scored, labels, first),
         "jaccard_heatmap": interactive.jaccard_view(jaccards),
         "majority_circuit": _circuit_view(rd, cfg, graph, f0, first if scored[:1] == cells[:1] else None, labels),
     }
@@ -92,13 +92,15 @@ def write_report(rd: RunDir, results) -> str:
     return out
 
 
-def _score_view(rd: RunDir, cfg, scored: list[str], labels: dict) -> str:
-    """Each scored cell's top edges by |mean score|, every input's score as a point."""
+def _score_view(rd: RunDir, scored: list[str], labels: dict, first: Scores | None) -> str:
+    """Each scored cell's top edges by |mean score|, every input's score as a point (``first``: the
+    first scored cell's scores, already read)."""
     if not scored:
         return "<p>Learned-mask cells only: no per-input scores to show.</p>"
     cells = {}
     for c in scored:
-        scores = read_cell_file(rd, os.path.join(rd.cell_dir(c), "scores.safetensors"), Scores.load)
+        path = os.path.join(rd.cell_dir(c), "scores.safetensors")
+        scores = first if c == scored[0] else read_cell_file(rd, path, Scores.load)
         top = np.argsort(-np.abs(edge_variability(scores).mean), kind="stable")[:TOP_EDGES]
         cells[labels[c]] = ([scores.names[e] for e in top], np.asarray(scores.per_input[:, top]))
     return interactive.score_view(cells)
@@ -230,22 +232,22 @@ def _margin_readings(results) -> str:
     )
 
 
-def _section_reading(name: str, results, jaccards: dict, freqs: dict) -> str:
+def _section_readings(results, jaccards: dict, freqs: dict) -> dict[str, str]:
+    """Each figure section's reading (``readings``), by the figure's name."""
     cfg, rows = results.config, results.headline_rows()
     labels = cell_labels(cfg)
     by_label = {labels[c]: v for c, v in results.stability.items()}
-    text = {
-        "score_distributions": lambda: readings.scores(rows),
-        "jaccard_heatmap": lambda: readings.jaccard(jaccards),
-        "inclusion_frequency": lambda: readings.inclusion(freqs, cfg.bootstrap.size),
-        "faithfulness_curve": lambda: readings.curve(results.rows),
-        "perturbation_jaccard": lambda: readings.perturbations(results.perturbations),
-        "variance_decomposition": lambda: readings.decomposition(results.decomposition),
-        "held_out": lambda: readings.held_out(rows),
-        "prompts_needed": lambda: readings.prompts_needed(by_label),
-        "stability_frontier": lambda: readings.frontier(by_label),
-    }.get(name)
-    return page.reading(text()) if text else ""
+    return {
+        "score_distributions": readings.scores(rows),
+        "jaccard_heatmap": readings.jaccard(jaccards),
+        "inclusion_frequency": readings.inclusion(freqs, cfg.bootstrap.size),
+        "faithfulness_curve": readings.curve(results.rows),
+        "perturbation_jaccard": readings.perturbations(results.perturbations),
+        "variance_decomposition": readings.decomposition(results.decomposition),
+        "held_out": readings.held_out(rows),
+        "prompts_needed": readings.prompts_needed(by_label),
+        "stability_frontier": readings.frontier(by_label),
+    }
 
 
 def _html(rd: RunDir, results, fig_dir: str, majority: Circuit, views: dict, jaccards: dict, freqs: dict) -> str:
@@ -270,9 +272,10 @@ def _html(rd: RunDir, results, fig_dir: str, majority: Circuit, views: dict, jac
         page.reading(readings.cells(results.cells)),
         table(cells, cell_cols),
     ]
+    section_readings = _section_readings(results, jaccards, freqs)
     for name, caption in FIGURES:
         parts.append(f"<h2>{html.escape(caption)}</h2>")
-        parts.append(_section_reading(name, results, jaccards, freqs))
+        parts.append(page.reading(section_readings.get(name, "")))
         if name == "majority_circuit":
             parts.append(f"<p>{majority.n_edges} edges, {majority.n_nodes} nodes (first cell, top-{cfg.bootstrap.size}, "
                          "edges in ≥ 50% of the bootstrap replicates; darker = more frequent). The interactive view "
