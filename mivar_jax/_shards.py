@@ -24,6 +24,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import shutil
 import struct
 
 import numpy as np
@@ -130,19 +131,57 @@ def column_blocks(per_input):
 
 
 class RowSink:
-    """Where an estimator puts its scores, whole inputs at a time: ``put(rows, values [n, items])``,
-    then ``finish()``. ``check(rows, values)`` (optional) vets each batch as it arrives."""
+    """Where an estimator puts its scores, whole inputs at a time: ``put(rows, values [n, items],
+    clean [n])`` (the full model's metric on those inputs; 0 when not given), then ``finish()``. ``check(rows,
+    values)`` (optional) vets each batch as it arrives. ``resume(checkpoint)`` first takes the
+    batches a ``Checkpoint`` holds and then saves every new batch there; the driver skips the
+    batches that are ``done``."""
 
     def __init__(self, n_rows: int, n_items: int, fill: float, check=None):
         self.n_rows, self.n_items, self.fill, self.check = n_rows, n_items, fill, check
+        self.clean = np.zeros(n_rows, np.float32)
+        self.held = np.zeros(n_rows, bool)  # inputs whose scores are in
+        self._restored = np.zeros(n_rows, bool)
+        self.checkpoint: Checkpoint | None = None
 
-    def put(self, rows, values) -> None:
+    def done(self, rows) -> bool:
+        """Whether every one of ``rows`` is in already (restored from a checkpoint)."""
+        return bool(self.held[np.asarray(rows, np.int64)].all())
+
+    def put(self, rows, values, clean=None) -> None:
         rows, values = np.asarray(rows, np.int64), np.asarray(values, np.float32)
-        if values.shape != (len(rows), self.n_items):
-            raise ValueError(f"a batch of {len(rows)} inputs must be [{len(rows)}, {self.n_items}], got {values.shape}")
+        clean = np.zeros(len(rows), np.float32) if clean is None else np.asarray(clean, np.float32)
+        if values.shape != (len(rows), self.n_items) or clean.shape != rows.shape:
+            raise ValueError(
+                f"a batch of {len(rows)} inputs must be [{len(rows)}, {self.n_items}] scores and [{len(rows)}] "
+                f"clean metrics, got {values.shape} and {clean.shape}"
+            )
+        new = ~self._restored[rows]  # a restored input keeps its saved scores (a batch may span a saved one)
+        rows, values, clean = rows[new], values[new], clean[new]
+        seen, counts = np.unique(rows, return_counts=True)
+        twice = np.union1d(rows[self.held[rows]], seen[counts > 1])
+        if twice.size:
+            raise ValueError(f"inputs {twice[:5].tolist()} were put twice")
+        if not len(rows):
+            return
         if self.check is not None:
             self.check(rows, values)
         self._store(rows, values)
+        self.clean[rows], self.held[rows] = clean, True
+        if self.checkpoint is not None:
+            self.checkpoint.save(rows, values, clean)
+
+    def resume(self, checkpoint: Checkpoint) -> int:
+        """Take the batches saved in ``checkpoint``, then save each new one there; the inputs restored."""
+        for rows, values, clean in checkpoint.batches():
+            self.put(rows, values, clean)
+        self._restored = self.held.copy()
+        self.checkpoint = checkpoint
+        return int(self.held.sum())
+
+    def _complete(self) -> None:
+        if not self.held.all():
+            raise ValueError(f"{int((~self.held).sum())} of {self.n_rows} inputs were never scored")
 
 
 class ArraySink(RowSink):
@@ -156,13 +195,15 @@ class ArraySink(RowSink):
         self.array[rows] = values
 
     def finish(self) -> np.ndarray:
+        self._complete()
         return self.array
 
 
 class ShardWriter(RowSink):
     """Scores written to ``folder`` as they come, in shards of at most ``shard_bytes`` (whole
     inputs; at least one per shard); ``finish()`` returns the ScoreShards, read in blocks of
-    ``budget`` bytes. Shards left in ``folder`` by an earlier, interrupted run are removed first."""
+    ``budget`` bytes. Shards left in ``folder`` by an earlier, interrupted run are removed first
+    (its finished batches come back through a ``Checkpoint``)."""
 
     def __init__(self, folder, n_rows, n_items, fill, *, shard_bytes: int, budget: int, check=None):
         super().__init__(n_rows, n_items, fill, check)
@@ -171,12 +212,11 @@ class ShardWriter(RowSink):
         os.makedirs(self.folder, exist_ok=True)
         for stale in glob.glob(os.path.join(self.folder, "shard-*.safetensors*")):
             os.remove(stale)
-        self._rows, self._values, self.files, self._seen = [], [], [], 0
+        self._rows, self._values, self.files = [], [], []
 
     def _store(self, rows, values):
         self._rows.append(rows)
         self._values.append(values)
-        self._seen += len(rows)
         while sum(len(r) for r in self._rows) >= self.per_shard:
             self._flush(self.per_shard)
 
@@ -192,6 +232,47 @@ class ShardWriter(RowSink):
     def finish(self) -> ScoreShards:
         if self._rows:
             self._flush(sum(len(r) for r in self._rows))
-        if self._seen != self.n_rows:
-            raise ValueError(f"{self._seen} inputs were written, expected {self.n_rows}")
+        self._complete()
         return ScoreShards(self.files, self.n_items, self.budget)
+
+
+class Checkpoint:
+    """A scoring job's finished batches in ``folder``, so that an interrupted job resumes where it
+    stopped: ``job.json`` (what the job is: a folder holding another job's batches is cleared) and
+    one safetensors file per batch (``per_input`` [n, items], ``rows`` [n], ``clean`` [n]), each
+    written atomically (whole or absent). ``remove()`` once the scores are safe elsewhere."""
+
+    def __init__(self, folder, job: dict):
+        self.folder = os.fspath(folder)
+        job = json.loads(json.dumps(job, sort_keys=True))
+        os.makedirs(self.folder, exist_ok=True)
+        path = os.path.join(self.folder, "job.json")
+        try:
+            with open(path) as f:
+                same = json.load(f) == job
+        except (OSError, ValueError):
+            same = False
+        if not same:
+            for stale in glob.glob(os.path.join(self.folder, "batch-*")):
+                os.remove(stale)
+            atomic_write_bytes(path, json.dumps(job, sort_keys=True, indent=1).encode())
+
+    def _files(self) -> list[str]:
+        return sorted(glob.glob(os.path.join(self.folder, "batch-*.safetensors")))
+
+    def batches(self):
+        """(rows [n], per_input [n, items], clean [n]) of every saved batch."""
+        from safetensors.numpy import load_file
+
+        for path in self._files():
+            t = load_file(path)
+            yield t["rows"], t["per_input"], t["clean"]
+
+    def save(self, rows, values, clean) -> None:
+        from safetensors.numpy import save
+
+        blob = save({"per_input": np.ascontiguousarray(values), "rows": rows, "clean": clean})
+        atomic_write_bytes(os.path.join(self.folder, f"batch-{int(rows[0]):09d}.safetensors"), blob)
+
+    def remove(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)

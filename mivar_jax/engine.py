@@ -108,16 +108,21 @@ def kernel(fn: Callable, mesh: Mesh | None, in_specs, out_specs) -> Callable:
     return jax.jit(spmd(fn, mesh, in_specs, out_specs))
 
 
-def batches(data, res: Resources, per_device: int, *, widths=None, axis: str | None = None) -> Iterator[tuple]:
+def batches(
+    data, res: Resources, per_device: int, *, widths=None, axis: str | None = None, skip=None
+) -> Iterator[tuple]:
     """The driver's loop: ``(width, batch, rows)`` over ``data``, ``per_device`` inputs on each device
     along mesh ``axis`` (default: every device), inputs grouped by ``widths`` [N] (the window a
     patch can change; one group when None), every batch of a group one shape
-    (``TaskData.batches``): results are read back as ``np.asarray(out)[: len(rows)]``."""
+    (``TaskData.batches``): results are read back as ``np.asarray(out)[: len(rows)]``. Batches
+    whose rows ``skip(rows)`` are left out (a resumed job's finished ones: ``RowSink.done``); the
+    others are the batches of the whole job, so a resumed job computes what an uninterrupted one would."""
     widths = np.zeros(len(data), np.int64) if widths is None else np.asarray(widths)
     devices = res.n_devices if axis is None else res.axis(axis)
     for width in np.unique(widths):
         for b, rows in data.batches(per_device, devices, rows=np.nonzero(widths == width)[0]):
-            yield int(width), b, rows
+            if skip is None or not skip(rows):
+                yield int(width), b, rows
 
 
 __all__ = [

@@ -77,15 +77,18 @@ def test_shards_read_back_what_was_written(tmp_path):
 def test_writer_and_reader_refuse_what_is_not_whole(tmp_path):
     w = ShardWriter(tmp_path / "a", 4, 3, 0.0, shard_bytes=12, budget=64)
     w.put([0, 1], np.zeros((2, 3)))
-    with pytest.raises(ValueError, match="2 inputs were written, expected 4"):
+    with pytest.raises(ValueError, match="2 of 4 inputs were never scored"):
         w.finish()
     with pytest.raises(ValueError, match="must be \\[1, 3\\]"):
         w.put([2], np.zeros((1, 4)))
-    w = ShardWriter(tmp_path / "b", 2, 3, 0.0, shard_bytes=12, budget=64)
-    w.put([0], np.zeros((1, 3)))
-    w.put([0], np.zeros((1, 3)))
-    with pytest.raises(ValueError, match="do not hold each input exactly once"):
-        w.finish()
+    for sink in (ShardWriter(tmp_path / "b", 2, 3, 0.0, shard_bytes=12, budget=64), ArraySink(3, 3, 0.0)):
+        sink.put([0], np.zeros((1, 3)))
+        with pytest.raises(ValueError, match="inputs \\[0\\] were put twice"):
+            sink.put([0], np.zeros((1, 3)))
+        with pytest.raises(ValueError, match="inputs \\[1\\] were put twice"):
+            sink.put([1, 1], np.zeros((2, 3)))
+    with pytest.raises(ValueError, match="do not hold each input exactly once"):  # shards of another writer
+        ScoreShards(2 * [os.path.join(tmp_path, "b", "shard-00000.safetensors")], 3, 64)
     sink = ArraySink(2, 3, np.nan, check=lambda rows, v: (_ for _ in ()).throw(FloatingPointError("vetted")))
     with pytest.raises(FloatingPointError, match="vetted"):
         sink.put([0], np.zeros((1, 3)))

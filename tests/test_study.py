@@ -463,6 +463,41 @@ def test_resume_after_kill_between_and_inside_cells_on_eight_devices(tiny_study,
                 np.testing.assert_array_equal(x[k], y[k])
 
 
+def test_a_run_interrupted_inside_its_scoring_resumes_from_the_finished_batches(tiny_study, tmp_path, monkeypatch):
+    """Stopped right after the first cell saved its first batch of scores (of two): the resume
+    reads that batch back from the cell's checkpoint, computes only the second, and the run's
+    files equal the uninterrupted run's."""
+    from mivar_jax._shards import Checkpoint
+
+    cfg, reference_out, _ = tiny_study
+    out, first = tmp_path / "run", cfg.cells()[0].id
+    real, saved = Checkpoint.save, []
+
+    def save(self, rows, values, clean, stop=True):
+        real(self, rows, values, clean)
+        saved.append(np.asarray(rows).tolist())
+        if stop and len(saved) == 1:
+            raise KeyboardInterrupt("stopped")
+
+    monkeypatch.setattr(Checkpoint, "save", save)
+    with pytest.raises(KeyboardInterrupt):
+        Study(cfg).run(out, progress=False)
+    rd = RunDir.open(out)
+    folder = os.path.join(rd.partial_dir(first), "scores-checkpoint")
+    assert rd.done_cells() == [] and sorted(os.listdir(folder)) == ["batch-000000000.safetensors", "job.json"]
+    monkeypatch.setattr(Checkpoint, "save", lambda *a: save(*a, stop=False))
+    Study.resume(out, progress=False)
+    assert saved[:2] == [[0, 1, 2, 3], [4, 5, 6, 7]]  # the first cell's second batch, not its first again
+    a = _load(os.path.join(rd.cell_dir(first), "scores.safetensors"))
+    b = _load(os.path.join(reference_out, "cells", first, "scores.safetensors"))
+    assert a.params["resumed_inputs"] == 4 and "resumed_inputs" not in b.params
+    np.testing.assert_array_equal(a.per_input, b.per_input)
+    np.testing.assert_array_equal(a.clean_metric, b.clean_metric)
+    assert not os.path.exists(os.path.join(rd.cell_dir(first), "scores-checkpoint"))
+    for name in ("summary.json", "perturbations.json", "decomposition.json", "estimator_noise.json"):
+        assert _json(rd.file("results", name)) == _json(os.path.join(reference_out, "results", name)), name
+
+
 def _processes(cfg, out: Path, tmp_path: Path, n: int) -> list[subprocess.Popen]:
     """``mivar run`` of ``cfg`` as ``n`` JAX processes of one distributed run on this machine
     (localhost coordinator, gloo collectives on CPU); each worker's temporary files under

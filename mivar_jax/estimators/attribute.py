@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 import warnings
 
@@ -11,7 +12,7 @@ from jax.sharding import Mesh
 from mivar_jax import engine
 from mivar_jax._checks import mib
 from mivar_jax._progress import progress_bar
-from mivar_jax._shards import MAX_SHARD_BYTES, ArraySink, RowSink, ShardWriter, host_memory
+from mivar_jax._shards import MAX_SHARD_BYTES, ArraySink, Checkpoint, RowSink, ShardWriter, host_memory
 from mivar_jax.estimators.gradient import IG_CONVENTIONS, POOLINGS
 from mivar_jax.estimators.registry import ESTIMATORS, Options, get, load
 from mivar_jax.patching import check_ablation
@@ -37,6 +38,7 @@ def attribute(
     subset=None,
     scores_dir=None,
     scores_memory: int | None = None,
+    checkpoint=None,
     progress: bool = True,
 ) -> Scores:
     """Per-input scores [N, E] (edges) or [N, S] (nodes) of ``data``'s metric on ``model``.
@@ -58,7 +60,11 @@ def attribute(
     this machine's). Larger scores are written to ``scores_dir`` in shards as they are computed and
     come back as lazy ``ScoreShards``, which aggregation, selection, the bootstrap and the per-edge
     statistics read in column blocks of ``scores_memory / 8`` bytes (``mivar_jax._shards``); without
-    ``scores_dir`` they are refused. ``progress`` shows a bar for long runs.
+    ``scores_dir`` they are refused. ``checkpoint``: a folder where each finished batch of inputs is
+    saved as it comes; the same call after an interruption (same model, data, method and options,
+    ``batch_size`` and ``memory_budget``; any number of devices) computes only the batches it lacks
+    and gives what an uninterrupted call gives. The folder is removed once the scores are whole; one
+    of another job is cleared. ``progress`` shows a bar for long runs.
     """
     estimator = get(method)
     if level not in LEVELS:
@@ -106,12 +112,35 @@ def attribute(
         params["subset"] = int(subset.size)
 
     sink = _sink(len(data), n_items, subset, names, scores_dir, scores_memory)
+    saved = None
+    if checkpoint is not None:
+        job = {"params": params, "level": level, "subset": None if subset is None else subset.tolist(),
+               "inputs": _fingerprint(data), "noise_seed": int(data.noise_seed), "graph": graph.config_dict(), "dtype": str(np.dtype(model.dtype)),
+               "batch_size": res.batch_size, "memory_budget": res.memory_budget}  # fmt: skip
+        saved = Checkpoint(checkpoint, job)
     t0 = time.perf_counter()
     n_work = (n_items if subset is None else subset.size) if estimator.kernel is None else 1
     with progress_bar(progress, len(data) * n_work, method) as bar:
-        clean_metric = estimator.run(model, data, options, res, estimator, subset, bar, sink)
+        restored = sink.resume(saved) if saved is not None else 0
+        if restored and bar is not None:
+            bar(restored * n_work)
+        estimator.run(model, data, options, res, estimator, subset, bar, sink)
     params["seconds"] = round(time.perf_counter() - t0, 3)
-    return Scores(sink.finish(), graph, level, method, params, clean_metric, np.asarray(data.uid))
+    if restored:
+        params["resumed_inputs"] = restored
+    scores = Scores(sink.finish(), graph, level, method, params, sink.clean, np.asarray(data.uid))
+    if saved is not None:
+        saved.remove()
+    return scores
+
+
+def _fingerprint(data) -> str:
+    """sha256 of the inputs' token, position and answer arrays and ids: a checkpoint's data."""
+    h = hashlib.sha256()
+    for name in ("clean", "corrupted", "attention_mask", "answer_pos", "correct", "incorrect", "uid"):
+        a = np.ascontiguousarray(getattr(data, name))
+        h.update(f"{name}{a.dtype}{a.shape}".encode() + a.tobytes())
+    return h.hexdigest()
 
 
 def scores_limit(scores_memory: int | None) -> int:

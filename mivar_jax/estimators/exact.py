@@ -244,8 +244,8 @@ def bytes_per_input_state(cfg: ModelConfig, n_positions: int) -> int:
 
 
 def exact_scores(model, data: TaskData, o: Options, res: engine.Resources, estimator, subset, progress, sink):
-    """Per-input exact scores ``[N, E]`` (or ``[N, S]`` for nodes) into ``sink``, a batch of inputs
-    at a time; returns the clean metric ``[N]``. With ``subset`` (edge or node indices) only those
+    """Per-input exact scores ``[N, E]`` (or ``[N, S]`` for nodes) and the clean metric into
+    ``sink``, a batch of inputs at a time (the batches ``sink`` holds are skipped). With ``subset`` (edge or node indices) only those
     are computed, the others are NaN.
 
     Inputs are grouped by how many trailing positions a patch can change (``windows``); each group
@@ -265,16 +265,15 @@ def exact_scores(model, data: TaskData, o: Options, res: engine.Resources, estim
     local = min(res.batch_size or 8, len(data))
     means = dataset_means(model, data, local, o.ablation)
     P = data.n_positions
-    clean_metric = np.zeros(len(data), np.float32)
     cap = min(max(len(x.items) for x in groups), 4096)
-    for width, b, rows in engine.batches(data, res, local, widths=windows(data, o.ablation, local), axis=INPUTS):
+    widths = windows(data, o.ablation, local)
+    for width, b, rows in engine.batches(data, res, local, widths=widths, axis=INPUTS, skip=sink.done):
         kernels = _kernels(cfg, data.metric, o.ablation, width, res.mesh)
         chunk = engine.fit(
             res.memory_budget, local * bytes_per_patch(cfg, P, width), fixed=local * bytes_per_input_state(cfg, P),
             cap=cap, what="edge", fix=f"{local} inputs of {P} positions; lower batch_size or raise the budget",
         )  # fmt: skip
         st = kernels["prepare"](params, b, data.noise, data.noise_seed, means)
-        clean_metric[rows] = np.asarray(st.metric)[: len(rows)]
         scores = np.full((len(rows), n_items), sink.fill, np.float32)
         for group in groups:
             # per-device chunk: the budget's, or the group's size rounded up to a power of two
@@ -290,8 +289,7 @@ def exact_scores(model, data: TaskData, o: Options, res: engine.Resources, estim
                 scores[:, group.items[take[:n_take]]] = out[:n_take, : len(rows)].T
                 if progress is not None:
                     progress(n_take * len(rows))
-        sink.put(rows, scores)
-    return clean_metric
+        sink.put(rows, scores, np.asarray(st.metric)[: len(rows)])
 
 
 register(Estimator("exact", exact_scores, subset=True))

@@ -225,21 +225,18 @@ def batching(cfg, estimator: Estimator, n_inputs: int, n_positions: int, res: en
 
 
 def run_dense(model, data, o: Options, res: engine.Resources, estimator: Estimator, subset, progress, sink):
-    """Per-input scores of a dense estimator into ``sink``: batches of inputs, every edge (or node)
-    at once. Returns the clean metric [N]."""
+    """Per-input scores of a dense estimator and the clean metric into ``sink``: batches of inputs,
+    every edge (or node) at once (the batches ``sink`` holds are skipped)."""
     cfg = model.config
     local = batching(cfg, estimator, len(data), data.n_positions, res)[0]
     means = dataset_means(model, data, local, o.ablation)
     kernel = _dense_kernel(cfg, estimator, o, res.mesh)
-    clean = np.zeros(len(data), np.float32)
     params = engine.on_mesh(model.params, res.mesh)
-    for _, b, rows in engine.batches(data, res, local):
+    for _, b, rows in engine.batches(data, res, local, skip=sink.done):
         items, clean_metric = kernel(params, b, data.noise, data.noise_seed, means)
-        sink.put(rows, np.asarray(items)[: len(rows)])
-        clean[rows] = np.asarray(clean_metric)[: len(rows)]
+        sink.put(rows, np.asarray(items)[: len(rows)], np.asarray(clean_metric)[: len(rows)])
         if progress is not None:
             progress(len(rows))
-    return clean
 
 
 for _name, _kernel, _options, _sets in (  # gradient sets: what each kernel holds at once

@@ -287,13 +287,14 @@ class Study:
 
     def _attribute(self, model, data, method, steps: int | None, level: str, progress: bool, subset=None, path=None):
         """The scores to be saved at ``path``: scores larger than ``estimator.scores_memory_kib`` go to
-        shards in ``<path without .safetensors>-shards/`` beside it as they are computed."""
-        e = self.config.estimator
+        shards in ``<path without .safetensors>-shards/`` beside it as they are computed, and each
+        finished batch to ``<…>-checkpoint/`` until the scores are whole (a resume continues there)."""
+        e, stem = self.config.estimator, path and path.removesuffix(".safetensors")
         return attribute(
             model, data, method, level=level, steps=steps or 1, ablation=e.ablation,
             ig_convention=e.ig_convention, pooling=e.pooling, batch_size=e.batch_size or None,
             memory_budget=e.memory_budget_mib * 2**20, progress=progress, subset=subset,
-            scores_dir=path and path.removesuffix(".safetensors") + "-shards",
+            scores_dir=stem and stem + "-shards", checkpoint=stem and stem + "-checkpoint",
             scores_memory=e.scores_memory_kib * 2**10 or None,
         )  # fmt: skip
 
