@@ -42,6 +42,12 @@ def test_one_at_a_time_design_varies_one_factor_per_cell():
     expected = sorted((f, v) for f, vs in factors.items() for v in vs[1:])
     assert seen == expected and len(cells) == 1 + sum(len(v) - 1 for v in factors.values()) == 8
     assert {c.id for c in cells} < {c.id for c in full.cells()}
+    # IG steps vary on the first stepped method only: other methods at other steps would change two factors
+    three = {**levels, "estimator": {"methods": ["eap", "eap-ig-inputs", "ceap"], "steps": [2, 3]}}
+    oat, full = tiny_config("m", design="one-at-a-time", **three), tiny_config("m", **three)
+    assert oat.factors()["estimator"] == ["eap", "eap-ig-inputs-m2", "eap-ig-inputs-m3", "ceap-m2"]
+    assert full.factors()["estimator"] == ["eap", "eap-ig-inputs-m2", "eap-ig-inputs-m3", "ceap-m2", "ceap-m3"]
+    assert [c.estimator for c in oat.cells()[-3:]] == ["eap-ig-inputs-m2", "eap-ig-inputs-m3", "ceap-m2"]
     with pytest.raises(ConfigError, match="design = 'latin' is not allowed"):
         tiny_config("m", design="latin")
     with pytest.raises(ConfigError, match="reference.top_k = -1 is impossible"):

@@ -152,9 +152,18 @@ class StudyConfig:
     # ------------------------------------------------------------------ the grid
     @property
     def estimators(self) -> list[tuple[str, int | None]]:
-        """(method, steps) pairs; steps is None for the methods without integration steps."""
+        """(method, steps) pairs; steps is None for the methods without integration steps. A factorial
+        design crosses every method that takes steps with every step count; one-at-a-time varies the
+        step count on the first such method only and runs the others at ``estimator.steps[0]`` (a
+        pair with both another method and other steps would change two factors of the base cell)."""
         e = self.estimator
-        steps = lambda m: e.steps if m in ESTIMATORS and ESTIMATORS[m].takes_steps else (None,)  # noqa: E731
+        stepped = [m for m in e.methods if m in ESTIMATORS and ESTIMATORS[m].takes_steps]
+
+        def steps(m):
+            if m not in stepped:
+                return (None,)
+            return e.steps if self.design == "factorial" or m == stepped[0] else e.steps[:1]
+
         return [(m, s) for m in e.methods for s in steps(m)]
 
     @property
