@@ -36,8 +36,8 @@ and the gradient reaches α through the window's draws); ρ(α) = mean_e σ(α_e
 the same Lagrangian as ``edge-pruning`` (the original uses a fixed penalty λ Σ_e p_e and drops
 sampled edges left dangling; the Lagrangian reaches a size target instead).
 
-Circuits: the top-n edges by α (n = ``target_edges`` by default), pruned like every other circuit
-(``circuits.pruning``); α plays the role of a replicate's aggregated scores in the statistics
+Circuits: the top-n edges by α (n = ``target_edges`` by default), or the edges whose gates are open
+with probability ≥ a threshold, pruned like every other circuit (``circuits.pruning``); α plays the role of a replicate's aggregated scores in the statistics
 (``stats.mask_stability``: seed-to-seed, or data-to-data with ``resample=True``).
 """
 
@@ -92,21 +92,32 @@ class LearnedMasks:
     resample: bool
     graph: object = dataclasses.field(repr=False)
 
-    def masks(self, n_edges: int | None = None) -> np.ndarray:
-        """The pruned top-``n_edges`` circuits by α, [S, E] bool (default n = ``target_edges``)."""
-        n = self.target_edges if n_edges is None else check_int(n_edges, "n_edges", high=self.graph.n_edges)
-        top, _ = topn(jnp.asarray(self.logits), n, absolute=False)  # by α: the most open gates
-        return np.asarray(prune_dense(self.graph, top)[0])
+    def masks(self, n_edges: int | None = None, *, threshold: float | None = None) -> np.ndarray:
+        """The pruned circuits, [S, E] bool: the top-``n_edges`` edges by α (default n =
+        ``target_edges``), or with ``threshold`` every edge whose gate is open with probability ≥
+        it (ρ's term: P(z > 0) for ``edge-pruning``, p = σ(α) for ``ugs``; sizes then differ by seed)."""
+        if threshold is not None:
+            if n_edges is not None or not 0 < threshold < 1:
+                raise ValueError(f"pass n_edges or a threshold in (0, 1), got {n_edges!r} and {threshold!r}")
+            keep = GATES[self.method][1](jnp.asarray(self.logits)) >= threshold
+        else:
+            n = self.target_edges if n_edges is None else check_int(n_edges, "n_edges", high=self.graph.n_edges)
+            keep, _ = topn(jnp.asarray(self.logits), n, absolute=False)  # by α: the most open gates
+        return np.asarray(prune_dense(self.graph, keep)[0])
 
-    def circuits(self, n_edges: int | None = None) -> list[Circuit]:
-        return [Circuit(self.graph, m, scores=a) for m, a in zip(self.masks(n_edges), self.logits, strict=True)]
+    def circuits(self, n_edges: int | None = None, *, threshold: float | None = None) -> list[Circuit]:
+        masks = self.masks(n_edges, threshold=threshold)
+        return [Circuit(self.graph, m, scores=a) for m, a in zip(masks, self.logits, strict=True)]
 
     def summary(self) -> dict:
-        """The job and each seed's end state (stability across seeds: ``stats.mask_stability``)."""
+        """The job and each seed's end state (stability across seeds: ``stats.mask_stability``):
+        ``sizes`` of the pruned top-n circuits, ``open_gates`` (gates open with probability ≥ ½,
+        before pruning; near ``target_edges`` once training has converged)."""
+        open_gates = (GATES[self.method][1](jnp.asarray(self.logits)) >= 0.5).sum(1)
         return {
             "method": self.method, "target_edges": self.target_edges, "seeds": self.seeds.tolist(),
             "resample": self.resample, "steps": self.steps, "sizes": self.masks().sum(1).tolist(),
-            "density": self.density.tolist(), "kl": self.kl.tolist(),
+            "open_gates": np.asarray(open_gates).tolist(), "density": self.density.tolist(), "kl": self.kl.tolist(),
         }  # fmt: skip
 
 

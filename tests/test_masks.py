@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 
 import mivar_jax as mv
-from mivar_jax.masks import learn_mask
+from mivar_jax.circuits.pruning import prune_dense
+from mivar_jax.masks import BETA, GAMMA, ZETA, learn_mask
 from mivar_jax.models import Model, ModelConfig
 from mivar_jax.models.params import param_shapes
 from mivar_jax.tasks import TaskData
@@ -92,6 +93,13 @@ def test_learned_masks_recover_the_planted_edges_and_meet_the_target(planted):
     assert lm.kl_history.shape == (3, 40) and (lm.kl < 0.05).all()
     faith = mv.evaluate(model, data, masks, progress=False).faithfulness
     assert faith.min() > 0.85
+    # by threshold: the edges with P(gate open) = σ(α + β log(ζ / −γ)) ≥ ½, pruned
+    p_open = 1 / (1 + np.exp(-(lm.logits.astype(np.float64) + BETA * np.log(ZETA / -GAMMA))))
+    by_threshold = lm.masks(threshold=0.5)
+    assert by_threshold.sum() > 0 and not (by_threshold & ~circuit).any()
+    np.testing.assert_array_equal(by_threshold, np.asarray(prune_dense(model.graph, jnp.asarray(p_open >= 0.5))[0]))
+    with pytest.raises(ValueError, match="pass n_edges or a threshold"):
+        lm.masks(5, threshold=0.5)
 
     st = mv.stats.mask_stability(lm, key=jax.random.key(1))  # seeds as replicates, ranked by α
     np.testing.assert_array_equal(st.circuits, masks)
@@ -224,6 +232,7 @@ def test_a_study_with_a_learned_mask_cell(hf_dirs, tmp_path):
     assert logits.shape == (3, g.n_edges) and masks["replicate_logits"].shape == (2, g.n_edges)
     n_discovery = len(_json(folder / "cell.json")["discovery_inputs"])
     assert (masks["replicate_weights"].sum(1) == n_discovery).all()  # multinomial counts of the inputs
+    assert info["seeds"]["open_gates"] == (logits >= -BETA * np.log(ZETA / -GAMMA)).sum(1).tolist()  # P(open) ≥ ½
     boot = {(r["aggregation"], r["size"]): r for r in _json(folder / "bootstrap.json")}
     for n in cfg.circuits.sizes:
         kept = np.asarray(prune(g, topn(jnp.asarray(logits), n, absolute=False)[0])[0])
