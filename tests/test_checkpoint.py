@@ -78,21 +78,24 @@ def test_an_interrupted_job_resumes_and_gives_the_uninterrupted_scores(setup, tm
     assert np.isfinite(whole.clean_metric).all() and np.abs(whole.clean_metric).min() > 0
 
 
-def test_a_checkpoint_of_another_job_is_cleared_not_used(setup, tmp_path, monkeypatch):
+def test_a_checkpoint_of_another_job_is_cleared_not_used(setup, hf_dirs, tmp_path, monkeypatch):
     model, data = setup
+    untied = mv.load_model(hf_dirs["gpt2-untied"][0])  # the same graph, other weights
+    assert untied.graph.config_dict() == model.graph.config_dict()
     folder = tmp_path / "checkpoint"
     _spy_saves(monkeypatch, stop_after=3)
     with pytest.raises(KeyboardInterrupt):
         mv.attribute(model, data, "eap-ig-inputs", steps=2, batch_size=3, checkpoint=folder, progress=False)
-    for other in (  # another step count, other inputs, another batching: each computes every batch
-        {"steps": 3, "batch_size": 3, "data": data},
-        {"steps": 2, "batch_size": 3, "data": mv.tasks.make("ioi", model, n=N, seed=1)},
-        {"steps": 2, "batch_size": 4, "data": data},
+    for other in (  # another step count, other inputs, other weights, another batching: each starts afresh
+        {"steps": 3, "batch_size": 3, "data": data, "model": model},
+        {"steps": 2, "batch_size": 3, "data": mv.tasks.make("ioi", model, n=N, seed=1), "model": model},
+        {"steps": 2, "batch_size": 3, "data": data, "model": untied},
+        {"steps": 2, "batch_size": 4, "data": data, "model": model},
     ):
         saved = _spy_saves(monkeypatch, stop_after=1)
         with pytest.raises(KeyboardInterrupt):
-            mv.attribute(model, other["data"], "eap-ig-inputs", steps=other["steps"], batch_size=other["batch_size"],
-                         checkpoint=folder, progress=False)  # fmt: skip
+            mv.attribute(other["model"], other["data"], "eap-ig-inputs", steps=other["steps"],
+                         batch_size=other["batch_size"], checkpoint=folder, progress=False)  # fmt: skip
         assert len(saved) == 1 and len([f for f in os.listdir(folder) if f.startswith("batch-")]) == 1
     saved = _spy_saves(monkeypatch)
     again = mv.attribute(model, data, "eap-ig-inputs", steps=2, batch_size=4, checkpoint=folder, progress=False)

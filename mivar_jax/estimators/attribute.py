@@ -6,6 +6,7 @@ import hashlib
 import time
 import warnings
 
+import jax
 import numpy as np
 from jax.sharding import Mesh
 
@@ -113,10 +114,14 @@ def attribute(
 
     sink = _sink(len(data), n_items, subset, names, scores_dir, scores_memory)
     saved = None
-    if checkpoint is not None:
-        job = {"params": params, "level": level, "subset": None if subset is None else subset.tolist(),
-               "inputs": _fingerprint(data), "noise_seed": int(data.noise_seed), "graph": graph.config_dict(), "dtype": str(np.dtype(model.dtype)),
-               "batch_size": res.batch_size, "memory_budget": res.memory_budget}  # fmt: skip
+    if checkpoint is not None:  # what the saved batches were computed from
+        arrays = ("clean", "corrupted", "attention_mask", "answer_pos", "correct", "incorrect", "uid")
+        job = {
+            "params": params, "level": level, "subset": None if subset is None else subset.tolist(),
+            "inputs": _digest(getattr(data, a) for a in arrays), "noise_seed": int(data.noise_seed),
+            "weights": _digest(jax.tree.leaves(model.params)), "graph": graph.config_dict(),
+            "batch_size": res.batch_size, "memory_budget": res.memory_budget,
+        }  # fmt: skip
         saved = Checkpoint(checkpoint, job)
     t0 = time.perf_counter()
     n_work = (n_items if subset is None else subset.size) if estimator.kernel is None else 1
@@ -134,12 +139,13 @@ def attribute(
     return scores
 
 
-def _fingerprint(data) -> str:
-    """sha256 of the inputs' token, position and answer arrays and ids: a checkpoint's data."""
+def _digest(arrays) -> str:
+    """sha256 of arrays' dtypes, shapes and bytes (a device array: its first local copy or shard)."""
     h = hashlib.sha256()
-    for name in ("clean", "corrupted", "attention_mask", "answer_pos", "correct", "incorrect", "uid"):
-        a = np.ascontiguousarray(getattr(data, name))
-        h.update(f"{name}{a.dtype}{a.shape}".encode() + a.tobytes())
+    for a in arrays:
+        a = np.ascontiguousarray(a.addressable_data(0) if isinstance(a, jax.Array) else a)
+        h.update(f"{a.dtype}{a.shape}".encode())
+        h.update(a.tobytes())
     return h.hexdigest()
 
 
