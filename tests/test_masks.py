@@ -248,6 +248,8 @@ def test_a_study_with_a_learned_mask_cell(hf_dirs, tmp_path):
     _summary(results, str(out))  # the command's table: intervals undefined with 3 seeds print as –
     rows = {r["cell"] for r in results.rows}
     assert rows == {x.id for x in cfg.cells()}
+    assert {r["n_replicates"] for r in results.rows if r["cell"] == mask_cell.id} == {3}  # its seeds
+    assert "here B = 3 … 16)" in results.verdict  # the seeds of the mask cell, the bootstrap of the other
     assert "EAP-IG at n=20" in _json(folder / "cell.json")["headline"]
     decomposition = _json(out / "results" / "decomposition.json")
     assert "learned-mask cells" in decomposition["membership_nested"]["skipped"]

@@ -120,6 +120,8 @@ def test_config_files(tmp_path):
         StudyConfig.from_file(tmp_path / "missing.toml")
     full = StudyConfig.from_file(os.path.join(os.path.dirname(__file__), "..", "examples", "stability-full.toml"))
     assert full.stability.faithfulness == (0.5, 0.8, 0.9) and full.data.holdout == 100
+    masks = StudyConfig.from_file(os.path.join(os.path.dirname(__file__), "..", "examples", "masks-smollm2-ioi.toml"))
+    assert [c.method for c in masks.cells()] == ["edge-pruning"] and masks.masks.steps == 250
     for bad, match in (
         ("[stability]\nfaithfulness = [1.5]\n", "stability.faithfulness = 1.5 is impossible"),
         ("[data]\nholdout = -1\n", "data.holdout = -1 is impossible"),
@@ -298,7 +300,7 @@ def test_run_directory_against_direct_library_calls(tiny_study, hf_dirs):
     csv_lines = _text(rd.file("results", "summary.csv")).splitlines()
     assert len(csv_lines) == len(summary) + 1 and csv_lines[0].startswith("cell,label,seed")
     header = csv_lines[0].split(",")
-    for col in ("jaccard_mc_low", "n_empty", "replicates_with_cut_ties", "snr_median", "faithfulness_se",
+    for col in ("jaccard_mc_low", "n_replicates", "n_empty", "replicates_with_cut_ties", "snr_median", "faithfulness_se",
                 "circuit_error_task_se", "pooling", "eval_inputs"):  # fmt: skip
         assert col in header, col
     assert "jaccard_ci_low" not in header  # the interval is Monte-Carlo over replicates, and named so
@@ -308,6 +310,7 @@ def test_run_directory_against_direct_library_calls(tiny_study, hf_dirs):
         e = next(e for e in _json(os.path.join(folder, "evaluation.json")) if e["size"] == r["size"])
         info = _json(os.path.join(folder, "cell.json"))
         assert [r["jaccard_mc_low"], r["jaccard_mc_high"]] == b["jaccard_ci_percentile"]["mean_jaccard"]
+        assert r["n_replicates"] == b["n_replicates"] == cfg.bootstrap.replicates
         assert r["jaccard_interval"] == "Monte-Carlo interval over the B replicates"
         assert (r["n_empty"], r["replicates_with_cut_ties"]) == (b["n_empty"], b["replicates_with_cut_ties"])
         assert r["faithfulness_se"] == e["faithfulness_se"] and r["circuit_error_task_se"] == e["circuit_error_task_se"]

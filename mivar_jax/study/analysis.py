@@ -58,7 +58,7 @@ OUTCOMES = ("mean_jaccard", "faithfulness", "circuit_error_task")
 SUMMARY_COLUMNS = (
     "cell", "label", "seed", "family", "counterfactual", "noise", "estimator", "ablation", "ig_convention", "pooling",
     "aggregation", "size", "n_edges_mean", "mean_jaccard", "jaccard_mc_low", "jaccard_mc_high", "jaccard_cv",
-    "n_empty", "replicates_with_cut_ties", "mean_jaccard_to_full", "mean_node_jaccard", "stable", "snr_median",
+    "n_replicates", "n_empty", "replicates_with_cut_ties", "mean_jaccard_to_full", "mean_node_jaccard", "stable", "snr_median",
     "eval_inputs", "eval_set", "faithfulness", "faithfulness_se", "circuit_error_task", "circuit_error_task_se",
     "circuit_error_vocab", "circuit_error_vocab_se", "kl", "faithfulness_in_sample", "faithfulness_in_sample_se",
     "circuit_error_task_in_sample", "kl_in_sample", "implied_jaccard", "unpruned_jaccard", "relative_se",
@@ -97,11 +97,17 @@ class StudyResults:
         text = (
             f"{word}: the top-{self.config.bootstrap.size} circuit is stable under bootstrap in {n_stable} of "
             f"{len(rows)} cells (mean pairwise Jaccard {j.min():.3f} … {j.max():.3f}; the bar: ≥ 0.8 with B ≥ 100"
-            f", here B = {self.config.bootstrap.replicates})"
+            f", here B = {_span(r.get('n_replicates') or self.config.bootstrap.replicates for r in rows)})"
         )
         if across := self.perturbations.get("mean_by_factor", {}):
             text += "; across the grid: " + ", ".join(f"{k} {v:.3f}" for k, v in across.items())
         return text
+
+
+def _span(values) -> str:
+    """``7`` or ``2 … 100``: the range of integers."""
+    v = sorted(set(values))
+    return f"{v[0]}" if len(v) == 1 else f"{v[0]} … {v[-1]}"
 
 
 def plus_minus(value: float | None, se: float | None, digits: int = 3) -> str:
@@ -228,6 +234,7 @@ def _summary_rows(rd: RunDir, cfg: StudyConfig, cells, infos: list[dict]) -> lis
                     "jaccard_mc_high": hi,
                     "jaccard_interval": JACCARD_INTERVAL,
                     "jaccard_cv": b["jaccard_cv"],
+                    "n_replicates": b.get("n_replicates"),  # B: bootstrap replicates, or a mask cell's seeds
                     **{k: b.get(k) for k in ("n_empty", "replicates_with_cut_ties")},  # absent in older runs
                     **{k: b[k] for k in ("mean_jaccard_to_full", "mean_node_jaccard", "stable")},
                     "snr_median": snr.get((b["aggregation"], b["size"])),
