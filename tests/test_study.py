@@ -634,6 +634,14 @@ def test_a_lost_process_stops_the_others_and_resume_finishes(tiny_study, tmp_pat
     _same_results(str(out), reference_out, [c.id for c in cfg.cells()])
 
 
+def test_a_resume_as_several_processes_is_refused(tiny_study, monkeypatch):
+    """Workers keep no files, so they cannot skip what process 0 skips: every process refuses."""
+    cfg, reference_out, _ = tiny_study
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    with pytest.raises(RunDirError, match="resume a run in one process"):
+        Study.resume(reference_out, progress=False)
+
+
 def test_run_directory_refusals(tmp_path, hf_dirs):
     cfg = tiny_config(hf_dirs["gpt2"][0])
     (tmp_path / "busy").mkdir()

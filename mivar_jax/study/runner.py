@@ -132,6 +132,11 @@ class Study:
         ``report``) the report. Returns the analysis (``mivar_jax.study.analysis.StudyResults``).
         With several processes (``jax.distributed``), each computes and process 0 writes.
         ``model``: the config's model already loaded (``Study.load``), to share it between studies."""
+        if resume and jax.process_count() > 1:  # refused by every process, before any collective
+            raise RunDirError(
+                "resume a run in one process (without MIVAR_DISTRIBUTED or JAX_NUM_PROCESSES): only process 0 "
+                "holds its finished cells and batches, so the other processes' work would not match its own"
+            )
         reporter = reporter or Reporter(sys.stderr if progress else None)
         worker = jax.process_index() != 0
         if worker:  # identical SPMD work; only process 0 keeps files (a worker's are removed at the end)
