@@ -9,7 +9,7 @@ in full (``design = "factorial"``), or varies one factor at a time (``design = "
 the paper's design): a base cell at the first level of every factor, and for each factor each other
 level with every other factor at its base. ``estimators`` are ``estimator.methods`` ×
 ``estimator.steps`` (steps only for the methods that integrate: ``eap-ig-inputs``,
-``eap-ig-activations``, ``ceap``). Within each cell the cheap
+``eap-ig-activations``, ``ceap``; one-at-a-time varies the steps on the first of them only). Within each cell the cheap
 analyses sweep ``circuits.aggregations`` × ``circuits.sizes`` (selection, bootstrap, evaluation).
 
 Every key is checked: an unknown key, a wrong type or an impossible value raises ``ConfigError``
