@@ -105,6 +105,8 @@ def run(
     ] = "small",
 ):
     """Run a study (or resume one) and print its stability verdict."""
+    import jax
+
     from mivar_jax.models import CheckpointError
     from mivar_jax.sharding import initialize_distributed
     from mivar_jax.study import ConfigError, RunDir, RunDirError, Study, paper
@@ -147,9 +149,17 @@ def run(
     except (ConfigError, RunDirError, CheckpointError) as e:
         _fail(str(e))
     except KeyboardInterrupt:
-        err.print(f"\ninterrupted; finished cells are kept. Resume with: mivar run --resume {run_dir}")
+        err.print(
+            "\ninterrupted; finished cells are kept, and the finished batches of scores of the cell it stopped in. "
+            f"Resume with: mivar run --resume {run_dir}"
+        )
         raise typer.Exit(130) from None
-    _summary(results, run_dir)
+    if jax.process_index() == 0:
+        _summary(results, run_dir)
+    else:  # a worker's files are gone; the table is process 0's to print
+        console.print(
+            f"process {jax.process_index()}: done; process 0 wrote {run_dir}", highlight=False, soft_wrap=True
+        )
 
 
 @app.command("plan")

@@ -600,6 +600,9 @@ def test_a_study_as_several_processes_equals_one(tiny_study, tmp_path, n):
     outputs = [p.communicate(timeout=900) for p in procs]
     for p, (_, err) in zip(procs, outputs, strict=True):
         assert p.returncode == 0, err[-3000:]
+    assert "Verdict:" in outputs[0][0]  # the table and verdict: process 0's, once
+    for i, (stdout, _) in enumerate(outputs[1:], start=1):
+        assert "Verdict:" not in stdout and f"process {i}: done; process 0 wrote {out}" in stdout, stdout
     assert _json(str(out / "environment.json"))["process_count"] == n
     assert _json(str(out / "environment.json"))["device_count"] == n
     _same_results(str(out), reference_out, [c.id for c in cfg.cells()])
