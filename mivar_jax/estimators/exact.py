@@ -245,8 +245,8 @@ def bytes_per_input_state(cfg: ModelConfig, n_positions: int) -> int:
 
 def exact_scores(model, data: TaskData, o: Options, res: engine.Resources, estimator, subset, progress, sink):
     """Per-input exact scores ``[N, E]`` (or ``[N, S]`` for nodes) and the clean metric into
-    ``sink``, a batch of inputs at a time (the batches ``sink`` holds are skipped). With ``subset`` (edge or node indices) only those
-    are computed, the others are NaN.
+    ``sink``, a batch of inputs at a time (the batches ``sink`` holds are skipped). With ``subset``
+    (edge or node indices) only those are computed, the others are NaN.
 
     Inputs are grouped by how many trailing positions a patch can change (``windows``); each group
     runs kernels of its own window width. The grouping depends on the data only, so every device
