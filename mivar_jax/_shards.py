@@ -132,10 +132,10 @@ def column_blocks(per_input):
 
 class RowSink:
     """Where an estimator puts its scores, whole inputs at a time: ``put(rows, values [n, items],
-    clean [n])`` (the full model's metric on those inputs; 0 when not given), then ``finish()``. ``check(rows,
-    values)`` (optional) vets each batch as it arrives. ``resume(checkpoint)`` first takes the
-    batches a ``Checkpoint`` holds and then saves every new batch there; the driver skips the
-    batches that are ``done``."""
+    clean [n])`` (the full model's metric on those inputs; 0 when not given), then ``finish()``.
+    ``check(rows, values)`` (optional) vets each batch as it arrives. ``resume(checkpoint)`` first
+    takes the batches a ``Checkpoint`` holds, then saves every new batch there; the driver skips
+    the batches that are ``done``."""
 
     def __init__(self, n_rows: int, n_items: int, fill: float, check=None):
         self.n_rows, self.n_items, self.fill, self.check = n_rows, n_items, fill, check

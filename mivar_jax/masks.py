@@ -37,8 +37,8 @@ the same Lagrangian as ``edge-pruning`` (the original uses a fixed penalty λ Σ
 sampled edges left dangling; the Lagrangian reaches a size target instead).
 
 Circuits: the top-n edges by α (n = ``target_edges`` by default), or the edges whose gates are open
-with probability ≥ a threshold, pruned like every other circuit (``circuits.pruning``); α plays the role of a replicate's aggregated scores in the statistics
-(``stats.mask_stability``: seed-to-seed, or data-to-data with ``resample=True``).
+with probability ≥ a threshold, pruned like every other circuit (``circuits.pruning``); α plays the
+role of a replicate's aggregated scores in the statistics (``stats.mask_stability``: seed-to-seed, or data-to-data with ``resample=True``).
 """
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ class LearnedMasks:
         if threshold is not None:
             if n_edges is not None or not 0 < threshold < 1:
                 raise ValueError(f"pass n_edges or a threshold in (0, 1), got {n_edges!r} and {threshold!r}")
-            keep = GATES[self.method][1](jnp.asarray(self.logits)) >= threshold
+            keep = open_probability(jnp.asarray(self.logits), self.method) >= threshold
         else:
             n = self.target_edges if n_edges is None else check_int(n_edges, "n_edges", high=self.graph.n_edges)
             keep, _ = topn(jnp.asarray(self.logits), n, absolute=False)  # by α: the most open gates
@@ -113,7 +113,7 @@ class LearnedMasks:
         """The job and each seed's end state (stability across seeds: ``stats.mask_stability``):
         ``sizes`` of the pruned top-n circuits, ``open_gates`` (gates open with probability ≥ ½,
         before pruning; near ``target_edges`` once training has converged)."""
-        open_gates = (GATES[self.method][1](jnp.asarray(self.logits)) >= 0.5).sum(1)
+        open_gates = (open_probability(jnp.asarray(self.logits), self.method) >= 0.5).sum(1)
         return {
             "method": self.method, "target_edges": self.target_edges, "seeds": self.seeds.tolist(),
             "resample": self.resample, "steps": self.steps, "sizes": self.masks().sum(1).tolist(),
@@ -140,9 +140,14 @@ GATES = {
 MASK_METHODS = tuple(GATES)
 
 
+def open_probability(alpha, method: str = "edge-pruning"):
+    """Each gate's probability of being open under ``method`` (ρ's terms)."""
+    return GATES[method][1](alpha)
+
+
 def expected_density(alpha, method: str = "edge-pruning"):
     """ρ(α): the expected share of open gates of ``method``."""
-    return GATES[method][1](alpha).mean(-1)
+    return open_probability(alpha, method).mean(-1)
 
 
 @functools.lru_cache(maxsize=8)
@@ -209,8 +214,8 @@ def learn_mask(
     ``ugs``; module docstring), one per seed.
 
     ``seeds``: how many (ids 0 … S−1) or a list of seed ids. ``steps`` (rounded up to a multiple of
-    ``STEPS_PER_CALL``), Adam learning rates ``lr`` (mask logits) and ``lr_lambda`` (the multipliers), ``warmup``: share of the
-    steps over which the target density falls to ``target_edges / E``. ``ablation``: ``patch`` |
+    ``STEPS_PER_CALL``), Adam learning rates ``lr`` (mask logits) and ``lr_lambda`` (the
+    multipliers), ``warmup``: share of the steps over which the target density falls to ``target_edges / E``. ``ablation``: ``patch`` |
     ``zero`` | ``mean``. Seeds are trained in groups that fit ``memory_budget`` bytes per device
     (default the engine's), spread over every device of the engine's mesh (a device trains its
     seeds on every input); all inputs enter every step. ``checkpoint``: a file where the state is saved after

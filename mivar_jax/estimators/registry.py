@@ -28,8 +28,8 @@ class Estimator:
     """``run(model, data, options, resources, estimator, subset, progress, sink)`` does the job
     through the driver (``engine``), putting per-input scores [n, items] and the clean metric [n]
     into ``sink`` (``_shards.RowSink``: memory or disk) a batch of inputs at a time, and skipping
-    the batches the sink already holds (``engine.batches(skip=sink.done)``: a resumed job). Dense estimators (every edge at once from a
-    few runs) give ``kernel(cfg, options, params, batch, clean_nodes, ref_nodes, ref_input,
+    the batches the sink already holds (``engine.batches(skip=sink.done)``: a resumed job). Dense
+    estimators (every edge at once from a few runs) give ``kernel(cfg, options, params, batch, clean_nodes, ref_nodes, ref_input,
     ref_is_run) → [N, S, T]`` and ``bytes_per_input(cfg, n_positions)``; ``run`` is then the
     shared dense driver. ``options``: the optional parameters it reads (``steps``,
     ``ig_convention``, ``pooling``); ``subset``: whether it can score a subset of edges."""
