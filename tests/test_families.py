@@ -114,6 +114,54 @@ def test_slot_gradients_are_the_graph_forms_mask_gradient(family):
     np.testing.assert_allclose(eap, expected, rtol=1e-3, atol=1e-4 * np.abs(expected).max())
 
 
+def test_a_run_from_a_layer_plus_the_pulled_back_stream_is_the_whole_run(family):
+    """EAP-IG-activations' split (``suffix_gradients`` from the clean run's stream before ``layer``,
+    and ``stream_pullback`` of its cotangent there) gives the whole run's logits and slot gradients
+    (``slot_gradients``), with the heads of the last layer fixed to other values (``Replace``)."""
+    from mivar_jax.models import Replace
+    from mivar_jax.models.transformer import trace
+    from mivar_jax.patching.gradients import stream_pullback, suffix_gradients
+
+    _, model, _ = family
+    cfg, params, g = model.config, model.params, model.graph
+    layer = cfg.n_layers - 1
+    assert layer >= 1
+    clean = model.tokenize(PROMPTS[0])
+    corrupted = model.node_outputs(model.tokenize(PROMPTS[0].replace("John gave", "Paul gave")).tokens)
+    tokens, mask, last = (jnp.asarray(a) for a in (clean.tokens, clean.attention_mask, clean.last))
+    heads = 1 + layer * (cfg.n_heads + 1) + np.arange(cfg.n_heads)
+    replace = Replace(corrupted, jnp.zeros(g.n_src).at[heads].set(0.7))
+
+    def objective(logits):
+        return logits[:, 3].sum() - 2 * logits[:, 7].sum()
+
+    def split():
+        pre, pullback = stream_pullback(cfg, params, tokens, mask)
+        start = (layer, pre[layer])
+        after, d_pre = suffix_gradients(
+            cfg, params, tokens, mask, objective, start, logit_positions=last, replace=replace
+        )
+        run = trace(cfg, params, tokens, mask, replace, logit_positions=last, start_at=start)
+        return (
+            after,
+            pullback(jnp.zeros_like(pre).at[layer].set(d_pre)),
+            d_pre,
+            mv.models.layers.unembed(cfg, params, run.final),
+        )
+
+    after, before, d_pre, logits = (np.asarray(a) for a in jax.jit(split)())
+    whole = lambda: slot_gradients(cfg, params, tokens, mask, objective, logit_positions=last, replace=replace)[0]
+    expected = np.asarray(jax.jit(whole)())
+    plain = np.asarray(forward(cfg, params, tokens, mask, replace, logit_positions=last))
+    t0 = layer * g.slots_per_layer  # the run's first slot
+    assert after.shape[0] == g.n_dst - t0 and np.abs(before[t0:]).max() == 0
+    assert np.abs(d_pre).max() > 1e-3 and np.abs(before).max() > 1e-3  # earlier slots: from the pullback
+    scale = np.abs(expected).max()
+    np.testing.assert_allclose(before[:t0], expected[:t0], rtol=1e-3, atol=1e-5 * scale)
+    np.testing.assert_allclose(after, expected[t0:], rtol=1e-3, atol=1e-5 * scale)
+    np.testing.assert_allclose(logits, plain, rtol=1e-4, atol=1e-5 * np.abs(plain).max())
+
+
 def test_eap_equals_exact_where_the_metric_is_linear(hf_dirs):
     model = mv.load_model(hf_dirs["pythia"][0])
     linear = _affine_norms(model)

@@ -47,6 +47,7 @@ from mivar_jax.models.config import ModelConfig
 from mivar_jax.models.interventions import Replace
 from mivar_jax.models.transformer import forward
 from mivar_jax.patching import dataset_means, reference_values, run_nodes, slot_gradients
+from mivar_jax.patching.gradients import stream_pullback, suffix_gradients
 from mivar_jax.sharding import Spec
 from mivar_jax.tasks.data import TaskBatch
 from mivar_jax.tasks.metrics import get_metric
@@ -138,49 +139,81 @@ def ceap(cfg, o: Options, params, b, clean_nodes, ref_nodes, ref_input, ref_is_r
 
 
 def eap_ig_activations(cfg, o: Options, params, b, clean_nodes, ref_nodes, ref_input, ref_is_run):
-    """Integrated gradients on node outputs, one group (input / a layer's heads / an MLP) at a time."""
+    """Integrated gradients on node outputs, one group (input / a layer's heads / an MLP) at a time.
+
+    The layers before a fixed group are the clean run's, so its runs start from the clean stream at
+    the first layer of the group's chunk of about √L layers (``suffix_gradients``; one compiled
+    program per chunk). The earlier slots' gradients are linear in the cotangent at that stream:
+    with ``pooling="reference"`` the cotangents are summed over the runs and pulled back once
+    (``stream_pullback``); ``pooling="source"`` never reads slots before a group. The sums of whole
+    runs, for about half their work."""
     g = cfg.graph
     L, H, S, T, steps, pooling = cfg.n_layers, cfg.n_heads, g.n_src, g.n_dst, o.steps, o.pooling
-    grad = functools.partial(_slot_grads, cfg, params, b, o.metric)
+    metric = get_metric(o.metric)
+    objective = lambda logits: metric(logits, b.correct, b.incorrect).sum()
     delta = ref_nodes - clean_nodes
-    # Groups as blocks of H+1 source rows starting at `start`, with a row mask.
-    starts, masks = [0], [[1] + [0] * H]
+    pre_LxNxPxD, pullback = stream_pullback(cfg, params, b.clean, b.attention_mask, input_embeds=clean_nodes[0])
+    # Groups as blocks of H+1 source rows starting at `start`, with a row mask and their layer.
+    starts, masks, layers = [0], [[1] + [0] * H], [0]
     for layer in range(L):
         first = 1 + layer * (H + 1)
         starts += [first, first + H]
         masks += [[1] * H + [0], [1] + [0] * H]
-    starts_G, masks_GxB = jnp.asarray(starts), jnp.asarray(masks, clean_nodes.dtype)
+        layers += [layer, layer]
     # slots each group's run adds to the pooled gradient (reference-tl: the library's artefact)
     keep_GxT = np.ones((len(starts), T), np.float32)
     if pooling == "reference-tl" and cfg.positional != "learned":
         keep_GxT[0, : 3 * H] = 0.0  # the input run: no gradient reaches layer 0's q/k/v inputs
-    keep_GxT = jnp.asarray(keep_GxT, clean_nodes.dtype)
     delta_padded = jnp.concatenate([delta, jnp.zeros((H,) + delta.shape[1:], delta.dtype)])
     alphas = jnp.arange(1, steps + 1, dtype=clean_nodes.dtype) / steps
-    N = clean_nodes.shape[1]
+    N, zeros_T = clean_nodes.shape[1], jnp.zeros((T,) + clean_nodes.shape[1:], clean_nodes.dtype)
+    chunk = max(1, round(L**0.5))
+    first_layers = np.asarray(layers) // chunk * chunk
 
-    def group(carry, xs):
-        start, mask, keep_T = xs
-        weights = jnp.zeros(S + H, clean_nodes.dtype).at[start + jnp.arange(H + 1)].set(mask)[:S]
+    def chunk_runs(first_layer, carry, xs):
+        """Every run of the groups ``xs`` from the clean stream before ``first_layer`` (the input
+        group's: whole runs): the carry updated, and Σ ∂/∂stream there."""
+        start_at = None if first_layer == 0 else (first_layer, pre_LxNxPxD[first_layer])
+        t0 = first_layer * g.slots_per_layer  # the runs' first slot
 
-        def step(acc, alpha):
-            values = ref_nodes + alpha * (clean_nodes - ref_nodes)
-            return acc + grad(clean_nodes[0], replace=Replace(values, weights))[0], None
+        def group(carry, xs):
+            start, mask, keep_T = xs
+            weights = jnp.zeros(S + H, clean_nodes.dtype).at[start + jnp.arange(H + 1)].set(mask)[:S]
 
-        summed, _ = jax.lax.scan(step, jnp.zeros((T,) + clean_nodes.shape[1:], clean_nodes.dtype), alphas)
-        if pooling != "source":  # every run's gradient pooled into every edge
-            return carry + summed * keep_T[:, None, None, None], None
-        rows = jax.lax.dynamic_slice_in_dim(delta_padded, start, H + 1) * mask[:, None, None, None]
-        block = _product(rows, summed / steps)  # [N, H+1, T]: the group's own edges
-        current = jax.lax.dynamic_slice_in_dim(carry, start, H + 1, axis=1)
-        return jax.lax.dynamic_update_slice_in_dim(carry, current + block, start, axis=1), None
+            def step(acc, alpha):
+                replace = Replace(ref_nodes + alpha * (clean_nodes - ref_nodes), weights)
+                if start_at is None:
+                    slots = _slot_grads(cfg, params, b, o.metric, clean_nodes[0], replace, with_nodes=False)[0]
+                    return (acc[0] + slots, acc[1]), None
+                slots, d_stream = suffix_gradients(
+                    cfg, params, b.clean, b.attention_mask, objective, start_at, input_embeds=clean_nodes[0],
+                    logit_positions=b.answer_pos, replace=replace,
+                )  # fmt: skip
+                return (acc[0] + slots, acc[1] + d_stream), None
 
+            (summed, d_stream), _ = jax.lax.scan(step, (zeros_T[t0:], jnp.zeros_like(pre_LxNxPxD[0])), alphas)
+            if pooling != "source":  # every run's gradient pooled into every edge
+                return (carry[0] + summed * keep_T[t0:, None, None, None], carry[1] + d_stream), None
+            rows = jax.lax.dynamic_slice_in_dim(delta_padded, start, H + 1) * mask[:, None, None, None]
+            block = _product(rows, summed / steps)  # [N, H+1, Tl]: the group's own edges
+            current = jax.lax.dynamic_slice(carry[0], (0, start, t0), block.shape)
+            return (jax.lax.dynamic_update_slice(carry[0], current + block, (0, start, t0)), carry[1]), None
+
+        acc = carry[t0:] if pooling != "source" else carry
+        (acc, d_stream), _ = jax.lax.scan(group, (acc, jnp.zeros_like(pre_LxNxPxD[0])), xs)
+        return (carry.at[t0:].set(acc) if pooling != "source" else acc), d_stream
+
+    carry = zeros_T if pooling != "source" else jnp.zeros((N, S + H, T), jnp.float32)
+    cotangent_L = jnp.zeros_like(pre_LxNxPxD)
+    for first_layer in np.unique(first_layers):
+        at = np.flatnonzero(first_layers == first_layer)
+        xs = (jnp.asarray(np.asarray(starts)[at]), jnp.asarray(np.asarray(masks)[at], clean_nodes.dtype),
+              jnp.asarray(keep_GxT[at], clean_nodes.dtype))  # fmt: skip
+        carry, d_stream = chunk_runs(int(first_layer), carry, xs)
+        cotangent_L = cotangent_L.at[first_layer].add(d_stream)
     if pooling != "source":
-        pooled0 = jnp.zeros((T,) + clean_nodes.shape[1:], clean_nodes.dtype)
-        pooled, _ = jax.lax.scan(group, pooled0, (starts_G, masks_GxB, keep_GxT))
-        return _product(delta, pooled / (steps * len(starts)))
-    scores, _ = jax.lax.scan(group, jnp.zeros((N, S + H, T), jnp.float32), (starts_G, masks_GxB, keep_GxT))
-    return scores[:, :S]
+        return _product(delta, (carry + pullback(cotangent_L)) / (steps * len(starts)))
+    return carry[:, :S]
 
 
 def bytes_per_input(cfg: ModelConfig, n_positions: int, gradient_sets: int = 3) -> int:

@@ -123,11 +123,18 @@ def trace(
     input_embeds: Float[ArrayLike, "N P D"] | None = None,
     logit_positions: Int[ArrayLike, " N"] | None = None,
     record: tuple[str, ...] = (),
+    start_at: tuple[int, Float[Array, "N P D"]] | None = None,
 ) -> Trace:
     """The layers of one run under ``intervention`` (default: the plain model). ``record``:
     ``"nodes"``, ``"pre"`` and/or ``"attn"`` (only for the default residual stream; an EdgeMix run always has
-    its node outputs). ``input_embeds`` replaces the ``input`` node's output."""
+    its node outputs). ``input_embeds`` replaces the ``input`` node's output.
+
+    ``start_at=(l, x_l)`` (default stream, no node outputs): the run starts at layer ``l`` from the
+    stream ``x_l`` [N, P, D] (the stream before layer l of another run of the same inputs, e.g.
+    its ``record=("pre",)``), layers before l are not computed and records cover layers l…."""
     stream, modifiers = split(intervention)
+    if start_at is not None and (stream is not None or "nodes" in record):
+        raise ValueError("start_at runs the default residual stream without node outputs")
     if attention_mask is None:
         attention_mask = jnp.ones(tokens.shape, jnp.int32)
     positions = position_ids(attention_mask)
@@ -155,7 +162,10 @@ def trace(
         return state, {k: rec[k] for k in wanted}
 
     records = []
-    for first, stop in stream.layer_groups(cfg):
+    groups = stream.layer_groups(cfg)
+    if start_at is not None:
+        groups, state = [(start_at[0], cfg.n_layers)], stream.init(start_at[1].astype(x.dtype))
+    for first, stop in groups:
         state = stream.grow(cfg, state, stop)
         arrays = jax.tree.map(lambda a, i=first, j=stop: a[i:j], layer_arrays)
         # all layers: scan over the stacked weights; a group of them: index them inside the scan

@@ -40,33 +40,101 @@ def slot_gradients(
     the run taps the slot inputs themselves (``Taps``: per-slot q/k/v inputs, slower). Returns the
     gradients [T, N, P, D] and the run's node outputs (None with ``with_nodes=False``, which sums
     heads inside one contraction)."""
-    L, H, D, Dh = cfg.n_layers, cfg.n_heads, cfg.d_model, cfg.d_head
-    N, P = tokens.shape
-    dtype = params["tok_embed"].dtype
-
-    def total(taps, record):
-        ivs = (taps,) if replace is None else (replace, taps)
-        run = trace(
-            cfg, params, tokens, attention_mask, ivs,
-            input_embeds=input_embeds, logit_positions=logit_positions, record=record,
-        )  # fmt: skip
-        return objective(unembed(cfg, params, run.final)), (run.nodes, run.pre)
-
-    nodes_record = ("nodes",) if with_nodes else ()
-    if cfg.qk_norm == "all":  # a slot's q/k norm reads every head's projection of its input: tap the inputs
-        grad, (nodes, _) = jax.grad(total, has_aux=True)(
-            Taps(jnp.zeros((cfg.graph.n_dst, N, P, D), dtype)), nodes_record
-        )
-        return grad.slots, nodes
-    zeros = ProjectionTaps(
-        jnp.zeros((L, 3 * H, N, P, Dh), dtype), jnp.zeros((L, N, P, D), dtype), jnp.zeros((N, P, D), dtype)
+    slots, nodes, _ = _gradients(
+        cfg, params, tokens, attention_mask, objective, input_embeds, logit_positions, replace, with_nodes, None
     )
-    grad, (nodes, pre_LxNxPxD) = jax.grad(total, has_aux=True)(zeros, ("pre",) + nodes_record)
+    return slots, nodes
+
+
+def suffix_gradients(
+    cfg: ModelConfig,
+    params: Params,
+    tokens: Int[Array, "N P"],
+    attention_mask: Int[Array, "N P"] | None,
+    objective: Callable[[jax.Array], Float[Array, ""]],
+    start_at: tuple[int, Float[Array, "N P D"]],
+    *,
+    input_embeds: Float[Array, "N P D"] | None = None,
+    logit_positions: Int[Array, " N"] | None = None,
+    replace: Replace | None = None,
+) -> tuple[Float[Array, "Tl N P D"], Float[Array, "N P D"]]:
+    """``slot_gradients`` of a run that starts at layer l = ``start_at[0]`` from the stream x_l =
+    ``start_at[1]`` (``trace``'s ``start_at``), for the cost of layers l…: the gradients at the
+    slots from layer l on (the last Tl = T − l·(3H+1)) and ∂objective/∂x_l. The slots before l
+    receive ``stream_pullback`` of that cotangent: the two make the whole run's gradients when x_l
+    is the whole run's stream before l."""
+    slots, _, d_stream = _gradients(
+        cfg, params, tokens, attention_mask, objective, input_embeds, logit_positions, replace, False, start_at
+    )
+    return slots, d_stream
+
+
+def stream_pullback(
+    cfg: ModelConfig,
+    params: Params,
+    tokens: Int[Array, "N P"],
+    attention_mask: Int[Array, "N P"] | None,
+    *,
+    input_embeds: Float[Array, "N P D"] | None = None,
+) -> tuple[Float[Array, "L N P D"], Callable[[Float[Array, "L N P D"]], Float[Array, "T N P D"]]]:
+    """The stream before each layer ``pre`` of one run (one forward), and the map from cotangents
+    c [L, N, P, D] on it to Σ_l ∂⟨c_l, pre_l⟩/∂in_v at every slot v (one backward per call)."""
+    zeros = _zero_taps(cfg, *tokens.shape, params["tok_embed"].dtype)
+
+    def stream(taps):
+        return trace(cfg, params, tokens, attention_mask, taps, input_embeds=input_embeds, record=("pre",)).pre
+
+    pre_LxNxPxD, vjp = jax.vjp(stream, zeros)
+    return pre_LxNxPxD, lambda c_LxNxPxD: _to_slots(cfg, params, vjp(c_LxNxPxD)[0], pre_LxNxPxD)
+
+
+def _zero_taps(cfg: ModelConfig, N: int, P: int, dtype) -> Taps | ProjectionTaps:
+    """Zero taps: at the projections (``ProjectionTaps``), or at the slot inputs themselves with
+    ``qk_norm="all"`` (a query's norm reads every head's projection of its input)."""
+    L, H, D, Dh = cfg.n_layers, cfg.n_heads, cfg.d_model, cfg.d_head
+    if cfg.qk_norm == "all":
+        return Taps(jnp.zeros((cfg.graph.n_dst, N, P, D), dtype))
+    zeros = jnp.zeros((L, 3 * H, N, P, Dh), dtype), jnp.zeros((L, N, P, D), dtype), jnp.zeros((N, P, D), dtype)
+    return ProjectionTaps(*zeros)
+
+
+def _to_slots(cfg: ModelConfig, params: Params, grad, pre_LxNxPxD, first: int = 0) -> Float[Array, "T N P D"]:
+    """Gradients at the taps → at the slot inputs from layer ``first`` on [T − first·(3H+1), N, P, D]:
+    a q/k/v slot's is pulled back through its projection and the layer's input norm (linear in the
+    cotangent, at the run's stream ``pre`` of layers ``first``…): ∂/∂in_v = J_norm(x_l)ᵀ (∂/∂(h W_v)
+    W_vᵀ). MLP and logits slots read their taps directly."""
+    if isinstance(grad, Taps):
+        return grad.slots[first * cfg.graph.slots_per_layer :]
+    N, P, D = pre_LxNxPxD.shape[1:]
 
     def attention_slots(p, pre_NxPxD, g_proj_3HxNxPxDh):
         g_normed = jnp.einsum("snpe,sde->snpd", g_proj_3HxNxPxDh, slot_weights(cfg, p)[0])
         return norm_pullback(cfg, p["ln1"], pre_NxPxD, g_normed) if cfg.pre_norms else g_normed
 
-    g_attn_Lx3HxNxPxD = jax.vmap(attention_slots)(params["blocks"], pre_LxNxPxD, grad.qkv)
-    per_layer = jnp.concatenate([g_attn_Lx3HxNxPxD, grad.mlp[:, None]], 1)
-    return jnp.concatenate([per_layer.reshape(-1, N, P, D), grad.logits[None]], 0), nodes
+    blocks = jax.tree.map(lambda a: a[first:], params["blocks"])
+    g_attn_Lx3HxNxPxD = jax.vmap(attention_slots)(blocks, pre_LxNxPxD, grad.qkv[first:])
+    per_layer = jnp.concatenate([g_attn_Lx3HxNxPxD, grad.mlp[first:, None]], 1).reshape(-1, N, P, D)
+    return jnp.concatenate([per_layer, grad.logits[None]], 0)
+
+
+def _gradients(
+    cfg, params, tokens, attention_mask, objective, input_embeds, logit_positions, replace, with_nodes, start_at
+):
+    """(slot gradients, node outputs or None, ∂objective/∂pre or None) of one run: one forward+backward
+    with zero taps (``_zero_taps``), from layer ``start_at[0]`` when given."""
+    zeros = _zero_taps(cfg, *tokens.shape, params["tok_embed"].dtype)
+    record = (() if isinstance(zeros, Taps) else ("pre",)) + (("nodes",) if with_nodes else ())
+
+    def total(taps, x_start):
+        ivs = (taps,) if replace is None else (replace, taps)
+        run = trace(
+            cfg, params, tokens, attention_mask, ivs, input_embeds=input_embeds, logit_positions=logit_positions,
+            record=record, start_at=None if start_at is None else (start_at[0], x_start),
+        )  # fmt: skip
+        return objective(unembed(cfg, params, run.final)), (run.nodes, run.pre)  # pre: layers from the start
+
+    if start_at is None:
+        grad, (nodes, pre_LxNxPxD) = jax.grad(total, has_aux=True)(zeros, None)
+        return _to_slots(cfg, params, grad, pre_LxNxPxD), nodes, None
+    (grad, d_stream), (nodes, pre_LxNxPxD) = jax.grad(total, argnums=(0, 1), has_aux=True)(zeros, start_at[1])
+    return _to_slots(cfg, params, grad, pre_LxNxPxD, start_at[0]), nodes, d_stream
