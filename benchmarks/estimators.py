@@ -7,8 +7,12 @@ Reports, in one run on one machine:
   all edges, stated as such), the same for a naive loop of full patched forwards (one per edge),
   their ratio, and the achieved FLOP/s against a large matmul measured in the same run;
 - EAP-IG-inputs (m = 5): per-input scores for N inputs vs m + 1 plain forward+backward passes;
+- EAP-IG-activations (m = 1): per-input scores vs the (1 + 2L) · m whole runs of the reference
+  library's algorithm (slot gradients under a ``Replace``, each run from the first layer; the
+  engine's runs start at their group's layers, so below 1×);
 - peak memory (RSS).
-Targets (issue 4): exact ≥ 10× the naive loop; EAP-IG-inputs ≤ 1.5× the m + 1 passes.
+Targets (issue 4): exact ≥ 10× the naive loop; EAP-IG-inputs ≤ 1.5× the m + 1 passes;
+EAP-IG-activations < 1× its whole runs.
 """
 
 from __future__ import annotations
@@ -22,9 +26,9 @@ import numpy as np
 
 import mivar_jax as mv
 from benchmarks.common import environment, gpt2_small_ioi, peak_rss_mb, save, time_cases
-from mivar_jax.models import EdgeMix
+from mivar_jax.models import EdgeMix, Replace
 from mivar_jax.models.transformer import forward
-from mivar_jax.patching import windows
+from mivar_jax.patching import slot_gradients, windows
 
 
 def matmul_flops_per_s(n: int = 2048) -> float:
@@ -55,6 +59,7 @@ def main(argv=None):
     ap.add_argument("--edge-fraction", type=float, default=0.03)
     ap.add_argument("--naive-edges", type=int, default=8)
     ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--activation-steps", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=3, help="interleaved EAP-IG / plain-pass timings (medians)")
     ap.add_argument("--out", default="benchmarks/results")
     args = ap.parse_args(argv)
@@ -162,6 +167,48 @@ def main(argv=None):
     print(
         f"eap-ig-inputs m={args.steps}: {ig_s:.2f} s for {len(data)} inputs ({len(data) / ig_s:.2f} inputs/s; first call "
         f"{ig_first:.1f} s) vs {args.steps + 1} plain forward+backward passes {passes_s:.2f} s → {ig_s / passes_s:.2f}x"
+    )
+
+    # --- EAP-IG-activations vs the (1 + 2L)·m whole runs of the library's algorithm (a middle layer's heads fixed)
+    m, runs = args.activation_steps, (1 + 2 * cfg.n_layers) * args.activation_steps
+    heads = 1 + cfg.n_layers // 2 * (cfg.n_heads + 1) + np.arange(cfg.n_heads)
+    fixed = Replace(corrupted, jnp.zeros(g.n_src).at[heads].set(1.0))
+    embeds_clean = jax.jit(forward, static_argnums=0, static_argnames="nodes")(
+        cfg, model.params, b.clean, b.attention_mask, nodes=True
+    )[1][0]
+    whole_run = jax.jit(
+        lambda: slot_gradients(
+            cfg, model.params, b.clean, b.attention_mask, lambda logits: mv.tasks.logit_diff(logits, b.correct, b.incorrect).sum(),
+            input_embeds=embeds_clean, logit_positions=b.answer_pos, replace=fixed, with_nodes=False,
+        )[0]
+    )  # fmt: skip
+    jax.block_until_ready(whole_run())
+    activations = lambda: mv.attribute(model, data, method="eap-ig-activations", steps=m, progress=False)
+    t0 = time.perf_counter()
+    activations()
+    act_first = time.perf_counter() - t0
+    act_times, whole_times = [], []
+    for _ in range(args.rounds):
+        t0 = time.perf_counter()
+        activations()
+        act_times.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        for _ in range(runs):
+            jax.block_until_ready(whole_run())
+        whole_times.append(time.perf_counter() - t0)
+    act_s, whole_s = float(np.median(act_times)), float(np.median(whole_times))
+    results["eap_ig_activations"] = {
+        "steps": m,
+        "seconds": act_s,
+        "first_call_s": act_first,
+        "whole_runs": runs,
+        "whole_runs_s": whole_s,
+        "ratio_to_whole_runs": act_s / whole_s,
+        "rounds": {"eap_ig_activations_s": act_times, "whole_runs_s": whole_times},
+    }
+    print(
+        f"eap-ig-activations m={m}: {act_s:.2f} s for {len(data)} inputs (first call {act_first:.1f} s) vs {runs} "
+        f"whole runs (slot gradients, one group fixed) {whole_s:.2f} s → {act_s / whole_s:.2f}x"
     )
     results["peak_rss_mb"] = peak_rss_mb()
     results["environment"] = environment()
