@@ -309,3 +309,11 @@ def test_bad_inputs_are_clear_errors(setup):
         model(np.array([[model.config.vocab_size]]))
     with pytest.raises(ValueError, match="they must match"):
         model(clean.tokens, clean.attention_mask[:, :-1])
+    from mivar_jax.models.transformer import trace
+
+    x1 = jnp.zeros((*np.shape(clean.tokens), model.config.d_model))
+    with pytest.raises(ValueError, match="start_at runs the default residual stream"):  # a run from layer 1
+        trace(model.config, model.params, clean.tokens, clean.attention_mask, EdgeMix(jnp.ones(g.n_edges), corrupted),
+              start_at=(1, x1))  # fmt: skip
+    with pytest.raises(ValueError, match="start_at runs the default residual stream"):
+        trace(model.config, model.params, clean.tokens, clean.attention_mask, record=("nodes",), start_at=(1, x1))
