@@ -120,7 +120,7 @@ def _to_slots(cfg: ModelConfig, params: Params, grad, pre_LxNxPxD, first: int = 
 def _gradients(
     cfg, params, tokens, attention_mask, objective, input_embeds, logit_positions, replace, with_nodes, start_at
 ):
-    """(slot gradients, node outputs or None, ∂objective/∂pre or None) of one run: one forward+backward
+    """(slot gradients, node outputs or None, ∂objective/∂x_l or None) of one run: one forward+backward
     with zero taps (``_zero_taps``), from layer ``start_at[0]`` when given."""
     zeros = _zero_taps(cfg, *tokens.shape, params["tok_embed"].dtype)
     record = (() if isinstance(zeros, Taps) else ("pre",)) + (("nodes",) if with_nodes else ())
