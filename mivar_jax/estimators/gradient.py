@@ -64,15 +64,16 @@ def ig_alphas(steps: int, convention: str) -> np.ndarray:
     return ((k + offsets[convention]) / steps).astype(np.float32)
 
 
+def _objective(b: TaskBatch, metric: str):
+    """logits at the answer positions [N, V] → Σ_n metric: what every gradient estimator differentiates."""
+    return lambda logits: get_metric(metric)(logits, b.correct, b.incorrect).sum()
+
+
 def _slot_grads(cfg, params, b: TaskBatch, metric: str, input_embeds, replace=None, with_nodes=True):
     """(∂Σmetric/∂in_v for every slot [T, N, P, D], node outputs [S, N, P, D] or None) of one run
     on the clean tokens (``slot_gradients``: one forward+backward)."""
-
-    def objective(logits):
-        return get_metric(metric)(logits, b.correct, b.incorrect).sum()
-
     return slot_gradients(
-        cfg, params, b.clean, b.attention_mask, objective, input_embeds=input_embeds,
+        cfg, params, b.clean, b.attention_mask, _objective(b, metric), input_embeds=input_embeds,
         logit_positions=b.answer_pos, replace=replace, with_nodes=with_nodes,
     )  # fmt: skip
 
@@ -146,11 +147,9 @@ def eap_ig_activations(cfg, o: Options, params, b, clean_nodes, ref_nodes, ref_i
     program per chunk). The earlier slots' gradients are linear in the cotangent at that stream:
     with ``pooling="reference"`` the cotangents are summed over the runs and pulled back once
     (``stream_pullback``); ``pooling="source"`` never reads slots before a group. The sums of whole
-    runs, for about half their work."""
+    runs, computing about 0.55–0.65 of their layers (measured: 0.75× their time on CPU)."""
     g = cfg.graph
     L, H, S, T, steps, pooling = cfg.n_layers, cfg.n_heads, g.n_src, g.n_dst, o.steps, o.pooling
-    metric = get_metric(o.metric)
-    objective = lambda logits: metric(logits, b.correct, b.incorrect).sum()
     delta = ref_nodes - clean_nodes
     pre_LxNxPxD, pullback = stream_pullback(cfg, params, b.clean, b.attention_mask, input_embeds=clean_nodes[0])
     # Groups as blocks of H+1 source rows starting at `start`, with a row mask and their layer.
@@ -186,7 +185,7 @@ def eap_ig_activations(cfg, o: Options, params, b, clean_nodes, ref_nodes, ref_i
                     slots = _slot_grads(cfg, params, b, o.metric, clean_nodes[0], replace, with_nodes=False)[0]
                     return (acc[0] + slots, acc[1]), None
                 slots, d_stream = suffix_gradients(
-                    cfg, params, b.clean, b.attention_mask, objective, start_at, input_embeds=clean_nodes[0],
+                    cfg, params, b.clean, b.attention_mask, _objective(b, o.metric), start_at, input_embeds=clean_nodes[0],
                     logit_positions=b.answer_pos, replace=replace,
                 )  # fmt: skip
                 return (acc[0] + slots, acc[1] + d_stream), None

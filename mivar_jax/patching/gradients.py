@@ -98,7 +98,7 @@ def _zero_taps(cfg: ModelConfig, N: int, P: int, dtype) -> Taps | ProjectionTaps
     return ProjectionTaps(*zeros)
 
 
-def _to_slots(cfg: ModelConfig, params: Params, grad, pre_LxNxPxD, first: int = 0) -> Float[Array, "T N P D"]:
+def _to_slots(cfg: ModelConfig, params: Params, grad, pre_LxNxPxD, first: int = 0) -> Float[Array, "Tl N P D"]:
     """Gradients at the taps → at the slot inputs from layer ``first`` on [T − first·(3H+1), N, P, D]:
     a q/k/v slot's is pulled back through its projection and the layer's input norm (linear in the
     cotangent, at the run's stream ``pre`` of layers ``first``…): ∂/∂in_v = J_norm(x_l)ᵀ (∂/∂(h W_v)
